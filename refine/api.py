@@ -1,0 +1,146 @@
+"""The one-call API: :func:`refine` (text or ids in, :class:`~refine.types.RefineResult` out)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .backends.base import Backend, DecodeRequest
+from .config import RefineConfig
+from .errors import InputError
+from .search import ProgressFn, run_search
+from .types import RefineResult
+
+
+def _as_ids(x: Any, what: str) -> list[int] | None:
+    """Token ids from a list/tuple/1-D tensor or array; None for text."""
+    if isinstance(x, str):
+        return None
+    if hasattr(x, "tolist"):
+        x = x.tolist()
+    if isinstance(x, (list, tuple)):
+        if x and isinstance(x[0], (list, tuple)):
+            if len(x) != 1:
+                raise InputError(f"`{what}` must be one sequence, got a batch of {len(x)}; refine them one by one "
+                                 "or use refine.integrations.hf.generate")
+            x = x[0]
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in x):
+            raise InputError(f"`{what}` must be text or a list of integer token ids")
+        return list(x)
+    raise InputError(f"`{what}` must be text or token ids, but is {type(x).__name__}")
+
+
+def check_ids(ids: Sequence[int], vocab_size: int, what: str) -> None:
+    for pos, t in enumerate(ids):
+        if not 0 <= t < vocab_size:
+            raise InputError(f"`{what}` has token id {t} at position {pos}, outside the vocabulary [0, {vocab_size})")
+
+
+def resolve_backend(model: Any = None, tokenizer: Any = None) -> Backend:
+    """A :class:`Backend` from a Backend, a transformers model (+ tokenizer), a model name/path, or None (default)."""
+    if isinstance(model, Backend):
+        return model
+    from .backends.hf import HFBackend  # transformers is needed from here on
+
+    if model is None or isinstance(model, str):
+        from .models import load_model
+
+        hf_model, hf_tok = load_model(model)
+        return HFBackend(hf_model, tokenizer or hf_tok)
+    if tokenizer is None:
+        raise InputError("pass `tokenizer=` together with a transformers model")
+    return HFBackend(model, tokenizer)
+
+
+def generate_greedy(backend: Backend, prompt_ids: Sequence[int], max_new_tokens: int, topk: int = 16,
+                    max_batch_tokens: int = 4096) -> list[int]:
+    """Greedy decoding through the backend's own decoder (what refinement starts from by default)."""
+    session = backend.open(prompt_ids, topk, max_batch_tokens)
+    try:
+        (dec,) = session.decode(0, [DecodeRequest((), max_new_tokens)])
+    finally:
+        session.close()
+    return list(dec.tokens)
+
+
+def max_output_tokens(backend: Backend, prompt_len: int, config: RefineConfig) -> int:
+    room = backend.max_length - prompt_len
+    return room if config.max_new_tokens is None else min(room, config.max_new_tokens)
+
+
+def refine_tokens(
+    backend: Backend,
+    prompt_ids: Sequence[int],
+    output_ids: Sequence[int],
+    config: RefineConfig | dict | None = None,
+    progress: ProgressFn | None = None,
+) -> RefineResult:
+    """Refine ``output_ids`` (a decoded answer to ``prompt_ids``) with ``backend``. The caller's lists are not modified."""
+    config = RefineConfig.from_dict(config)
+    prompt_ids, output_ids = list(prompt_ids), list(output_ids)
+    vocab = backend.tokenizer.vocab_size
+    if not prompt_ids:
+        raise InputError("the prompt is empty; refine needs a prompt to condition on")
+    if not output_ids:
+        raise InputError("the output is empty; there is nothing to refine")
+    check_ids(prompt_ids, vocab, "prompt")
+    check_ids(output_ids, vocab, "output")
+    limit = max_output_tokens(backend, len(prompt_ids), config)
+    if len(output_ids) > limit:
+        raise InputError(
+            f"prompt ({len(prompt_ids)} tokens) + output ({len(output_ids)} tokens) exceed the room available: "
+            f"the output may have at most {limit} tokens (context window {backend.max_length}"
+            + (f", max_new_tokens {config.max_new_tokens}" if config.max_new_tokens else "") + ")"
+        )
+    session = backend.open(prompt_ids, config.topk_store, config.max_batch_tokens)
+    try:
+        return run_search(session, backend.tokenizer, output_ids, config, limit, progress)
+    finally:
+        session.close()
+
+
+def refine(
+    prompt: str | Sequence[int],
+    output: str | Sequence[int] | None = None,
+    *,
+    model: Any = None,
+    tokenizer: Any = None,
+    config: RefineConfig | dict | None = None,
+    chat: bool | None = None,
+    max_new_tokens: int = 64,
+    progress: ProgressFn | None = None,
+    **options: Any,
+) -> RefineResult:
+    """Refine a model's answer to ``prompt``.
+
+    Args:
+        prompt: text (a chat template is applied when the tokenizer has one, unless ``chat=False``) or token ids.
+        output: the answer to refine, as text (taken as a complete answer: EOS is appended) or token ids.
+            ``None``: decode one greedily first (``max_new_tokens`` at most).
+        model: ``None`` (the embedded SmolLM2-135M-Instruct), a local model folder or GGUF file, a transformers
+            model (with ``tokenizer``), or a :class:`~refine.backends.base.Backend`.
+        config: a :class:`RefineConfig` or dict of its fields; ``**options`` override single fields.
+        progress: called with the :class:`~refine.search.Search` after every step.
+
+    Example:
+        >>> import refine                                            # doctest: +SKIP
+        >>> r = refine.refine("Name three colors.", objective="mean")  # doctest: +SKIP
+        >>> print(r.initial_text, "->", r.text, r.gain)              # doctest: +SKIP
+    """
+    config = RefineConfig.from_dict(config)
+    if options:
+        config = config.replace(**options)
+    if isinstance(prompt, str) and not prompt.strip():
+        raise InputError("the prompt is empty; refine needs a prompt to condition on")
+    if isinstance(output, str) and not output.strip():
+        raise InputError("the output is empty; there is nothing to refine")
+    backend = resolve_backend(model, tokenizer)
+    prompt_ids = _as_ids(prompt, "prompt")
+    if prompt_ids is None:
+        prompt_ids = backend.encode_prompt(prompt, chat)
+    if output is None:
+        output_ids = generate_greedy(backend, prompt_ids, max_new_tokens, config.topk_store, config.max_batch_tokens)
+    else:
+        output_ids = _as_ids(output, "output")
+        if output_ids is None:
+            output_ids = backend.tokenizer.encode(output) + [backend.tokenizer.eos]
+    return refine_tokens(backend, prompt_ids, output_ids, config, progress)

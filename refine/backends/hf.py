@@ -1,0 +1,343 @@
+"""Hugging Face transformers backend: batched, KV-cached scoring and greedy re-decoding.
+
+The session keeps one batch-1 KV cache of ``prompt + shared output prefix`` (minus its
+last token). A call crops or extends that cache to its shared prefix (forwarding only
+the tokens not cached yet), copies it across the batch and forwards only the differing
+suffixes. Log-softmax is taken in fp32. The caller's tensors and caches are never touched.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import InputError, require
+from ..search import common_prefix
+from ..types import Scores
+from .base import Backend, DecodeRequest, Decoded, Session, TokenizerView
+
+torch = require("torch", "core", "torch==2.13.0")
+transformers = require("transformers", "core", "transformers")
+
+
+def tokenizer_view(tokenizer: Any, vocab_size: int, extra_eos: Sequence[int] = ()) -> TokenizerView:
+    """Describe an HF tokenizer as a :class:`TokenizerView` for a model with ``vocab_size`` output rows."""
+    eos: list[int] = []
+    for t in [tokenizer.eos_token_id, *extra_eos]:
+        for tid in t if isinstance(t, (list, tuple)) else [t]:
+            if tid is not None and int(tid) not in eos:
+                eos.append(int(tid))
+    if not eos:
+        raise InputError("the tokenizer defines no EOS token (`tokenizer.eos_token_id` is None); set one")
+    specials = frozenset(int(i) for i in getattr(tokenizer, "all_special_ids", []) or [])
+
+    def decode(ids: Sequence[int]) -> str:
+        return tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def encode(text: str) -> list[int]:
+        return list(tokenizer.encode(text, add_special_tokens=False))
+
+    def token_str(i: int) -> str:
+        return tokenizer.decode([int(i)], skip_special_tokens=False)
+
+    return TokenizerView(vocab_size, tuple(eos), specials, decode, encode, token_str)
+
+
+def _generation_eos(model: Any) -> list[int]:
+    gc = getattr(model, "generation_config", None)
+    e = getattr(gc, "eos_token_id", None) if gc is not None else None
+    if e is None:
+        return []
+    return [int(x) for x in (e if isinstance(e, (list, tuple)) else [e])]
+
+
+class HFBackend(Backend):
+    """Scores and decodes with a causal LM from transformers.
+
+    Args:
+        model: a decoder-only ``PreTrainedModel`` (encoder-decoder models are refused).
+        tokenizer: its tokenizer; it must fit the model's vocabulary.
+
+    Example:
+        >>> from refine.backends.hf import HFBackend          # doctest: +SKIP
+        >>> backend = HFBackend(model, tokenizer)              # doctest: +SKIP
+        >>> session = backend.open(prompt_ids, topk=16, max_batch_tokens=2048)  # doctest: +SKIP
+    """
+
+    name = "hf"
+
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        config = getattr(model, "config", None)
+        if config is None or not hasattr(model, "forward"):
+            raise InputError(f"`model` has to be a transformers PreTrainedModel, but is {type(model).__name__}")
+        if getattr(config, "is_encoder_decoder", False):
+            raise InputError(
+                f"{type(model).__name__} is an encoder-decoder model; refine supports decoder-only causal LMs"
+            )
+        vocab = int(model.get_output_embeddings().weight.shape[0]) if model.get_output_embeddings() is not None \
+            else int(config.vocab_size)
+        n_tok = len(tokenizer)
+        if n_tok > vocab:
+            raise InputError(
+                f"the tokenizer has {n_tok} tokens but the model's output layer only {vocab}: "
+                "they do not belong together (load both from the same folder)"
+            )
+        self.model = model
+        self.hf_tokenizer = tokenizer
+        self.tokenizer = tokenizer_view(tokenizer, vocab, _generation_eos(model))
+        bad = [i for i in self.tokenizer.eos_ids if i >= vocab]
+        if bad:
+            raise InputError(f"EOS id(s) {bad} are outside the model's vocabulary of {vocab}: tokenizer mismatch")
+        self.max_length = int(
+            getattr(config, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", 2048)
+        )
+        self.device = next(model.parameters()).device
+
+    def encode_prompt(self, prompt: str, chat: bool | None) -> list[int]:
+        tok = self.hf_tokenizer
+        has_template = bool(getattr(tok, "chat_template", None))
+        if chat or (chat is None and has_template):
+            if not has_template:
+                raise InputError("`chat=True` but the tokenizer has no chat template")
+            ids = tok.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+            )
+            if isinstance(ids, dict) or hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+            return [int(i) for i in ids]
+        return list(tok.encode(prompt, add_special_tokens=True))
+
+    def open(self, prompt: Sequence[int], topk: int, max_batch_tokens: int) -> "HFSession":
+        return HFSession(self, prompt, topk, max_batch_tokens)
+
+
+class HFSession(Session):
+    """One prompt's scoring/decoding state. See the module docstring for the caching scheme."""
+
+    def __init__(self, backend: HFBackend, prompt: Sequence[int], topk: int, max_batch_tokens: int) -> None:
+        if len(prompt) == 0:
+            raise InputError("the prompt is empty; refine needs at least one prompt token to condition on")
+        self.backend = backend
+        self.model = backend.model
+        self.prompt = tuple(int(t) for t in prompt)
+        self.topk = int(topk)
+        self.max_batch_tokens = int(max_batch_tokens)
+        self.forward_tokens = 0
+        self.forward_calls = 0
+        self._cache = None  # DynamicCache of self._cached (batch 1)
+        self._cached: list[int] = []
+        self._eos = torch.tensor(backend.tokenizer.eos_ids, device=backend.device)
+
+    # ------------------------------------------------------------------ the context cache
+
+    def _forward(self, input_ids, cache, **kw):
+        self.forward_tokens += int(input_ids.numel())
+        self.forward_calls += 1
+        with torch.no_grad():
+            return self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, **kw)
+
+    def _ensure_cost(self, ctx: Sequence[int]) -> int:
+        """Tokens :meth:`_ensure` would forward to cache ``ctx``."""
+        return len(ctx) - common_prefix(self._cached, ctx)
+
+    def _ensure(self, ctx: Sequence[int]) -> None:
+        """Make the batch-1 cache hold exactly ``ctx`` (crop to the common prefix, forward the rest)."""
+        keep = common_prefix(self._cached, ctx)
+        if self._cache is None or keep == 0:
+            # a fresh cache: an emptied one keeps a stale batch shape that batch_repeat_interleave skips
+            self._cache = transformers.DynamicCache(config=self.model.config)
+            self._cached = []
+        elif keep < len(self._cached):
+            self._cache.crop(-(len(self._cached) - keep))
+            self._cached = self._cached[:keep]
+        rest = list(ctx[keep:])
+        if rest:
+            ids = torch.tensor([rest], device=self.backend.device)
+            self._forward(ids, self._cache, logits_to_keep=1)
+            self._cached += rest
+
+    def _fork(self, rows: int):
+        if not self._cached:
+            return transformers.DynamicCache(config=self.model.config)
+        cache = copy.deepcopy(self._cache)
+        if rows > 1:
+            cache.batch_repeat_interleave(rows)
+        return cache
+
+    def _context(self, start: int, first: Sequence[int]) -> list[int]:
+        return list(self.prompt) + list(first[:start])
+
+    # ------------------------------------------------------------------ distributions
+
+    def _summaries(self, logits, targets=None):
+        """fp32 log-softmax of ``logits (N, V)`` -> (target logprobs, topk ids, topk logprobs, entropy)."""
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (N, V)
+        top_lp, top_id = torch.topk(logp, self.topk, dim=-1)  # (N, K)
+        ent = -(logp.exp() * logp).sum(-1)  # (N,)
+        tgt = None if targets is None else logp.gather(-1, targets[:, None])[:, 0]
+        return logp, tgt, top_id, top_lp, ent
+
+    # ------------------------------------------------------------------ scoring
+
+    def _chunks(self, n_rows: int, width: int) -> list[tuple[int, int]]:
+        per = max(1, self.max_batch_tokens // max(width, 1))
+        return [(i, min(i + per, n_rows)) for i in range(0, n_rows, per)]
+
+    def score_cost(self, start, seqs):
+        ctx = self._context(start, seqs[0])
+        width = max(len(s) - start for s in seqs)
+        return self._ensure_cost(ctx[:-1]) + len(seqs) * width
+
+    def score(self, start, seqs):
+        seqs = [tuple(int(t) for t in s) for s in seqs]
+        if any(len(s) <= start for s in seqs) or any(s[:start] != seqs[0][:start] for s in seqs):
+            raise ValueError("score(): every sequence must extend the shared prefix seqs[r][:start]")
+        ctx = self._context(start, seqs[0])
+        self._ensure(ctx[:-1])
+        width = max(len(s) - start for s in seqs)  # suffix lengths; inputs are [ctx[-1]] + suffix[:-1]
+        out: list[Scores] = []
+        dev = self.backend.device
+        for a, b in self._chunks(len(seqs), width):
+            rows = seqs[a:b]
+            inp = torch.full((len(rows), width), self.backend.tokenizer.eos, dtype=torch.long, device=dev)
+            tgt = torch.full((len(rows), width), self.backend.tokenizer.eos, dtype=torch.long, device=dev)
+            for r, s in enumerate(rows):
+                suf = s[start:]
+                inp[r, : len(suf)] = torch.tensor([ctx[-1], *suf[:-1]])
+                tgt[r, : len(suf)] = torch.tensor(suf)
+            # right padding needs no mask: causal attention never lets a real token see a later pad
+            logits = self._forward(inp, self._fork(len(rows))).logits  # (B, W, V)
+            B = len(rows)
+            _, lp, tid, tlp, ent = self._summaries(logits.reshape(B * width, -1), tgt.reshape(-1))
+            lp = lp.reshape(B, width).double().cpu().numpy()
+            tid = tid.reshape(B, width, -1).cpu().numpy()
+            tlp = tlp.reshape(B, width, -1).double().cpu().numpy()
+            ent = ent.reshape(B, width).double().cpu().numpy()
+            for r, s in enumerate(rows):
+                n = len(s) - start
+                out.append(Scores(lp[r, :n], tid[r, :n], tlp[r, :n], ent[r, :n]))
+        return out
+
+    # ------------------------------------------------------------------ greedy decoding
+
+    def decode_cost(self, start, requests):
+        first = requests[0].tokens
+        ctx = self._context(start, first)
+        cost = self._ensure_cost(ctx[:-1]) if start > 0 or first else self._ensure_cost(list(self.prompt)[:-1])
+        widths = [len(r.tokens) - start for r in requests]
+        width = max(widths)
+        for a, b in self._chunks(len(requests), width + 1):
+            cost += (b - a) * (width + 1) + sum(max(r.max_new - 1, 0) for r in requests[a:b])
+        return cost
+
+    def decode(self, start, requests):
+        requests = list(requests)
+        if any(r.tokens[:start] != requests[0].tokens[:start] or len(r.tokens) < start for r in requests):
+            raise ValueError("decode(): every request must extend the shared prefix tokens[:start]")
+        ctx = self._context(start, requests[0].tokens)
+        self._ensure(ctx[:-1])
+        width = max(len(r.tokens) - start for r in requests)
+        out: list[Decoded] = []
+        for a, b in self._chunks(len(requests), width + 1):
+            out += self._decode_chunk(ctx, start, requests[a:b], width)
+        return out
+
+    def _decode_chunk(self, ctx: list[int], start: int, reqs: list[DecodeRequest], width: int) -> list[Decoded]:
+        dev = self.backend.device
+        eos_ids = self.backend.tokenizer.eos_ids
+        B = len(reqs)
+        n_cache = len(ctx) - 1
+        p0 = len(ctx) - 1  # position of ctx[-1]
+        # first forward: [pads] + ctx[-1] + forced tokens, left-padded to a common width
+        inp = torch.full((B, width + 1), eos_ids[0], dtype=torch.long, device=dev)
+        mask = torch.zeros((B, n_cache + width + 1), dtype=torch.long, device=dev)
+        mask[:, :n_cache] = 1
+        pos = torch.full((B, width + 1), p0, dtype=torch.long, device=dev)
+        for r, req in enumerate(reqs):
+            forced = list(req.tokens[start:])
+            pad = width - len(forced)
+            inp[r, pad:] = torch.tensor([ctx[-1], *forced])
+            mask[r, n_cache + pad :] = 1
+            pos[r, pad:] = torch.arange(p0, p0 + len(forced) + 1)
+        logits = self._forward(inp, self._fork(B), attention_mask=mask, position_ids=pos)
+        cache = logits.past_key_values
+        logits = logits.logits  # (B, W+1, V)
+
+        # per-row records for the forced tokens
+        rec_lp: list[list[float]] = [[] for _ in range(B)]
+        rec_id: list[list[np.ndarray]] = [[] for _ in range(B)]
+        rec_tlp: list[list[np.ndarray]] = [[] for _ in range(B)]
+        rec_ent: list[list[float]] = [[] for _ in range(B)]
+        toks: list[list[int]] = [list(r.tokens) for r in reqs]
+        for r, req in enumerate(reqs):
+            forced = list(req.tokens[start:])
+            if not forced:
+                continue
+            pad = width - len(forced)
+            cols = logits[r, pad : pad + len(forced)]  # dists for forced[0..]
+            _, lp, tid, tlp, ent = self._summaries(cols, torch.tensor(forced, device=dev))
+            rec_lp[r] += lp.double().tolist()
+            rec_id[r] += list(tid.cpu().numpy())
+            rec_tlp[r] += list(tlp.double().cpu().numpy())
+            rec_ent[r] += ent.double().tolist()
+
+        alive = [r for r in range(B) if reqs[r].max_new > 0]
+        last = logits[:, -1, :]  # (B, V) next-token logits for every row
+        cur_pos = pos[:, -1].clone()
+        n_new = [0] * B
+        if len(alive) < B:
+            keep = torch.tensor(alive, device=dev, dtype=torch.long)
+            cache.batch_select_indices(keep)
+            last, mask, cur_pos = last[keep], mask[keep], cur_pos[keep]
+        while alive:
+            logp, _, tid, tlp, ent = self._summaries(last)
+            choose = logp.clone()
+            for j, r in enumerate(alive):
+                if n_new[r] < reqs[r].min_new:
+                    choose[j, list(eos_ids)] = -float("inf")
+            nxt = choose.argmax(-1)
+            for j, r in enumerate(alive):
+                if reqs[r].force_eos and n_new[r] == reqs[r].max_new - 1:
+                    nxt[j] = eos_ids[0]
+            lps = logp.gather(-1, nxt[:, None])[:, 0]
+            still = []
+            for j, r in enumerate(alive):
+                t = int(nxt[j])
+                toks[r].append(t)
+                rec_lp[r].append(float(lps[j]))
+                rec_id[r].append(tid[j].cpu().numpy())
+                rec_tlp[r].append(tlp[j].double().cpu().numpy())
+                rec_ent[r].append(float(ent[j]))
+                n_new[r] += 1
+                if t not in eos_ids and n_new[r] < reqs[r].max_new:
+                    still.append(j)
+            if not still:
+                break
+            keep = torch.tensor(still, device=dev, dtype=torch.long)
+            if len(still) < len(alive):
+                cache.batch_select_indices(keep)
+            alive = [alive[j] for j in still]
+            nxt, mask, cur_pos = nxt[keep], mask[keep], cur_pos[keep] + 1
+            mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=dev)], dim=1)
+            out = self._forward(nxt[:, None], cache, attention_mask=mask, position_ids=cur_pos[:, None])
+            cache = out.past_key_values
+            last = out.logits[:, -1, :]
+
+        result = []
+        k = self.topk
+        for r in range(B):
+            sc = Scores(
+                np.asarray(rec_lp[r], dtype=np.float64),
+                np.asarray(rec_id[r], dtype=np.int64).reshape(-1, k),
+                np.asarray(rec_tlp[r], dtype=np.float64).reshape(-1, k),
+                np.asarray(rec_ent[r], dtype=np.float64),
+            )
+            result.append(Decoded(tuple(toks[r]), sc))
+        return result
+
+    def close(self) -> None:
+        self._cache = None
+        self._cached = []
+

@@ -1,0 +1,216 @@
+"""Validated options for a refinement: :class:`Budget` and :class:`RefineConfig`.
+
+Both are normalised first, then verified; an invalid value raises
+:class:`~refine.errors.ConfigError` naming the field, the value and the fix.
+Both round-trip through plain dicts (:meth:`RefineConfig.from_dict`), which is how
+the CLI and the vLLM ``extra_args`` pass them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from .errors import ConfigError
+from .objectives import Objective
+from .registry import MOVES, STRATEGIES
+
+LENGTH_MODES = ("free", "keep_eos", "fixed")
+POSITION_ORDERS = ("margin", "entropy", "left_to_right")
+
+
+def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"`{name}` has to be a strictly positive integer{' or None' if allow_none else ''}, "
+                          f"but is {value!r}")
+
+
+@dataclass
+class Budget:
+    """Limits on one refinement. The search stops at the first limit reached and returns the best output so far.
+
+    ``max_forward_tokens`` is a hard limit: an evaluation that could exceed it is shrunk or skipped, never run.
+    ``max_seconds`` is checked before each evaluation.
+
+    Attributes:
+        max_sweeps: passes over the output's positions.
+        max_forward_tokens: token positions run through the model (padding and rejected candidates included),
+            including scoring the initial output. ``None``: unlimited.
+        max_seconds: wall-clock limit. ``None``: unlimited.
+        patience: stop after this many consecutive evaluations without an accepted edit. ``None``: no limit.
+    """
+
+    max_sweeps: int = 3
+    max_forward_tokens: int | None = None
+    max_seconds: float | None = None
+    patience: int | None = None
+
+    def __post_init__(self) -> None:
+        _positive_int("budget.max_sweeps", self.max_sweeps)
+        _positive_int("budget.max_forward_tokens", self.max_forward_tokens, allow_none=True)
+        _positive_int("budget.patience", self.patience, allow_none=True)
+        if self.max_seconds is not None:
+            if isinstance(self.max_seconds, bool) or not isinstance(self.max_seconds, (int, float)) \
+                    or not math.isfinite(self.max_seconds) or self.max_seconds <= 0:
+                raise ConfigError(f"`budget.max_seconds` has to be a positive number or None, "
+                                  f"but is {self.max_seconds!r}")
+            self.max_seconds = float(self.max_seconds)
+
+
+@dataclass
+class RefineConfig:
+    """Options of a refinement.
+
+    Attributes:
+        objective: what to maximise: a term name (``"mean"``, ``"sum"``, ``"gnmt"``), a dict
+            ``{name: weight or {params}}``, or an :class:`~refine.objectives.Objective`.
+        reward: optional ``fn(text) -> float`` added to the objective with ``reward_weight``.
+        reward_weight: weight of ``reward``.
+        strategy: search strategy name (``"coordinate"``) or ``"module:Class"``.
+        moves: move names tried at each position, in order.
+        top_k: candidate tokens per position, taken from the model's own top-k at that position.
+        positions: visiting order: ``"margin"`` (least confident first), ``"entropy"`` (highest first),
+            ``"left_to_right"``.
+        max_positions: positions tried per sweep (the first ones in visiting order). ``None``: all.
+        block_size: positions evaluated together in one batched step; the best improving candidate of the
+            block is accepted.
+        length: ``"free"`` (any move; EOS may be proposed), ``"keep_eos"`` (EOS is never proposed nor removed
+            by an edit; regenerated suffixes still end where the model ends them), ``"fixed"`` (the token count
+            never changes: no insert/delete, regenerated suffixes keep the old length).
+        regen_extra_tokens: a regenerated suffix may be this many tokens longer than the one it replaces.
+        max_new_tokens: hard cap on the output length during refinement. ``None``: the model's context window.
+        min_tokens: candidates with fewer content tokens (EOS excluded) are discarded.
+        exclude_special: never propose special tokens (EOS excepted, see ``length``).
+        require_roundtrip: drop candidates whose text does not re-tokenize to the same ids.
+        tolerance: an edit is accepted only if it raises the objective by more than this.
+        budget: a :class:`Budget` or a dict of its fields.
+        seed: random seed (used by stochastic strategies; coordinate descent is deterministic).
+        max_batch_tokens: memory limit: token positions per forward call (rows x length).
+        topk_store: tokens kept per position from each forward (>= ``top_k``); extra ones absorb filtering.
+        strategy_options: extra keyword options for the strategy.
+    """
+
+    objective: Any = "mean"
+    reward: Callable[[str], float] | None = None
+    reward_weight: float = 1.0
+    strategy: str = "coordinate"
+    moves: tuple[str, ...] = ("regenerate", "substitute")
+    top_k: int = 3
+    positions: str = "margin"
+    max_positions: int | None = 8
+    block_size: int = 8
+    length: str = "free"
+    regen_extra_tokens: int = 16
+    max_new_tokens: int | None = None
+    min_tokens: int = 1
+    exclude_special: bool = True
+    require_roundtrip: bool = False
+    tolerance: float = 1e-4
+    budget: Budget = field(default_factory=Budget)
+    seed: int = 0
+    max_batch_tokens: int = 4096
+    topk_store: int = 16
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # normalise
+        if isinstance(self.budget, Mapping):
+            unknown = set(self.budget) - {f.name for f in dataclasses.fields(Budget)}
+            if unknown:
+                raise ConfigError(f"`budget` has unknown fields {sorted(unknown)}; "
+                                  f"valid: {[f.name for f in dataclasses.fields(Budget)]}")
+            self.budget = Budget(**self.budget)
+        if isinstance(self.moves, str):
+            self.moves = tuple(m.strip() for m in self.moves.split(",") if m.strip())
+        self.moves = tuple(self.moves)
+        # verify
+        if not isinstance(self.budget, Budget):
+            raise ConfigError(f"`budget` has to be a refine.Budget or a dict, but is {self.budget!r}")
+        self.objective_obj = self.build_objective()
+        STRATEGIES.get(self.strategy, field="strategy")
+        if not self.moves:
+            raise ConfigError("`moves` has to name at least one move, e.g. ('regenerate', 'substitute')")
+        if len(set(self.moves)) != len(self.moves):
+            raise ConfigError(f"`moves` lists a move twice: {self.moves}")
+        for m in self.moves:
+            MOVES.get(m, field="moves")
+        _positive_int("top_k", self.top_k)
+        _positive_int("topk_store", self.topk_store)
+        if self.topk_store < self.top_k:
+            raise ConfigError(f"`topk_store` ({self.topk_store}) has to be >= `top_k` ({self.top_k})")
+        if self.positions not in POSITION_ORDERS:
+            raise ConfigError(f"`positions` has to be one of {POSITION_ORDERS}, but is {self.positions!r}")
+        _positive_int("max_positions", self.max_positions, allow_none=True)
+        _positive_int("block_size", self.block_size)
+        if self.length not in LENGTH_MODES:
+            raise ConfigError(f"`length` has to be one of {LENGTH_MODES}, but is {self.length!r}")
+        if self.length == "fixed":
+            bad = [m for m in self.moves if m in ("insert", "delete")]
+            if bad:
+                raise ConfigError(f"`moves` {bad} change the length, which `length='fixed'` forbids; "
+                                  "drop them or use length='free'")
+        if isinstance(self.regen_extra_tokens, bool) or not isinstance(self.regen_extra_tokens, int) \
+                or self.regen_extra_tokens < 0:
+            raise ConfigError(f"`regen_extra_tokens` has to be an integer >= 0, but is {self.regen_extra_tokens!r}")
+        _positive_int("max_new_tokens", self.max_new_tokens, allow_none=True)
+        if isinstance(self.min_tokens, bool) or not isinstance(self.min_tokens, int) or self.min_tokens < 0:
+            raise ConfigError(f"`min_tokens` has to be an integer >= 0, but is {self.min_tokens!r}")
+        if not (isinstance(self.tolerance, (int, float)) and math.isfinite(self.tolerance)
+                and self.tolerance >= 0):
+            raise ConfigError(f"`tolerance` has to be a finite number >= 0, but is {self.tolerance!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"`seed` has to be an integer, but is {self.seed!r}")
+        _positive_int("max_batch_tokens", self.max_batch_tokens)
+        if not isinstance(self.strategy_options, Mapping):
+            raise ConfigError(f"`strategy_options` has to be a dict, but is {self.strategy_options!r}")
+
+    def build_objective(self) -> Objective:
+        obj = Objective.from_spec(self.objective)
+        if self.reward is not None:
+            from .objectives import Reward
+
+            if not (isinstance(self.reward_weight, (int, float)) and math.isfinite(self.reward_weight)):
+                raise ConfigError(f"`reward_weight` has to be a finite number, but is {self.reward_weight!r}")
+            obj = Objective(list(obj.terms) + [(self.reward_weight, Reward(self.reward))])
+        return obj
+
+    @property
+    def objective_fn(self) -> Objective:
+        """The objective built from ``objective`` (and ``reward``)."""
+        return self.objective_obj
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly description (callables appear by name)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["budget"] = dataclasses.asdict(self.budget)
+        d["moves"] = list(self.moves)
+        d["objective"] = self.objective_obj.to_spec()
+        d["reward"] = None if self.reward is None else getattr(self.reward, "__name__", repr(self.reward))
+        return d
+
+    def replace(self, **changes: Any) -> "RefineConfig":
+        """A validated copy with some fields changed (unknown names raise :class:`ConfigError`)."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = set(changes) - names
+        if unknown:
+            raise ConfigError(f"unknown refine option(s) {sorted(unknown)}; valid options: {sorted(names)}")
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | "RefineConfig" | None) -> "RefineConfig":
+        """Build from a dict, rejecting unknown keys (a typo must not pass silently)."""
+        if d is None:
+            return cls()
+        if isinstance(d, RefineConfig):
+            return d
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"refine options have to be a dict or RefineConfig, but are {d!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown refine option(s) {sorted(unknown)}; valid options: {sorted(names)}")
+        return cls(**dict(d))

@@ -1,0 +1,47 @@
+"""Exceptions raised by refine. All derive from :class:`RefineError`."""
+
+from __future__ import annotations
+
+
+class RefineError(Exception):
+    """Base class for every error refine raises on purpose."""
+
+
+class ConfigError(RefineError, ValueError):
+    """A configuration value is invalid. The message names the field, the value and the fix."""
+
+
+class InputError(RefineError, ValueError):
+    """The prompt, output, model or tokenizer handed to refine cannot be used as given."""
+
+
+class RewardError(RefineError):
+    """A user reward function raised or returned a non-finite value."""
+
+
+class BudgetExhausted(RefineError):
+    """Raised inside a search when the next evaluation would exceed the budget.
+
+    The search driver catches it and returns the best hypothesis found so far.
+    """
+
+
+class MissingDependency(RefineError, ImportError):
+    """An optional dependency is missing; the message says which command installs it."""
+
+
+def require(module: str, extra: str, pip_name: str | None = None):
+    """Import ``module`` or raise :class:`MissingDependency` naming the pip command.
+
+    >>> require("math", "core").sqrt(4.0)
+    2.0
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        target = pip_name or f'"refine[{extra}]"'
+        raise MissingDependency(
+            f"`{module}` is required for this feature but is not installed: pip install {target}"
+        ) from exc

@@ -1,0 +1,230 @@
+"""Moves: the neighbourhood of an output at one position.
+
+A move looks at a scored :class:`~refine.types.Hypothesis` and a position ``i`` and
+returns :class:`Proposal` s. Candidate tokens come from the model's own top-k at
+``i`` (free: the forward pass that scored the hypothesis computed them).
+
+- ``substitute``: replace ``y[i]`` by ``v``, suffix held fixed (proposing EOS truncates).
+- ``regenerate``: replace ``y[i]`` by ``v`` and re-decode the suffix greedily (bounded length).
+- ``delete``: drop ``y[i]``.
+- ``insert``: put ``v`` before ``y[i]``.
+
+Moves never run the model; the engine evaluates proposals in batches.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .backends.base import TokenizerView
+from .registry import MOVES
+from .types import Hypothesis
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A candidate edit to evaluate.
+
+    Attributes:
+        move: name of the move that made it.
+        position: the edited position in the parent.
+        tokens: for a scored proposal, the full candidate output; for a decode proposal, the fixed prefix
+            (ending with the edited token) to continue greedily.
+        decode: whether the suffix is re-decoded.
+        max_new, min_new, force_eos: decode bounds (see :class:`~refine.backends.base.DecodeRequest`).
+        prior: immediate change in log-probability at ``position`` (used to rank proposals when the budget
+            cannot afford all of them).
+    """
+
+    move: str
+    position: int
+    tokens: tuple[int, ...]
+    decode: bool = False
+    max_new: int = 0
+    min_new: int = 0
+    force_eos: bool = False
+    prior: float = 0.0
+
+    @property
+    def key(self) -> tuple:
+        """Identifies the resulting candidate: equal keys give equal candidates (greedy decoding is deterministic)."""
+        if not self.decode:
+            return (self.tokens,)
+        return (self.tokens, self.max_new, self.min_new, self.force_eos)
+
+
+@dataclass
+class MoveContext:
+    """What moves need besides the hypothesis: the tokenizer, the config's policies and the length cap."""
+
+    tokenizer: TokenizerView
+    top_k: int
+    length: str
+    regen_extra_tokens: int
+    max_output_tokens: int
+    exclude_special: bool = True
+    require_roundtrip: bool = False
+
+    def __post_init__(self) -> None:
+        self.eos_set = frozenset(self.tokenizer.eos_ids)
+        self.banned = frozenset(self.tokenizer.special_ids) - self.eos_set if self.exclude_special else frozenset()
+        self.allow_eos = self.length == "free"
+
+    def ended(self, tokens: Sequence[int]) -> bool:
+        return bool(tokens) and tokens[-1] in self.eos_set
+
+    def candidates(self, hyp: Hypothesis, i: int, exclude: Sequence[int] = ()) -> list[tuple[int, float]]:
+        """Up to ``top_k`` ``(token, logprob)`` pairs from the model's top-k at position ``i``."""
+        out = []
+        for tok, lp in zip(hyp.scores.topk_ids[i].tolist(), hyp.scores.topk_logprobs[i].tolist()):
+            if tok in exclude or tok in self.banned or (tok in self.eos_set and not self.allow_eos):
+                continue
+            if not np.isfinite(lp):
+                continue
+            out.append((tok, lp))
+            if len(out) == self.top_k:
+                break
+        return out
+
+    def roundtrip_ok(self, tokens: Sequence[int]) -> bool:
+        """Whether decoding then re-encoding the content tokens gives the same ids."""
+        if not self.require_roundtrip:
+            return True
+        content = [t for t in tokens if t not in self.eos_set]
+        return self.tokenizer.encode(self.tokenizer.decode(content)) == content
+
+
+class Move(ABC):
+    """Proposes edits at one position. Subclasses register with ``@MOVES.register(name)``."""
+
+    name: str = "move"
+
+    @abstractmethod
+    def propose(self, hyp: Hypothesis, i: int, ctx: MoveContext) -> list[Proposal]:
+        """Proposals at position ``i`` (an empty list where the move does not apply)."""
+
+
+def _truncation(name: str, y: tuple[int, ...], i: int, eos: int, prior: float) -> Proposal:
+    return Proposal(name, i, y[:i] + (eos,), prior=prior)
+
+
+@MOVES.register("substitute")
+class Substitute(Move):
+    """Replace ``y[i]`` by a top-k alternative, keeping the rest of the output as it is."""
+
+    def propose(self, hyp, i, ctx):
+        y = hyp.tokens
+        if i >= len(y) or (ctx.ended(y) and i == len(y) - 1):
+            return []  # a final EOS is never substituted (the output would stop being terminated)
+        old_lp = float(hyp.scores.logprobs[i])
+        out = []
+        for v, lp in ctx.candidates(hyp, i, exclude=(y[i],)):
+            if v in ctx.eos_set:
+                out.append(_truncation(self.name, y, i, v, lp - old_lp))
+                continue
+            cand = y[:i] + (v,) + y[i + 1 :]
+            if ctx.roundtrip_ok(cand):
+                out.append(Proposal(self.name, i, cand, prior=lp - old_lp))
+        return out
+
+
+@MOVES.register("regenerate")
+class Regenerate(Move):
+    """Replace ``y[i]`` by a top-k alternative and re-decode everything after it greedily.
+
+    The new suffix may be up to ``regen_extra_tokens`` longer than the old one (``length="fixed"``: exactly
+    as long, with EOS kept last). At a final EOS this continues the answer instead of ending it.
+    """
+
+    def propose(self, hyp, i, ctx):
+        y = hyp.tokens
+        if i >= len(y):
+            return []
+        ended = ctx.ended(y)
+        old_suffix = len(y) - i - 1  # tokens after position i
+        if ctx.length == "fixed":
+            if ended and i == len(y) - 1:
+                return []
+            max_new = old_suffix
+            min_new = old_suffix - (1 if ended else 0)
+            force_eos = ended
+        else:
+            max_new = min(old_suffix + ctx.regen_extra_tokens, ctx.max_output_tokens - (i + 1))
+            min_new = 0
+            force_eos = ended and ctx.length == "keep_eos"
+        if max_new < 0:
+            return []
+        old_lp = float(hyp.scores.logprobs[i])
+        out = []
+        for v, lp in ctx.candidates(hyp, i, exclude=(y[i],)):
+            if v in ctx.eos_set:
+                out.append(_truncation(self.name, y, i, v, lp - old_lp))
+                continue
+            prefix = y[:i] + (v,)
+            if not ctx.roundtrip_ok(prefix):
+                continue
+            if max_new == 0:
+                out.append(Proposal(self.name, i, prefix, prior=lp - old_lp))
+            else:
+                out.append(Proposal(self.name, i, prefix, decode=True, max_new=max_new, min_new=min_new,
+                                    force_eos=force_eos, prior=lp - old_lp))
+        return out
+
+
+@MOVES.register("delete")
+class Delete(Move):
+    """Drop ``y[i]`` (never a final EOS)."""
+
+    def propose(self, hyp, i, ctx):
+        y = hyp.tokens
+        content = len(y) - (1 if ctx.ended(y) else 0)
+        if i >= content or ctx.length == "fixed":
+            return []
+        cand = y[:i] + y[i + 1 :]
+        if not cand or not ctx.roundtrip_ok(cand):
+            return []
+        return [Proposal(self.name, i, cand, prior=-float(hyp.scores.logprobs[i]) - 1.0)]
+
+
+@MOVES.register("insert")
+class Insert(Move):
+    """Insert a top-k token before ``y[i]`` (before the final EOS at most)."""
+
+    def propose(self, hyp, i, ctx):
+        y = hyp.tokens
+        content = len(y) - (1 if ctx.ended(y) else 0)
+        if i > content or i >= len(y) or ctx.length == "fixed" or len(y) + 1 > ctx.max_output_tokens:
+            return []
+        out = []
+        for v, lp in ctx.candidates(hyp, i, exclude=(y[i],) + tuple(ctx.eos_set)):
+            cand = y[:i] + (v,) + y[i:]
+            if ctx.roundtrip_ok(cand):
+                out.append(Proposal(self.name, i, cand, prior=lp))
+        return out
+
+
+def rank_positions(hyp: Hypothesis, order: str) -> list[int]:
+    """Positions of ``hyp`` in visiting order.
+
+    ``margin``: least confident first (smallest log p(y_i) minus the best alternative);
+    ``entropy``: most uncertain distribution first; ``left_to_right``: 0, 1, 2, ...
+    Ties keep left-to-right order.
+    """
+    n = len(hyp.tokens)
+    if order == "left_to_right":
+        return list(range(n))
+    if order == "margin":
+        key = hyp.scores.margin(hyp.tokens)
+    elif order == "entropy":
+        key = -hyp.scores.entropy
+    else:
+        raise ValueError(f"unknown position order {order!r}")
+    return [int(i) for i in np.argsort(key, kind="stable")]
+
+
+def build_moves(names: Sequence[str]) -> list[Move]:
+    return [MOVES.get(n, field="moves")() for n in names]

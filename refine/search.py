@@ -1,0 +1,326 @@
+"""The search engine shared by all strategies.
+
+:class:`Search` owns the budget, the objective, the acceptance rule and the memo of
+evaluated candidates; strategies only decide *what* to evaluate next. One place for
+each piece of maths: objective values are computed in :meth:`Search.evaluate`,
+acceptance is decided in :meth:`Search.accept`.
+
+:func:`run_search` drives a strategy until it converges or a budget limit is reached,
+and returns a :class:`~refine.types.RefineResult`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .backends.base import DecodeRequest, Session, TokenizerView
+from .config import RefineConfig
+from .errors import BudgetExhausted, ConfigError
+from .moves import MoveContext, Proposal, build_moves
+from .objectives import CandidateView, Objective
+from .registry import STRATEGIES
+from .types import Edit, Hypothesis, RefineResult, Scores, Stats
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def changed_span(old: Sequence[int], new: Sequence[int]) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """``(position, old_tokens, new_tokens)`` of the smallest span that turns ``old`` into ``new``.
+
+    >>> changed_span((1, 2, 3, 4), (1, 9, 3, 4))
+    (1, (2,), (9,))
+    """
+    p = common_prefix(old, new)
+    s = 0
+    while s < min(len(old), len(new)) - p and old[len(old) - 1 - s] == new[len(new) - 1 - s]:
+        s += 1
+    return p, tuple(old[p : len(old) - s]), tuple(new[p : len(new) - s])
+
+
+class Search:
+    """State of one refinement: the current hypothesis, the budget, the memo and the statistics.
+
+    Strategies call :meth:`evaluate` to score proposals (batched, within budget) and :meth:`accept` to move.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        tokenizer: TokenizerView,
+        config: RefineConfig,
+        max_output_tokens: int,
+    ) -> None:
+        self.session = session
+        self.tokenizer = tokenizer
+        self.config = config
+        self.budget = config.budget
+        self.objective: Objective = config.objective_fn
+        self.objective.bind(tokenizer)
+        self.moves = build_moves(config.moves)
+        self.move_context = MoveContext(
+            tokenizer=tokenizer,
+            top_k=config.top_k,
+            length=config.length,
+            regen_extra_tokens=config.regen_extra_tokens,
+            max_output_tokens=max_output_tokens,
+            exclude_special=config.exclude_special,
+            require_roundtrip=config.require_roundtrip,
+        )
+        self.max_output_tokens = max_output_tokens
+        self.rng = np.random.default_rng(config.seed)
+        self.stats = Stats()
+        self.edits: list[Edit] = []
+        self.current: Hypothesis | None = None
+        self.initial: Hypothesis | None = None
+        self._memo: dict[tuple, Hypothesis] = {}
+        self._t0 = time.perf_counter()
+        self._eos = frozenset(tokenizer.eos_ids)
+        self._base_tokens = session.forward_tokens
+        self._base_calls = session.forward_calls
+
+    # ------------------------------------------------------------------ budget
+
+    @property
+    def spent(self) -> int:
+        """Forward tokens spent by this search (the session may have spent some before it)."""
+        return self.session.forward_tokens - self._base_tokens
+
+    @property
+    def calls(self) -> int:
+        return self.session.forward_calls - self._base_calls
+
+    def remaining_tokens(self) -> float:
+        cap = self.budget.max_forward_tokens
+        return float("inf") if cap is None else cap - self.spent
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._t0
+
+    # ------------------------------------------------------------------ scoring
+
+    def _views(self, items: Sequence[tuple[tuple[int, ...], Scores]]) -> list[CandidateView]:
+        need_text = self.objective.needs_text
+        return [
+            CandidateView(
+                tokens=toks,
+                logprobs=sc.logprobs,
+                text=self.tokenizer.decode(toks) if need_text else None,
+                ended=bool(toks) and toks[-1] in self._eos,
+            )
+            for toks, sc in items
+        ]
+
+    def _hypotheses(self, items: Sequence[tuple[tuple[int, ...], Scores]]) -> list[Hypothesis]:
+        views = self._views(items)
+        values, terms = self.objective.evaluate(views)
+        return [
+            Hypothesis(tokens=toks, scores=sc, value=float(v), terms=t, text=view.text)
+            for (toks, sc), v, t, view in zip(items, values, terms, views)
+        ]
+
+    def score_initial(self, tokens: Sequence[int]) -> Hypothesis:
+        """Score the starting output; sets :attr:`current` and :attr:`initial`."""
+        tokens = tuple(int(t) for t in tokens)
+        cost = self.session.score_cost(0, [tokens])
+        if cost > self.remaining_tokens():
+            raise ConfigError(
+                f"`budget.max_forward_tokens`={self.budget.max_forward_tokens} cannot even score the initial "
+                f"output (needs {cost} tokens); raise it or set it to None"
+            )
+        (sc,) = self.session.score(0, [tokens])
+        self.stats.forward_calls = self.calls
+        (hyp,) = self._hypotheses([(tokens, sc)])
+        self.current = self.initial = hyp
+        self._memo[(tokens,)] = hyp
+        return hyp
+
+    def _plan(self, parent: Hypothesis, props: Sequence[Proposal]):
+        """Group proposals into backend calls: scored ones by shared prefix, decoded ones in one call."""
+        groups: dict[int, list[Proposal]] = defaultdict(list)
+        decodes: list[Proposal] = []
+        for p in props:
+            if p.decode:
+                decodes.append(p)
+            else:
+                start = min(common_prefix(parent.tokens, p.tokens), len(p.tokens) - 1)
+                groups[start].append(p)
+        dstart = min((common_prefix(parent.tokens, p.tokens) for p in decodes), default=0)
+        return groups, decodes, dstart
+
+    def _cost(self, parent: Hypothesis, props: Sequence[Proposal]) -> int:
+        groups, decodes, dstart = self._plan(parent, props)
+        cost = sum(self.session.score_cost(s, [p.tokens for p in g]) for s, g in groups.items())
+        if decodes:
+            cost += self.session.decode_cost(dstart, [self._request(p) for p in decodes])
+        return cost
+
+    @staticmethod
+    def _request(p: Proposal) -> DecodeRequest:
+        return DecodeRequest(p.tokens, p.max_new, p.min_new, p.force_eos)
+
+    def evaluate(self, proposals: Sequence[Proposal]) -> list[tuple[Proposal, Hypothesis]]:
+        """Score ``proposals`` against the current hypothesis, batched and within budget.
+
+        Candidates seen before come from the memo at no cost. If the budget cannot afford all new ones,
+        the most promising (highest ``prior``) are kept; if it cannot afford one, :class:`BudgetExhausted`.
+        """
+        parent = self.current
+        assert parent is not None, "score_initial() first"
+        seen: set[tuple] = set()
+        fresh: list[Proposal] = []
+        results: list[tuple[Proposal, Hypothesis]] = []
+        for p in proposals:
+            if p.key in seen:
+                continue
+            seen.add(p.key)
+            content = len(p.tokens) - (1 if p.tokens and p.tokens[-1] in self._eos else 0)
+            if not p.decode and (content < self.config.min_tokens or len(p.tokens) > self.max_output_tokens):
+                continue
+            if p.key in self._memo:
+                results.append((p, self._memo[p.key]))
+            else:
+                fresh.append(p)
+        if fresh:
+            fresh.sort(key=lambda p: -p.prior)  # stable: ties keep proposal order
+            while fresh and self._cost(parent, fresh) > self.remaining_tokens():
+                fresh.pop()
+            if not fresh:
+                raise BudgetExhausted()
+            results.extend(self._run(parent, fresh))
+        self.stats.candidates += len(results)
+        self.stats.forward_calls = self.calls
+        return [(p, h) for p, h in results if self._valid(h)]
+
+    def _valid(self, h: Hypothesis) -> bool:
+        content = len(h.tokens) - (1 if h.tokens and h.tokens[-1] in self._eos else 0)
+        return content >= self.config.min_tokens and np.isfinite(h.value)
+
+    def _run(self, parent: Hypothesis, props: Sequence[Proposal]) -> list[tuple[Proposal, Hypothesis]]:
+        groups, decodes, dstart = self._plan(parent, props)
+        items: list[tuple[Proposal, tuple[int, ...], Scores]] = []
+        for start, group in groups.items():
+            scores = self.session.score(start, [p.tokens for p in group])
+            head = parent.scores.slice(0, start)
+            items += [(p, p.tokens, Scores.concat([head, sc])) for p, sc in zip(group, scores)]
+        if decodes:
+            head = parent.scores.slice(0, dstart)
+            for p, dec in zip(decodes, self.session.decode(dstart, [self._request(p) for p in decodes])):
+                items.append((p, dec.tokens, Scores.concat([head, dec.scores])))
+        hyps = self._hypotheses([(toks, sc) for _, toks, sc in items])
+        out = []
+        for (p, _, _), h in zip(items, hyps):
+            self._memo[p.key] = h
+            out.append((p, h))
+        return out
+
+    # ------------------------------------------------------------------ moving
+
+    def accept(self, proposal: Proposal, cand: Hypothesis) -> bool:
+        """Move to ``cand`` if it beats the current value by more than ``tolerance``. The one acceptance rule."""
+        cur = self.current
+        assert cur is not None
+        if not cand.value > cur.value + self.config.tolerance:
+            return False
+        pos, old, new = changed_span(cur.tokens, cand.tokens)
+        self.edits.append(Edit(proposal.move, pos, old, new, cur.value, cand.value, self.stats.steps))
+        self.current = cand
+        self.stats.accepted += 1
+        return True
+
+    def best(self) -> Hypothesis:
+        assert self.current is not None
+        return self.current
+
+
+class Strategy:
+    """A search strategy. Subclasses register with ``@STRATEGIES.register(name)`` and implement :meth:`step`.
+
+    ``step`` does one unit of work (normally one batched :meth:`Search.evaluate`) and returns False once the
+    strategy has converged. Budget limits are enforced by :func:`run_search` and :meth:`Search.evaluate`.
+    """
+
+    name: str = "strategy"
+
+    def __init__(self, **options) -> None:
+        if options:
+            raise ConfigError(f"strategy {self.name!r} takes no options, got {sorted(options)}")
+
+    def start(self, search: Search) -> None:
+        """Called once after the initial output is scored."""
+
+    def step(self, search: Search) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+ProgressFn = Callable[[Search], None]
+
+
+def run_search(
+    session: Session,
+    tokenizer: TokenizerView,
+    output: Sequence[int],
+    config: RefineConfig,
+    max_output_tokens: int,
+    progress: ProgressFn | None = None,
+) -> RefineResult:
+    """Refine ``output`` for ``session.prompt`` with ``config``; return the best output found."""
+    search = Search(session, tokenizer, config, max_output_tokens)
+    init = search.score_initial(output)
+    strategy_cls = STRATEGIES.get(config.strategy, field="strategy")
+    strategy: Strategy = strategy_cls(**config.strategy_options)
+    strategy.start(search)
+    budget = config.budget
+    idle = 0
+    stop = "converged"
+    while True:
+        if budget.max_seconds is not None and search.elapsed() >= budget.max_seconds:
+            stop = "max_seconds"
+            break
+        if search.stats.sweeps >= budget.max_sweeps:
+            stop = "max_sweeps"
+            break
+        if budget.patience is not None and idle >= budget.patience:
+            stop = "patience"
+            break
+        accepted_before = search.stats.accepted
+        try:
+            more = strategy.step(search)
+        except BudgetExhausted:
+            stop = "max_forward_tokens"
+            break
+        search.stats.steps += 1
+        idle = 0 if search.stats.accepted > accepted_before else idle + 1
+        if progress is not None:
+            progress(search)
+        if not more:
+            stop = "converged"
+            break
+    best = search.best()
+    stats = search.stats
+    stats.forward_tokens = search.spent
+    stats.forward_calls = search.calls
+    stats.seconds = search.elapsed()
+    stats.stop_reason = stop
+    return RefineResult(
+        tokens=list(best.tokens),
+        text=tokenizer.decode(best.tokens),
+        score=best.value,
+        initial_tokens=list(init.tokens),
+        initial_text=tokenizer.decode(init.tokens),
+        initial_score=init.value,
+        terms=dict(best.terms),
+        initial_terms=dict(init.terms),
+        edits=list(search.edits),
+        stats=stats,
+        prompt_tokens=list(session.prompt),
+    )

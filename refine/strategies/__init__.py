@@ -1,0 +1,6 @@
+"""Search strategies. Each registers itself in :data:`refine.registry.STRATEGIES` on import."""
+
+from ..search import Strategy
+from .coordinate import CoordinateDescent
+
+__all__ = ["Strategy", "CoordinateDescent"]

@@ -1,0 +1,58 @@
+"""Coordinate descent over token positions: the default strategy."""
+
+from __future__ import annotations
+
+from ..moves import rank_positions
+from ..registry import STRATEGIES
+from ..search import Search, Strategy
+
+
+@STRATEGIES.register("coordinate")
+class CoordinateDescent(Strategy):
+    """Visit positions in ``config.positions`` order, ``block_size`` at a time.
+
+    Each step proposes every configured move at every position of the block, evaluates all proposals in
+    one batched call (re-decoded suffixes of the whole block decode together) and accepts the best one if it
+    improves the objective. A sweep ends when the queue of positions is empty; a sweep without an accepted
+    edit means a local optimum (converged). Monotone: the objective never decreases.
+    """
+
+    def start(self, search: Search) -> None:
+        self._queue: list[int] = []
+        self._improved = False
+        self._new_sweep(search)
+
+    def _new_sweep(self, search: Search) -> None:
+        cfg = search.config
+        order = rank_positions(search.current, cfg.positions)
+        self._queue = order[: cfg.max_positions] if cfg.max_positions else order
+        self._improved = False
+
+    def step(self, search: Search) -> bool:
+        cfg = search.config
+        while True:
+            if not self._queue:
+                # sweep finished
+                search.stats.sweeps += 1
+                if not self._improved:
+                    return False
+                if search.stats.sweeps >= cfg.budget.max_sweeps:
+                    return True  # the driver reports max_sweeps
+                self._new_sweep(search)
+            block, self._queue = self._queue[: cfg.block_size], self._queue[cfg.block_size :]
+            cur = search.current
+            proposals = [
+                p
+                for i in block
+                if i < len(cur.tokens)
+                for move in search.moves
+                for p in move.propose(cur, i, search.move_context)
+            ]
+            if proposals:
+                break
+        results = search.evaluate(proposals)
+        if results:
+            prop, best = max(results, key=lambda r: r[1].value)
+            if search.accept(prop, best):
+                self._improved = True
+        return True

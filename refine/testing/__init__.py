@@ -1,0 +1,5 @@
+"""Tiny models and tokenizers built in memory (no download), for tests, examples and benchmarks' smoke runs."""
+
+from .tiny import BigramLM, char_tokenizer, tiny_llama
+
+__all__ = ["BigramLM", "char_tokenizer", "tiny_llama"]

@@ -1,0 +1,44 @@
+"""`refine run` end to end on a tiny model saved to disk."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from refine.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, llama, tok):
+    d = tmp_path_factory.mktemp("tiny")
+    llama.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def test_run_json(model_dir, capsys):
+    assert main(["run", "the cat", "--model", str(model_dir), "--no-chat", "--max-new-tokens", "12",
+                 "--objective", "sum", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["score"] >= d["initial_score"]
+    assert d["stats"]["forward_tokens"] > 0 and len(d["initial_tokens"]) <= 12
+    assert d["config"]["objective"] == {"sum": {"weight": 1.0}}
+
+
+def test_run_human_output_shows_diff_and_compute(model_dir, capsys):
+    assert main(["run", "the cat", "--model", str(model_dir), "--no-chat", "--max-new-tokens", "12",
+                 "--objective", "sum,length=0.5", "--moves", "regenerate,delete", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    for key in ("initial", "refined", "diff", "score", "compute", "forward tokens"):
+        assert key in out
+
+
+def test_bad_option_is_a_clean_error(model_dir, capsys):
+    assert main(["run", "x", "--model", str(model_dir), "--moves", "teleport"]) == 2
+    assert "moves" in capsys.readouterr().err
+
+
+def test_console_script_installed():
+    r = subprocess.run([sys.executable, "-m", "refine.cli", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "run" in r.stdout

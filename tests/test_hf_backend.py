@@ -1,0 +1,101 @@
+"""The HF backend: cached scoring equals a plain forward; decoding equals HF greedy; costs bound spending."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from refine.backends.base import DecodeRequest
+from refine.errors import InputError
+
+PROMPT = [21, 9, 6, 4]  # "the b" in char ids
+
+
+def full_logprobs(model, prompt, seq):
+    ids = torch.tensor([list(prompt) + list(seq)])
+    with torch.no_grad():
+        lp = model(ids).logits[0].float().log_softmax(-1)
+    n = len(prompt)
+    return np.array([lp[n - 1 + t, seq[t]].item() for t in range(len(seq))]), lp[n - 1 : n - 1 + len(seq)]
+
+
+seq_st = st.lists(st.integers(3, 33), min_size=1, max_size=12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shared=st.lists(st.integers(3, 33), max_size=6), tails=st.lists(seq_st, min_size=1, max_size=4),
+       warm=seq_st)
+def test_cached_scoring_matches_full_forward(llama, backend, shared, tails, warm):
+    session = backend.open(PROMPT, topk=5, max_batch_tokens=16)  # tiny chunks: exercises chunking
+    session.score(0, [tuple(warm)])  # leave an unrelated prefix in the cache first
+    seqs = [tuple(shared + t) for t in tails]
+    for seq, sc in zip(seqs, session.score(len(shared), seqs)):
+        ref, ref_lp = full_logprobs(llama, PROMPT, seq)
+        np.testing.assert_allclose(sc.logprobs, ref[len(shared):], atol=1e-4)
+        top = torch.topk(ref_lp[len(shared):], 5, dim=-1)
+        np.testing.assert_allclose(sc.topk_logprobs, top.values.numpy(), atol=1e-4)
+        ent = -(ref_lp.exp() * ref_lp).sum(-1)[len(shared):].numpy()
+        np.testing.assert_allclose(sc.entropy, ent, atol=1e-4)
+
+
+def test_decode_matches_hf_greedy_and_scores(llama, backend):
+    session = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+    reqs = [DecodeRequest((5, 6), 9), DecodeRequest((5, 6, 7, 8), 4), DecodeRequest((5,), 6, min_new=6),
+            DecodeRequest((5, 9), 3, force_eos=True)]
+    out = session.decode(1, reqs)
+    for req, dec in zip(reqs[:3], out[:3]):
+        ids = torch.tensor([PROMPT + list(req.tokens)])
+        ref = llama.generate(ids, max_new_tokens=req.max_new, min_new_tokens=req.min_new or None,
+                             do_sample=False)[0, len(PROMPT):].tolist()
+        assert list(dec.tokens) == ref
+        lp, _ = full_logprobs(llama, PROMPT, dec.tokens)
+        np.testing.assert_allclose(dec.scores.logprobs, lp[1:], atol=1e-4)
+    forced = out[3]
+    assert len(forced.tokens) <= 2 + 3 and forced.tokens[-1] == 1  # ends with EOS: forced at the last slot
+    lp, _ = full_logprobs(llama, PROMPT, forced.tokens)
+    np.testing.assert_allclose(forced.scores.logprobs, lp[1:], atol=1e-4)  # the forced EOS is scored, not faked
+
+
+def test_costs_bound_spending(backend):
+    session = backend.open(PROMPT, topk=4, max_batch_tokens=10)
+    seqs = [(5, 6, 7), (5, 8), (5, 6, 7, 8, 9)]
+    before = session.forward_tokens
+    bound = session.score_cost(1, seqs)
+    session.score(1, seqs)
+    assert 0 < session.forward_tokens - before <= bound
+    reqs = [DecodeRequest((5, 6), 7), DecodeRequest((5, 7, 7), 2)]
+    before = session.forward_tokens
+    bound = session.decode_cost(1, reqs)
+    session.decode(1, reqs)
+    assert 0 < session.forward_tokens - before <= bound
+
+
+def test_callers_tensors_untouched(llama, backend):
+    prompt = torch.tensor(PROMPT)
+    copy = prompt.clone()
+    session = backend.open(prompt.tolist(), topk=4, max_batch_tokens=64)
+    session.decode(0, [DecodeRequest((), 5)])
+    assert torch.equal(prompt, copy)
+
+
+def test_empty_prompt_refused(backend):
+    with pytest.raises(InputError, match="empty"):
+        backend.open([], topk=4, max_batch_tokens=64)
+
+
+def test_mismatched_tokenizer_refused(tok):
+    from refine.backends.hf import HFBackend
+    from refine.testing import tiny_llama
+
+    with pytest.raises(InputError, match="do not belong together"):
+        HFBackend(tiny_llama(vocab_size=20), tok)
+
+
+def test_encoder_decoder_refused(tok):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from refine.backends.hf import HFBackend
+
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=40, d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8))
+    with pytest.raises(InputError, match="encoder-decoder"):
+        HFBackend(t5, tok)

@@ -1,0 +1,155 @@
+"""The engine end to end on tiny models: the greedy-is-wrong case, monotonicity, budgets, determinism, errors."""
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import refine
+from refine import RefineConfig
+from refine.api import generate_greedy, refine_tokens
+from refine.errors import ConfigError, InputError, RewardError
+
+from .conftest import A, B, S, X
+
+
+def test_greedy_is_wrong_and_regenerate_fixes_it(bigram_backend):
+    greedy = generate_greedy(bigram_backend, [S], 5)
+    assert greedy[0] == A and greedy[-1] == 1  # a, then one of the 0.2 tokens, then EOS
+    p_greedy = 0.6 * 0.2 * 0.99
+    res = refine_tokens(bigram_backend, [S], greedy, {"objective": "sum", "moves": ["regenerate"]})
+    assert res.tokens == [B, X, 1]
+    assert res.score == pytest.approx(math.log(0.4 * 0.9 * 0.99), abs=1e-4)
+    assert res.initial_score == pytest.approx(math.log(p_greedy), abs=1e-4)
+    (edit,) = res.edits
+    assert edit.move == "regenerate" and edit.position == 0 and edit.new[0] == B
+    # a swap with the suffix held fixed cannot find it: p(greedy's 2nd token | b) is tiny
+    sub = refine_tokens(bigram_backend, [S], greedy, {"objective": "sum", "moves": ["substitute"]})
+    assert sub.tokens[0] == A and not any(e.new[:1] == (B,) for e in sub.edits)
+
+
+configs = st.fixed_dictionaries({
+    "objective": st.sampled_from(["sum", "mean", {"gnmt": {"alpha": 0.8}}, {"mean": 1.0, "repetition": 0.5},
+                                  {"sum": 1.0, "length": 0.7}]),
+    "moves": st.lists(st.sampled_from(["substitute", "regenerate", "delete", "insert"]), min_size=1, max_size=4,
+                      unique=True),
+    "top_k": st.integers(1, 3),
+    "positions": st.sampled_from(["margin", "entropy", "left_to_right"]),
+    "block_size": st.integers(1, 4),
+    "max_positions": st.sampled_from([None, 3]),
+    "length": st.sampled_from(["free", "keep_eos"]),
+    "regen_extra_tokens": st.integers(0, 4),
+})
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cfg=configs, prompt=st.lists(st.integers(3, 33), min_size=1, max_size=5), n=st.integers(2, 8),
+       cap=st.one_of(st.none(), st.integers(40, 400)))
+def test_edits_monotone_and_budget_respected(backend, cfg, prompt, n, cap):
+    config = RefineConfig(**cfg, max_new_tokens=14, budget={"max_sweeps": 2, "max_forward_tokens": cap})
+    out = generate_greedy(backend, prompt, n)
+    try:
+        res = refine_tokens(backend, prompt, out, config)
+    except ConfigError:
+        assert cap is not None  # only a cap too small to score the initial output may refuse
+        return
+    prev = res.initial_score
+    for e in res.edits:  # every accepted edit strictly raises the objective, from where the last one left off
+        assert e.before == pytest.approx(prev) and e.after > e.before + config.tolerance
+        prev = e.after
+    assert res.score == pytest.approx(prev) and res.score >= res.initial_score
+    if cap is not None:
+        assert res.stats.forward_tokens <= cap
+    # the reported score is the objective of the returned tokens, re-scored from scratch
+    again = refine_tokens(backend, prompt, res.tokens, config.replace(budget={"max_sweeps": 1}, moves=("delete",)))
+    assert again.initial_score == pytest.approx(res.score, abs=1e-4)
+
+
+def test_fixed_length_keeps_length(backend):
+    out = generate_greedy(backend, [5, 6], 10)
+    res = refine_tokens(backend, [5, 6], out, {"objective": "sum", "length": "fixed", "top_k": 3,
+                                                 "max_positions": None})
+    assert len(res.tokens) == len(out)
+    assert (res.tokens[-1] == 1) == (out[-1] == 1)
+
+
+def test_keep_eos_never_truncates(bigram_backend):
+    res = refine_tokens(bigram_backend, [S], [A, 13, 1], {"objective": "sum", "length": "keep_eos",
+                                                           "moves": ["substitute", "regenerate"]})
+    assert res.tokens[-1] == 1 and all(1 not in e.new[:-1] for e in res.edits)
+
+
+def test_deterministic_for_a_seed(backend):
+    out = generate_greedy(backend, [7, 8, 9], 12)
+    cfg = {"objective": "mean", "moves": ["regenerate", "substitute", "insert"], "seed": 3}
+    a = refine_tokens(backend, [7, 8, 9], out, cfg)
+    b = refine_tokens(backend, [7, 8, 9], out, cfg)
+    assert a.tokens == b.tokens and a.score == b.score and a.stats.forward_tokens == b.stats.forward_tokens
+
+
+def test_stops_on_budget_and_returns_best_so_far(backend):
+    out = generate_greedy(backend, [7, 8, 9], 12)
+    free = refine_tokens(backend, [7, 8, 9], out, {"objective": "mean"})
+    cap = free.stats.forward_tokens // 2
+    res = refine_tokens(backend, [7, 8, 9], out, {"objective": "mean", "budget": {"max_forward_tokens": cap}})
+    assert res.stats.forward_tokens <= cap
+    assert res.stats.stop_reason in ("max_forward_tokens", "converged")
+    assert res.score >= res.initial_score
+
+
+def test_patience_and_time_limits(backend):
+    out = generate_greedy(backend, [7, 8, 9], 12)
+    res = refine_tokens(backend, [7, 8, 9], out, {"objective": "sum", "block_size": 1, "budget": {"patience": 1}})
+    assert res.stats.stop_reason in ("patience", "converged")
+    res = refine_tokens(backend, [7, 8, 9], out, {"objective": "sum", "budget": {"max_seconds": 1e-9}})
+    assert res.stats.stop_reason == "max_seconds" and res.tokens == out
+
+
+@pytest.mark.parametrize(
+    "prompt, output, match",
+    [
+        ([], [5, 1], "prompt is empty"),
+        ([5], [], "output is empty"),
+        ([5], [5, 999], "outside the vocabulary"),
+        ([-1], [5], "outside the vocabulary"),
+        ([5], [5] * 300, "exceed"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(backend, prompt, output, match):
+    before = list(output)
+    with pytest.raises(InputError, match=match):
+        refine_tokens(backend, prompt, output, {})
+    assert output == before
+
+
+def test_text_api_errors(backend, llama, tok):
+    with pytest.raises(InputError, match="prompt is empty"):
+        refine.refine("  ", "x", model=llama, tokenizer=tok)
+    with pytest.raises(InputError, match="output is empty"):
+        refine.refine("hi", "", model=llama, tokenizer=tok)
+
+
+def test_zero_and_too_small_budgets(backend):
+    with pytest.raises(ConfigError, match="max_forward_tokens"):
+        refine_tokens(backend, [5], [6, 7, 1], {"budget": {"max_forward_tokens": 0}})
+    with pytest.raises(ConfigError, match="cannot even score"):
+        refine_tokens(backend, [5], [6, 7, 1], {"budget": {"max_forward_tokens": 2}})
+
+
+@pytest.mark.parametrize("fn", [lambda t: float("nan"), lambda t: 1 / 0])
+def test_bad_reward_stops_with_reward_error(backend, fn):
+    with pytest.raises(RewardError):
+        refine_tokens(backend, [5], [6, 7, 1], {"reward": fn})
+
+
+def test_reward_steers_the_output(backend):
+    out = generate_greedy(backend, [7, 8, 9], 10)
+
+    def count_e(text):
+        return text.count("e")
+
+    base = refine_tokens(backend, [7, 8, 9], out, {"objective": "mean"})
+    steered = refine_tokens(backend, [7, 8, 9], out, {"objective": "mean", "reward": count_e, "reward_weight": 5.0,
+                                                       "top_k": 5, "moves": ["substitute", "insert"]})
+    assert steered.terms["reward"] >= base.terms.get("reward", count_e(base.text))
+    assert steered.terms["reward"] > count_e(steered.initial_text)
