@@ -56,7 +56,7 @@ def generate_greedy(backend: Backend, prompt_ids: Sequence[int], max_new_tokens:
     """Greedy decoding through the backend's own decoder (what refinement starts from by default)."""
     session = backend.open(prompt_ids, topk, max_batch_tokens)
     try:
-        (dec,) = session.decode(0, [DecodeRequest((), max_new_tokens)])
+        ((_, dec),) = session.decode([DecodeRequest((), max_new_tokens)])
     finally:
         session.close()
     return list(dec.tokens)

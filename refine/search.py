@@ -12,7 +12,6 @@ and returns a :class:`~refine.types.RefineResult`.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from typing import Callable, Sequence
 
 import numpy as np
@@ -131,48 +130,38 @@ class Search:
     def score_initial(self, tokens: Sequence[int]) -> Hypothesis:
         """Score the starting output; sets :attr:`current` and :attr:`initial`."""
         tokens = tuple(int(t) for t in tokens)
-        cost = self.session.score_cost(0, [tokens])
+        cost = self.session.score_cost([tokens])
         if cost > self.remaining_tokens():
             raise ConfigError(
                 f"`budget.max_forward_tokens`={self.budget.max_forward_tokens} cannot even score the initial "
                 f"output (needs {cost} tokens); raise it or set it to None"
             )
-        (sc,) = self.session.score(0, [tokens])
+        ((start, sc),) = self.session.score([tokens])
+        assert start == 0
         self.stats.forward_calls = self.calls
         (hyp,) = self._hypotheses([(tokens, sc)])
         self.current = self.initial = hyp
         self._memo[(tokens,)] = hyp
         return hyp
 
-    def _plan(self, parent: Hypothesis, props: Sequence[Proposal]):
-        """Group proposals into backend calls: scored ones by shared prefix, decoded ones in one call."""
-        groups: dict[int, list[Proposal]] = defaultdict(list)
-        decodes: list[Proposal] = []
-        for p in props:
-            if p.decode:
-                decodes.append(p)
-            else:
-                start = min(common_prefix(parent.tokens, p.tokens), len(p.tokens) - 1)
-                groups[start].append(p)
-        dstart = min((common_prefix(parent.tokens, p.tokens) for p in decodes), default=0)
-        return groups, decodes, dstart
-
-    def _cost(self, parent: Hypothesis, props: Sequence[Proposal]) -> int:
-        groups, decodes, dstart = self._plan(parent, props)
-        cost = sum(self.session.score_cost(s, [p.tokens for p in g]) for s, g in groups.items())
-        if decodes:
-            cost += self.session.decode_cost(dstart, [self._request(p) for p in decodes])
-        return cost
-
     @staticmethod
     def _request(p: Proposal) -> DecodeRequest:
         return DecodeRequest(p.tokens, p.max_new, p.min_new, p.force_eos)
 
+    def _cost(self, parent: Hypothesis, props: Sequence[Proposal]) -> int:
+        scored = [p.tokens for p in props if not p.decode]
+        decoded = [self._request(p) for p in props if p.decode]
+        cost = self.session.score_cost(scored, parent.tokens) if scored else 0
+        if decoded:
+            cost += self.session.decode_cost(decoded, parent.tokens)
+        return cost
+
     def evaluate(self, proposals: Sequence[Proposal]) -> list[tuple[Proposal, Hypothesis]]:
         """Score ``proposals`` against the current hypothesis, batched and within budget.
 
-        Candidates seen before come from the memo at no cost. If the budget cannot afford all new ones,
-        the most promising (highest ``prior``) are kept; if it cannot afford one, :class:`BudgetExhausted`.
+        All scored proposals go to the backend in one call, all re-decoded ones in another. Candidates seen
+        before come from the memo at no cost. If the budget cannot afford all new ones, the most promising
+        (highest ``prior``) are kept; if it cannot afford one, :class:`BudgetExhausted`.
         """
         parent = self.current
         assert parent is not None, "score_initial() first"
@@ -206,16 +195,16 @@ class Search:
         return content >= self.config.min_tokens and np.isfinite(h.value)
 
     def _run(self, parent: Hypothesis, props: Sequence[Proposal]) -> list[tuple[Proposal, Hypothesis]]:
-        groups, decodes, dstart = self._plan(parent, props)
+        scored = [p for p in props if not p.decode]
+        decoded = [p for p in props if p.decode]
         items: list[tuple[Proposal, tuple[int, ...], Scores]] = []
-        for start, group in groups.items():
-            scores = self.session.score(start, [p.tokens for p in group])
-            head = parent.scores.slice(0, start)
-            items += [(p, p.tokens, Scores.concat([head, sc])) for p, sc in zip(group, scores)]
-        if decodes:
-            head = parent.scores.slice(0, dstart)
-            for p, dec in zip(decodes, self.session.decode(dstart, [self._request(p) for p in decodes])):
-                items.append((p, dec.tokens, Scores.concat([head, dec.scores])))
+        if scored:
+            for p, (start, sc) in zip(scored, self.session.score([p.tokens for p in scored], parent.tokens)):
+                items.append((p, p.tokens, Scores.concat([parent.scores.slice(0, start), sc])))
+        if decoded:
+            reqs = [self._request(p) for p in decoded]
+            for p, (start, dec) in zip(decoded, self.session.decode(reqs, parent.tokens)):
+                items.append((p, dec.tokens, Scores.concat([parent.scores.slice(0, start), dec.scores])))
         hyps = self._hypotheses([(toks, sc) for _, toks, sc in items])
         out = []
         for (p, _, _), h in zip(items, hyps):

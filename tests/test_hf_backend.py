@@ -23,50 +23,53 @@ seq_st = st.lists(st.integers(3, 33), min_size=1, max_size=12)
 
 
 @settings(max_examples=25, deadline=None)
-@given(shared=st.lists(st.integers(3, 33), max_size=6), tails=st.lists(seq_st, min_size=1, max_size=4),
-       warm=seq_st)
-def test_cached_scoring_matches_full_forward(llama, backend, shared, tails, warm):
+@given(base=st.lists(st.integers(3, 33), max_size=10), seqs=st.lists(seq_st, min_size=1, max_size=4),
+       share=st.lists(st.integers(0, 10), min_size=4, max_size=4), warm=seq_st)
+def test_cached_scoring_matches_full_forward(llama, backend, base, seqs, share, warm):
     session = backend.open(PROMPT, topk=5, max_batch_tokens=16)  # tiny chunks: exercises chunking
-    session.score(0, [tuple(warm)])  # leave an unrelated prefix in the cache first
-    seqs = [tuple(shared + t) for t in tails]
-    for seq, sc in zip(seqs, session.score(len(shared), seqs)):
-        ref, ref_lp = full_logprobs(llama, PROMPT, seq)
-        np.testing.assert_allclose(sc.logprobs, ref[len(shared):], atol=1e-4)
-        top = torch.topk(ref_lp[len(shared):], 5, dim=-1)
+    session.score([tuple(warm)])  # leave an unrelated prefix in the cache first
+    rows = [tuple(base[:k] + s) for k, s in zip(share, seqs)]  # rows share prefixes of different lengths
+    for row, (start, sc) in zip(rows, session.score(rows, base)):
+        assert row[:start] == tuple(base[:start]) and start < len(row)
+        ref, ref_lp = full_logprobs(llama, PROMPT, row)
+        np.testing.assert_allclose(sc.logprobs, ref[start:], atol=1e-4)
+        top = torch.topk(ref_lp[start:], 5, dim=-1)
         np.testing.assert_allclose(sc.topk_logprobs, top.values.numpy(), atol=1e-4)
-        ent = -(ref_lp.exp() * ref_lp).sum(-1)[len(shared):].numpy()
+        ent = -(ref_lp.exp() * ref_lp).sum(-1)[start:].numpy()
         np.testing.assert_allclose(sc.entropy, ent, atol=1e-4)
 
 
 def test_decode_matches_hf_greedy_and_scores(llama, backend):
     session = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+    base = (5, 6, 7, 8, 9)
     reqs = [DecodeRequest((5, 6), 9), DecodeRequest((5, 6, 7, 8), 4), DecodeRequest((5,), 6, min_new=6),
-            DecodeRequest((5, 9), 3, force_eos=True)]
-    out = session.decode(1, reqs)
-    for req, dec in zip(reqs[:3], out[:3]):
+            DecodeRequest((5, 9), 3, force_eos=True), DecodeRequest((), 5), DecodeRequest((12, 13, 14), 3)]
+    out = session.decode(reqs, base)
+    for req, (start, dec) in zip(reqs, out):
+        assert dec.tokens[: len(req.tokens)] == req.tokens and dec.tokens[:start] == base[:start]
+        lp, _ = full_logprobs(llama, PROMPT, dec.tokens)
+        np.testing.assert_allclose(dec.scores.logprobs, lp[start:], atol=1e-4)
+        if req.force_eos:
+            # ends with EOS: forced at the last slot, and scored, not faked
+            assert len(dec.tokens) <= len(req.tokens) + req.max_new and dec.tokens[-1] == 1
+            continue
         ids = torch.tensor([PROMPT + list(req.tokens)])
         ref = llama.generate(ids, max_new_tokens=req.max_new, min_new_tokens=req.min_new or None,
                              do_sample=False)[0, len(PROMPT):].tolist()
         assert list(dec.tokens) == ref
-        lp, _ = full_logprobs(llama, PROMPT, dec.tokens)
-        np.testing.assert_allclose(dec.scores.logprobs, lp[1:], atol=1e-4)
-    forced = out[3]
-    assert len(forced.tokens) <= 2 + 3 and forced.tokens[-1] == 1  # ends with EOS: forced at the last slot
-    lp, _ = full_logprobs(llama, PROMPT, forced.tokens)
-    np.testing.assert_allclose(forced.scores.logprobs, lp[1:], atol=1e-4)  # the forced EOS is scored, not faked
 
 
 def test_costs_bound_spending(backend):
     session = backend.open(PROMPT, topk=4, max_batch_tokens=10)
-    seqs = [(5, 6, 7), (5, 8), (5, 6, 7, 8, 9)]
+    seqs = [(5, 6, 7), (5, 8), (5, 6, 7, 8, 9), (9,)]
     before = session.forward_tokens
-    bound = session.score_cost(1, seqs)
-    session.score(1, seqs)
+    bound = session.score_cost(seqs, (5, 6, 7, 8))
+    session.score(seqs, (5, 6, 7, 8))
     assert 0 < session.forward_tokens - before <= bound
-    reqs = [DecodeRequest((5, 6), 7), DecodeRequest((5, 7, 7), 2)]
+    reqs = [DecodeRequest((5, 6), 7), DecodeRequest((5, 7, 7), 2), DecodeRequest((), 3)]
     before = session.forward_tokens
-    bound = session.decode_cost(1, reqs)
-    session.decode(1, reqs)
+    bound = session.decode_cost(reqs, (5, 6, 7))
+    session.decode(reqs, (5, 6, 7))
     assert 0 < session.forward_tokens - before <= bound
 
 
@@ -74,7 +77,7 @@ def test_callers_tensors_untouched(llama, backend):
     prompt = torch.tensor(PROMPT)
     copy = prompt.clone()
     session = backend.open(prompt.tolist(), topk=4, max_batch_tokens=64)
-    session.decode(0, [DecodeRequest((), 5)])
+    session.decode([DecodeRequest((), 5)])
     assert torch.equal(prompt, copy)
 
 

@@ -5,11 +5,12 @@ opens a :class:`Session` on a fixed prompt; the session scores candidate outputs
 re-decodes suffixes, in batches, and counts every token position it runs through
 the model (``forward_tokens``), padding and rejected candidates included.
 
-Both calls take ``start``: all sequences of the call share their first ``start``
-output tokens, and the session returns scores for positions ``start`` onwards
-only (the engine already has the shared prefix's scores). A backend may reuse a
-cache of ``prompt + shared prefix``; it must give the same numbers as a plain
-full forward pass (the tests check this to 1e-4).
+Both calls take ``base``: the output the candidates were derived from (the current
+hypothesis). For each row the session returns ``start``, a position with
+``row[:start] == base[:start]``, and scores for positions ``start`` onwards only: the
+engine already has ``base``'s scores for the shared prefix. A backend may reuse a
+cache of ``prompt + base``; it must give the same numbers as a plain full forward pass
+(the tests check this to 1e-4). Returning ``start = 0`` (score everything) is always valid.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ class DecodeRequest:
 
 @dataclass(frozen=True)
 class Decoded:
-    """Result of one :class:`DecodeRequest`: the full output and scores from ``start`` on."""
+    """Result of one :class:`DecodeRequest`: the full output (request tokens + generated) and its scores
+    from the row's ``start`` on."""
 
     tokens: tuple[int, ...]
     scores: Scores
@@ -79,19 +81,22 @@ class Session(ABC):
     forward_calls: int
 
     @abstractmethod
-    def score(self, start: int, seqs: Sequence[Sequence[int]]) -> list[Scores]:
-        """Teacher-forced scores of ``seqs[r][start:]``; every ``seqs[r]`` is longer than ``start``."""
+    def score(self, seqs: Sequence[Sequence[int]], base: Sequence[int] = ()) -> list[tuple[int, Scores]]:
+        """Teacher-forced scores: per row ``(start, scores of row[start:])`` with ``row[:start] == base[:start]``
+        and ``start < len(row)``."""
 
     @abstractmethod
-    def decode(self, start: int, requests: Sequence[DecodeRequest]) -> list[Decoded]:
-        """Greedy continuations; returned scores cover ``(tokens + generated)[start:]``."""
+    def decode(self, requests: Sequence[DecodeRequest], base: Sequence[int] = ()) -> list[tuple[int, Decoded]]:
+        """Greedy continuations: per request ``(start, Decoded)``; ``Decoded.scores`` covers
+        ``Decoded.tokens[start:]`` (the request's tokens from ``start`` on, then the generated ones), with
+        ``tokens[:start] == base[:start]``."""
 
     @abstractmethod
-    def score_cost(self, start: int, seqs: Sequence[Sequence[int]]) -> int:
+    def score_cost(self, seqs: Sequence[Sequence[int]], base: Sequence[int] = ()) -> int:
         """Upper bound on the forward tokens :meth:`score` would spend now."""
 
     @abstractmethod
-    def decode_cost(self, start: int, requests: Sequence[DecodeRequest]) -> int:
+    def decode_cost(self, requests: Sequence[DecodeRequest], base: Sequence[int] = ()) -> int:
         """Upper bound on the forward tokens :meth:`decode` would spend now."""
 
     def close(self) -> None:

@@ -158,133 +158,162 @@ class HFSession(Session):
             self._forward(ids, self._cache, logits_to_keep=1)
             self._cached += rest
 
-    def _fork(self, rows: int):
-        if not self._cached:
+    def _fork(self, rows: int, length: int):
+        """A copy of the first ``length`` cached tokens, repeated ``rows`` times (the session's cache is kept)."""
+        if length == 0:
             return transformers.DynamicCache(config=self.model.config)
         cache = copy.deepcopy(self._cache)
+        if length < len(self._cached):
+            cache.crop(-(len(self._cached) - length))
         if rows > 1:
             cache.batch_repeat_interleave(rows)
         return cache
 
-    def _context(self, start: int, first: Sequence[int]) -> list[int]:
-        return list(self.prompt) + list(first[:start])
-
     # ------------------------------------------------------------------ distributions
 
     def _summaries(self, logits, targets=None):
-        """fp32 log-softmax of ``logits (N, V)`` -> (target logprobs, topk ids, topk logprobs, entropy)."""
+        """fp32 log-softmax of ``logits (N, V)`` -> (logp, target logprobs, topk ids, topk logprobs, entropy)."""
         logp = torch.log_softmax(logits.float(), dim=-1)  # (N, V)
         top_lp, top_id = torch.topk(logp, self.topk, dim=-1)  # (N, K)
         ent = -(logp.exp() * logp).sum(-1)  # (N,)
         tgt = None if targets is None else logp.gather(-1, targets[:, None])[:, 0]
         return logp, tgt, top_id, top_lp, ent
 
+    # ------------------------------------------------------------------ batch layout
+
+    def _layout(self, rows: Sequence[tuple[int, ...]], base: Sequence[int], decode: bool):
+        """Per row: ``start`` (first scored position), visible cached length ``L`` and fed tokens.
+
+        Row r sees the first ``L_r`` tokens of the cached chain ``prompt + base`` (a prefix common to all rows)
+        and feeds ``fed_r``: the last context token, then the row's own tokens (score: all but the last one,
+        whose distribution is read at the previous column; decode: all of them, the last column predicting the
+        first generated token).
+        """
+        n = len(self.prompt)
+        starts, lens, feds = [], [], []
+        for row in rows:
+            cap = len(row) - 1 if (row or not decode) else 0
+            s = min(common_prefix(row, base), max(cap, 0))
+            full = self.prompt + tuple(row)
+            end = n + len(row) if decode else n + len(row) - 1
+            starts.append(s)
+            lens.append(n + s - 1)
+            feds.append(full[n + s - 1 : end])
+        chain = (self.prompt + tuple(base))[: max(lens)] if rows else ()
+        return starts, lens, feds, list(chain)
+
+    def _batch(self, lens, feds, left_pad: bool):
+        """Input ids, attention mask and position ids for rows of fed tokens over a cache of ``max(lens)``."""
+        dev = self.backend.device
+        B, W, Lmax = len(feds), max(len(f) for f in feds), max(lens)
+        inp = torch.full((B, W), self.backend.tokenizer.eos, dtype=torch.long, device=dev)
+        mask = torch.zeros((B, Lmax + W), dtype=torch.long, device=dev)
+        pos = torch.zeros((B, W), dtype=torch.long, device=dev)
+        cols = []
+        for r, (L, fed) in enumerate(zip(lens, feds)):
+            c0 = W - len(fed) if left_pad else 0
+            inp[r, c0 : c0 + len(fed)] = torch.tensor(fed, device=dev)
+            mask[r, :L] = 1
+            mask[r, Lmax + c0 : Lmax + c0 + len(fed)] = 1
+            pos[r, :] = L  # pads: any position, they are masked
+            pos[r, c0 : c0 + len(fed)] = torch.arange(L, L + len(fed), device=dev)
+            cols.append(c0)
+        needs_mask = left_pad or any(L != Lmax for L in lens)
+        return inp, (mask if needs_mask else None), (pos if needs_mask else None), cols
+
+    def _chunks(self, widths: Sequence[int]) -> list[tuple[int, int]]:
+        """Consecutive row ranges whose rows x width stays within ``max_batch_tokens``."""
+        out, a, w = [], 0, 0
+        for b, width in enumerate(widths):
+            w = max(w, width)
+            if b > a and (b - a + 1) * w > self.max_batch_tokens:
+                out.append((a, b))
+                a, w = b, width
+        if widths:
+            out.append((a, len(widths)))
+        return out
+
     # ------------------------------------------------------------------ scoring
 
-    def _chunks(self, n_rows: int, width: int) -> list[tuple[int, int]]:
-        per = max(1, self.max_batch_tokens // max(width, 1))
-        return [(i, min(i + per, n_rows)) for i in range(0, n_rows, per)]
+    def score_cost(self, seqs, base=()):
+        starts, lens, feds, chain = self._layout([tuple(s) for s in seqs], tuple(base), decode=False)
+        widths = [len(f) for f in feds]
+        return self._ensure_cost(chain) + sum((b - a) * max(widths[a:b]) for a, b in self._chunks(widths))
 
-    def score_cost(self, start, seqs):
-        ctx = self._context(start, seqs[0])
-        width = max(len(s) - start for s in seqs)
-        return self._ensure_cost(ctx[:-1]) + len(seqs) * width
-
-    def score(self, start, seqs):
+    def score(self, seqs, base=()):
         seqs = [tuple(int(t) for t in s) for s in seqs]
-        if any(len(s) <= start for s in seqs) or any(s[:start] != seqs[0][:start] for s in seqs):
-            raise ValueError("score(): every sequence must extend the shared prefix seqs[r][:start]")
-        ctx = self._context(start, seqs[0])
-        self._ensure(ctx[:-1])
-        width = max(len(s) - start for s in seqs)  # suffix lengths; inputs are [ctx[-1]] + suffix[:-1]
-        out: list[Scores] = []
-        dev = self.backend.device
-        for a, b in self._chunks(len(seqs), width):
-            rows = seqs[a:b]
-            inp = torch.full((len(rows), width), self.backend.tokenizer.eos, dtype=torch.long, device=dev)
-            tgt = torch.full((len(rows), width), self.backend.tokenizer.eos, dtype=torch.long, device=dev)
-            for r, s in enumerate(rows):
-                suf = s[start:]
-                inp[r, : len(suf)] = torch.tensor([ctx[-1], *suf[:-1]])
-                tgt[r, : len(suf)] = torch.tensor(suf)
-            # right padding needs no mask: causal attention never lets a real token see a later pad
-            logits = self._forward(inp, self._fork(len(rows))).logits  # (B, W, V)
-            B = len(rows)
-            _, lp, tid, tlp, ent = self._summaries(logits.reshape(B * width, -1), tgt.reshape(-1))
-            lp = lp.reshape(B, width).double().cpu().numpy()
-            tid = tid.reshape(B, width, -1).cpu().numpy()
-            tlp = tlp.reshape(B, width, -1).double().cpu().numpy()
-            ent = ent.reshape(B, width).double().cpu().numpy()
-            for r, s in enumerate(rows):
-                n = len(s) - start
-                out.append(Scores(lp[r, :n], tid[r, :n], tlp[r, :n], ent[r, :n]))
+        if any(len(s) == 0 for s in seqs):
+            raise ValueError("score(): empty sequence")
+        starts, lens, feds, chain = self._layout(seqs, tuple(base), decode=False)
+        self._ensure(chain)
+        out: list[tuple[int, Scores]] = []
+        for a, b in self._chunks([len(f) for f in feds]):
+            inp, mask, pos, _ = self._batch(lens[a:b], feds[a:b], left_pad=False)
+            B, W = inp.shape
+            tgt = torch.full((B, W), self.backend.tokenizer.eos, dtype=torch.long)
+            for r in range(B):
+                row = seqs[a + r][starts[a + r]:]
+                tgt[r, : len(row)] = torch.tensor(row)
+            kw = {} if mask is None else {"attention_mask": mask, "position_ids": pos}
+            logits = self._forward(inp, self._fork(B, max(lens[a:b])), **kw).logits  # (B, W, V)
+            _, lp, tid, tlp, ent = self._summaries(logits.reshape(B * W, -1), tgt.reshape(-1).to(logits.device))
+            lp = lp.reshape(B, W).double().cpu().numpy()
+            tid = tid.reshape(B, W, -1).cpu().numpy()
+            tlp = tlp.reshape(B, W, -1).double().cpu().numpy()
+            ent = ent.reshape(B, W).double().cpu().numpy()
+            for r in range(B):
+                k = len(seqs[a + r]) - starts[a + r]
+                out.append((starts[a + r], Scores(lp[r, :k], tid[r, :k], tlp[r, :k], ent[r, :k])))
         return out
 
     # ------------------------------------------------------------------ greedy decoding
 
-    def decode_cost(self, start, requests):
-        first = requests[0].tokens
-        ctx = self._context(start, first)
-        cost = self._ensure_cost(ctx[:-1]) if start > 0 or first else self._ensure_cost(list(self.prompt)[:-1])
-        widths = [len(r.tokens) - start for r in requests]
-        width = max(widths)
-        for a, b in self._chunks(len(requests), width + 1):
-            cost += (b - a) * (width + 1) + sum(max(r.max_new - 1, 0) for r in requests[a:b])
+    def decode_cost(self, requests, base=()):
+        starts, lens, feds, chain = self._layout([tuple(r.tokens) for r in requests], tuple(base), decode=True)
+        widths = [len(f) for f in feds]
+        cost = self._ensure_cost(chain)
+        for a, b in self._chunks(widths):
+            cost += (b - a) * max(widths[a:b]) + sum(max(r.max_new - 1, 0) for r in requests[a:b])
         return cost
 
-    def decode(self, start, requests):
+    def decode(self, requests, base=()):
         requests = list(requests)
-        if any(r.tokens[:start] != requests[0].tokens[:start] or len(r.tokens) < start for r in requests):
-            raise ValueError("decode(): every request must extend the shared prefix tokens[:start]")
-        ctx = self._context(start, requests[0].tokens)
-        self._ensure(ctx[:-1])
-        width = max(len(r.tokens) - start for r in requests)
-        out: list[Decoded] = []
-        for a, b in self._chunks(len(requests), width + 1):
-            out += self._decode_chunk(ctx, start, requests[a:b], width)
+        starts, lens, feds, chain = self._layout([tuple(r.tokens) for r in requests], tuple(base), decode=True)
+        self._ensure(chain)
+        out: list[tuple[int, Decoded]] = []
+        for a, b in self._chunks([len(f) for f in feds]):
+            decs = self._decode_chunk(requests[a:b], starts[a:b], lens[a:b], feds[a:b])
+            out += list(zip(starts[a:b], decs))
         return out
 
-    def _decode_chunk(self, ctx: list[int], start: int, reqs: list[DecodeRequest], width: int) -> list[Decoded]:
+    def _decode_chunk(self, reqs, starts, lens, feds) -> list[Decoded]:
         dev = self.backend.device
         eos_ids = self.backend.tokenizer.eos_ids
         B = len(reqs)
-        n_cache = len(ctx) - 1
-        p0 = len(ctx) - 1  # position of ctx[-1]
-        # first forward: [pads] + ctx[-1] + forced tokens, left-padded to a common width
-        inp = torch.full((B, width + 1), eos_ids[0], dtype=torch.long, device=dev)
-        mask = torch.zeros((B, n_cache + width + 1), dtype=torch.long, device=dev)
-        mask[:, :n_cache] = 1
-        pos = torch.full((B, width + 1), p0, dtype=torch.long, device=dev)
-        for r, req in enumerate(reqs):
-            forced = list(req.tokens[start:])
-            pad = width - len(forced)
-            inp[r, pad:] = torch.tensor([ctx[-1], *forced])
-            mask[r, n_cache + pad :] = 1
-            pos[r, pad:] = torch.arange(p0, p0 + len(forced) + 1)
-        logits = self._forward(inp, self._fork(B), attention_mask=mask, position_ids=pos)
-        cache = logits.past_key_values
-        logits = logits.logits  # (B, W+1, V)
+        inp, mask, pos, cols = self._batch(lens, feds, left_pad=True)
+        W = inp.shape[1]
+        res = self._forward(inp, self._fork(B, max(lens)), attention_mask=mask, position_ids=pos)
+        cache, logits = res.past_key_values, res.logits  # logits (B, W, V)
 
-        # per-row records for the forced tokens
+        # scores of the forced tokens (request tokens from `start` on): fed columns c0 .. W-2
         rec_lp: list[list[float]] = [[] for _ in range(B)]
         rec_id: list[list[np.ndarray]] = [[] for _ in range(B)]
         rec_tlp: list[list[np.ndarray]] = [[] for _ in range(B)]
         rec_ent: list[list[float]] = [[] for _ in range(B)]
         toks: list[list[int]] = [list(r.tokens) for r in reqs]
         for r, req in enumerate(reqs):
-            forced = list(req.tokens[start:])
+            forced = list(req.tokens[starts[r]:])
             if not forced:
                 continue
-            pad = width - len(forced)
-            cols = logits[r, pad : pad + len(forced)]  # dists for forced[0..]
-            _, lp, tid, tlp, ent = self._summaries(cols, torch.tensor(forced, device=dev))
+            _, lp, tid, tlp, ent = self._summaries(logits[r, cols[r] : W - 1], torch.tensor(forced, device=dev))
             rec_lp[r] += lp.double().tolist()
             rec_id[r] += list(tid.cpu().numpy())
             rec_tlp[r] += list(tlp.double().cpu().numpy())
             rec_ent[r] += ent.double().tolist()
 
+        # greedy steps; finished rows leave the batch
         alive = [r for r in range(B) if reqs[r].max_new > 0]
-        last = logits[:, -1, :]  # (B, V) next-token logits for every row
+        last = logits[:, -1, :]  # (B, V) next-token logits
         cur_pos = pos[:, -1].clone()
         n_new = [0] * B
         if len(alive) < B:
@@ -292,7 +321,7 @@ class HFSession(Session):
             cache.batch_select_indices(keep)
             last, mask, cur_pos = last[keep], mask[keep], cur_pos[keep]
         while alive:
-            logp, _, tid, tlp, ent = self._summaries(last)
+            logp, _, tid, tlp, ent = self._summaries(last)  # (A, V), -, (A, K), (A, K), (A,)
             choose = logp.clone()
             for j, r in enumerate(alive):
                 if n_new[r] < reqs[r].min_new:
@@ -301,14 +330,15 @@ class HFSession(Session):
             for j, r in enumerate(alive):
                 if reqs[r].force_eos and n_new[r] == reqs[r].max_new - 1:
                     nxt[j] = eos_ids[0]
-            lps = logp.gather(-1, nxt[:, None])[:, 0]
+            lps = logp.gather(-1, nxt[:, None])[:, 0].double().cpu().numpy()
+            tid, tlp, ent = tid.cpu().numpy(), tlp.double().cpu().numpy(), ent.double().cpu().numpy()
             still = []
             for j, r in enumerate(alive):
                 t = int(nxt[j])
                 toks[r].append(t)
                 rec_lp[r].append(float(lps[j]))
-                rec_id[r].append(tid[j].cpu().numpy())
-                rec_tlp[r].append(tlp[j].double().cpu().numpy())
+                rec_id[r].append(tid[j])
+                rec_tlp[r].append(tlp[j])
                 rec_ent[r].append(float(ent[j]))
                 n_new[r] += 1
                 if t not in eos_ids and n_new[r] < reqs[r].max_new:
@@ -321,21 +351,19 @@ class HFSession(Session):
             alive = [alive[j] for j in still]
             nxt, mask, cur_pos = nxt[keep], mask[keep], cur_pos[keep] + 1
             mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=dev)], dim=1)
-            out = self._forward(nxt[:, None], cache, attention_mask=mask, position_ids=cur_pos[:, None])
-            cache = out.past_key_values
-            last = out.logits[:, -1, :]
+            res = self._forward(nxt[:, None], cache, attention_mask=mask, position_ids=cur_pos[:, None])
+            cache, last = res.past_key_values, res.logits[:, -1, :]
 
-        result = []
         k = self.topk
-        for r in range(B):
-            sc = Scores(
+        return [
+            Decoded(tuple(toks[r]), Scores(
                 np.asarray(rec_lp[r], dtype=np.float64),
                 np.asarray(rec_id[r], dtype=np.int64).reshape(-1, k),
                 np.asarray(rec_tlp[r], dtype=np.float64).reshape(-1, k),
                 np.asarray(rec_ent[r], dtype=np.float64),
-            )
-            result.append(Decoded(tuple(toks[r]), sc))
-        return result
+            ))
+            for r in range(B)
+        ]
 
     def close(self) -> None:
         self._cache = None
