@@ -203,7 +203,9 @@ class Search:
                 items.append((p, p.tokens, Scores.concat([parent.scores.slice(0, start), sc])))
         if decoded:
             reqs = [self._request(p) for p in decoded]
-            for p, (start, dec) in zip(decoded, self.session.decode(reqs, parent.tokens)):
+            room = self.remaining_tokens()
+            limit = None if room == float("inf") else room
+            for p, (start, dec) in zip(decoded, self.session.decode(reqs, parent.tokens, limit)):
                 items.append((p, dec.tokens, Scores.concat([parent.scores.slice(0, start), dec.scores])))
         hyps = self._hypotheses([(toks, sc) for _, toks, sc in items])
         out = []

@@ -102,3 +102,38 @@ def test_encoder_decoder_refused(tok):
     t5 = T5ForConditionalGeneration(T5Config(vocab_size=40, d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8))
     with pytest.raises(InputError, match="encoder-decoder"):
         HFBackend(t5, tok)
+
+
+def _plain_greedy(llama, tokens, n):
+    ids = torch.tensor([PROMPT + list(tokens)])
+    return tuple(llama.generate(ids, max_new_tokens=n, do_sample=False)[0, len(PROMPT):].tolist())
+
+
+def test_drafts_from_base_are_exact_and_save_calls(llama, backend):
+    target = _plain_greedy(llama, (5,), 30)
+    req = DecodeRequest((5,), 30)
+    plain = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+    ((_, a),) = plain.decode([req], base=(5,))  # nothing to draft from
+    drafted = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+    ((_, b),) = drafted.decode([req], base=target)  # the base predicts the continuation exactly
+    assert a.tokens == b.tokens == target
+    np.testing.assert_allclose(a.scores.logprobs, b.scores.logprobs, atol=1e-4)
+    assert drafted.forward_calls < plain.forward_calls / 3
+
+
+@settings(max_examples=20, deadline=None)
+@given(noise=st.lists(st.integers(3, 33), min_size=0, max_size=12), cut=st.integers(0, 20),
+       edit=st.integers(3, 33), n=st.integers(1, 25), tight=st.booleans())
+def test_drafting_never_changes_the_greedy_result(llama, backend, noise, cut, edit, n, tight):
+    # base: a plausible continuation spliced with noise, so drafts are partly right and partly wrong
+    target = _plain_greedy(llama, (5,), 25)
+    base = target[:cut] + tuple(noise) + target[cut:]
+    session = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+    reqs = [DecodeRequest((5,), n), DecodeRequest(base[:2] + (edit,), n)]
+    bound = session.decode_cost(reqs, base)
+    before = session.forward_tokens
+    out = session.decode(reqs, base, limit=bound if tight else None)
+    for req, (_, dec) in zip(reqs, out):
+        assert dec.tokens == req.tokens + _plain_greedy(llama, req.tokens, n)[len(req.tokens):]
+    if tight:
+        assert session.forward_tokens - before <= bound

@@ -86,10 +86,14 @@ class Session(ABC):
         and ``start < len(row)``."""
 
     @abstractmethod
-    def decode(self, requests: Sequence[DecodeRequest], base: Sequence[int] = ()) -> list[tuple[int, Decoded]]:
+    def decode(self, requests: Sequence[DecodeRequest], base: Sequence[int] = (),
+               limit: float | None = None) -> list[tuple[int, Decoded]]:
         """Greedy continuations: per request ``(start, Decoded)``; ``Decoded.scores`` covers
         ``Decoded.tokens[start:]`` (the request's tokens from ``start`` on, then the generated ones), with
-        ``tokens[:start] == base[:start]``."""
+        ``tokens[:start] == base[:start]``.
+
+        ``limit`` (at least :meth:`decode_cost`) caps the forward tokens this call may spend; a backend may use
+        the room above the plain cost to speculate (e.g. verify drafts taken from ``base``)."""
 
     @abstractmethod
     def score_cost(self, seqs: Sequence[Sequence[int]], base: Sequence[int] = ()) -> int:

@@ -276,91 +276,150 @@ class HFSession(Session):
             cost += (b - a) * max(widths[a:b]) + sum(max(r.max_new - 1, 0) for r in requests[a:b])
         return cost
 
-    def decode(self, requests, base=()):
+    def decode(self, requests, base=(), limit=None):
         requests = list(requests)
-        starts, lens, feds, chain = self._layout([tuple(r.tokens) for r in requests], tuple(base), decode=True)
+        base = tuple(base)
+        call0 = self.forward_tokens
+        starts, lens, feds, chain = self._layout([tuple(r.tokens) for r in requests], base, decode=True)
         self._ensure(chain)
         out: list[tuple[int, Decoded]] = []
-        for a, b in self._chunks([len(f) for f in feds]):
-            decs = self._decode_chunk(requests[a:b], starts[a:b], lens[a:b], feds[a:b])
+        chunks = self._chunks([len(f) for f in feds])
+        # drafting may spend what the plain worst case of the later chunks leaves of `limit`
+        plain = [(b - a) * max(len(f) for f in feds[a:b]) + sum(max(r.max_new - 1, 0) for r in requests[a:b])
+                 for a, b in chunks]
+        for k, (a, b) in enumerate(chunks):
+            room = None if limit is None else limit - (self.forward_tokens - call0) - sum(plain[k + 1:])
+            decs = self._decode_chunk(requests[a:b], starts[a:b], lens[a:b], feds[a:b], base, room)
             out += list(zip(starts[a:b], decs))
         return out
 
-    def _decode_chunk(self, reqs, starts, lens, feds) -> list[Decoded]:
+    def _greedy(self, logp, n_new: int, req: DecodeRequest) -> int:
+        """The greedy choice from one step's log-probs under the request's length rules."""
+        eos_ids = self.backend.tokenizer.eos_ids
+        if req.force_eos and n_new == req.max_new - 1:
+            return eos_ids[0]
+        if n_new < req.min_new:
+            logp = logp.clone()
+            logp[list(eos_ids)] = -float("inf")
+        return int(logp.argmax())
+
+    @staticmethod
+    def _draft(row: Sequence[int], base: Sequence[int], edit: int, size: int) -> list[int]:
+        """Tokens of ``base`` the greedy continuation of ``row`` is likely to repeat (checked, never trusted).
+
+        In step with ``base`` (same index, same token) the rest of ``base`` follows; otherwise the tokens after
+        the last occurrence in ``base`` (past the edit) of the row's last two tokens.
+        """
+        k = len(row) - 1
+        if edit < k < len(base) and row[k] == base[k]:
+            return list(base[k + 1 : k + 1 + size])
+        if len(row) >= 2:
+            a, b = row[-2], row[-1]
+            for j in range(len(base) - 1, max(edit, 0), -1):
+                if base[j] == b and base[j - 1] == a:
+                    return list(base[j + 1 : j + 1 + size])
+        return []
+
+    def _decode_chunk(self, reqs, starts, lens, feds, base, room) -> list[Decoded]:
+        """Greedy decoding of one chunk of rows, verifying drafts from ``base`` to take several tokens per step.
+
+        Exact: a drafted token is kept only if it is the greedy choice given everything before it, so the
+        output equals plain greedy decoding; only the number of sequential forward calls changes. Drafting is
+        skipped whenever it could push the chunk past ``room`` forward tokens.
+        """
         dev = self.backend.device
         eos_ids = self.backend.tokenizer.eos_ids
         B = len(reqs)
+        spent0 = self.forward_tokens
         inp, mask, pos, cols = self._batch(lens, feds, left_pad=True)
         W = inp.shape[1]
         res = self._forward(inp, self._fork(B, max(lens)), attention_mask=mask, position_ids=pos)
         cache, logits = res.past_key_values, res.logits  # logits (B, W, V)
 
-        # scores of the forced tokens (request tokens from `start` on): fed columns c0 .. W-2
-        rec_lp: list[list[float]] = [[] for _ in range(B)]
-        rec_id: list[list[np.ndarray]] = [[] for _ in range(B)]
-        rec_tlp: list[list[np.ndarray]] = [[] for _ in range(B)]
-        rec_ent: list[list[float]] = [[] for _ in range(B)]
+        rec: list[list[tuple]] = [[] for _ in range(B)]  # per row: (logprob, topk ids, topk logprobs, entropy)
         toks: list[list[int]] = [list(r.tokens) for r in reqs]
+
+        def record(r: int, col_logits, targets: Sequence[int]) -> None:
+            _, lp, tid, tlp, ent = self._summaries(col_logits, torch.tensor(targets, device=dev))
+            lp, tid, tlp, ent = lp.double().tolist(), tid.cpu().numpy(), tlp.double().cpu().numpy(), ent.tolist()
+            rec[r] += [(lp[j], tid[j], tlp[j], ent[j]) for j in range(len(targets))]
+
+        # scores of the forced tokens (request tokens from `start` on): fed columns c0 .. W-2
         for r, req in enumerate(reqs):
             forced = list(req.tokens[starts[r]:])
-            if not forced:
-                continue
-            _, lp, tid, tlp, ent = self._summaries(logits[r, cols[r] : W - 1], torch.tensor(forced, device=dev))
-            rec_lp[r] += lp.double().tolist()
-            rec_id[r] += list(tid.cpu().numpy())
-            rec_tlp[r] += list(tlp.double().cpu().numpy())
-            rec_ent[r] += ent.double().tolist()
+            if forced:
+                record(r, logits[r, cols[r] : W - 1], forced)
 
-        # greedy steps; finished rows leave the batch
-        alive = [r for r in range(B) if reqs[r].max_new > 0]
-        last = logits[:, -1, :]  # (B, V) next-token logits
-        cur_pos = pos[:, -1].clone()
         n_new = [0] * B
-        if len(alive) < B:
-            keep = torch.tensor(alive, device=dev, dtype=torch.long)
-            cache.batch_select_indices(keep)
-            last, mask, cur_pos = last[keep], mask[keep], cur_pos[keep]
-        while alive:
-            logp, _, tid, tlp, ent = self._summaries(last)  # (A, V), -, (A, K), (A, K), (A,)
-            choose = logp.clone()
-            for j, r in enumerate(alive):
-                if n_new[r] < reqs[r].min_new:
-                    choose[j, list(eos_ids)] = -float("inf")
-            nxt = choose.argmax(-1)
-            for j, r in enumerate(alive):
-                if reqs[r].force_eos and n_new[r] == reqs[r].max_new - 1:
-                    nxt[j] = eos_ids[0]
-            lps = logp.gather(-1, nxt[:, None])[:, 0].double().cpu().numpy()
-            tid, tlp, ent = tid.cpu().numpy(), tlp.double().cpu().numpy(), ent.double().cpu().numpy()
-            still = []
-            for j, r in enumerate(alive):
-                t = int(nxt[j])
+        edit = [len(r.tokens) - 1 for r in reqs]
+        dsize = [8] * B
+        alive = []
+        for r, req in enumerate(reqs):  # first generated token, from the last column
+            if req.max_new > 0:
+                t = self._greedy(torch.log_softmax(logits[r, -1].float(), -1), 0, req)
+                record(r, logits[r, -1:], [t])
                 toks[r].append(t)
-                rec_lp[r].append(float(lps[j]))
-                rec_id[r].append(tid[j])
-                rec_tlp[r].append(tlp[j])
-                rec_ent[r].append(float(ent[j]))
-                n_new[r] += 1
-                if t not in eos_ids and n_new[r] < reqs[r].max_new:
+                n_new[r] = 1
+                if t not in eos_ids and req.max_new > 1:
+                    alive.append(r)
+        keep = torch.tensor(alive, device=dev, dtype=torch.long)
+        cache.batch_select_indices(keep)
+        mask, cur = mask[keep], pos[keep, -1] + 1  # cur: position of each row's next fed token
+
+        while alive:
+            # 1. drafts, if the worst case stays within `room`
+            drafts = []
+            for r in alive:
+                left = reqs[r].max_new - n_new[r] - 1 - (1 if reqs[r].force_eos else 0)
+                drafts.append(self._draft(toks[r], base, edit[r], min(dsize[r], max(left, 0))))
+            width = 1 + max(len(d) for d in drafts)
+            if room is not None and width > 1:
+                plain_rest = sum(reqs[r].max_new - n_new[r] - 1 for r in alive)
+                if (self.forward_tokens - spent0) + len(alive) * width + plain_rest > room:
+                    drafts, width = [[] for _ in alive], 1
+            # 2. one forward: each row feeds its last token and its draft; pads are masked
+            A = len(alive)
+            inp = torch.full((A, width), eos_ids[0], dtype=torch.long, device=dev)
+            new_mask = torch.zeros((A, width), dtype=mask.dtype, device=dev)
+            for j, (r, d) in enumerate(zip(alive, drafts)):
+                inp[j, : 1 + len(d)] = torch.tensor([toks[r][-1], *d], device=dev)
+                new_mask[j, : 1 + len(d)] = 1
+            mask = torch.cat([mask, new_mask], dim=1)
+            step_pos = cur[:, None] + torch.arange(width, device=dev)[None, :]
+            res = self._forward(inp, cache, attention_mask=mask, position_ids=step_pos)
+            cache, logits = res.past_key_values, res.logits  # (A, width, V)
+            # 3. accept the drafted tokens greedy decoding would have produced, then one greedy token
+            still = []
+            for j, (r, d) in enumerate(zip(alive, drafts)):
+                logp = torch.log_softmax(logits[j].float(), -1)  # (width, V)
+                new: list[int] = []
+                for c in range(len(d) + 1):
+                    t = self._greedy(logp[c], n_new[r], reqs[r])
+                    new.append(t)
+                    n_new[r] += 1
+                    if t in eos_ids or n_new[r] >= reqs[r].max_new or c == len(d) or t != d[c]:
+                        break
+                record(r, logits[j, : len(new)], new)
+                toks[r] += new
+                used = len(new)  # fed columns whose keys stay valid: the last token + accepted drafts
+                mask[j, mask.shape[1] - width + used :] = 0
+                cur[j] += used
+                dsize[r] = min(dsize[r] * 2, 64) if d and used == len(d) + 1 else 8
+                if new[-1] not in eos_ids and n_new[r] < reqs[r].max_new:
                     still.append(j)
-            if not still:
-                break
-            keep = torch.tensor(still, device=dev, dtype=torch.long)
-            if len(still) < len(alive):
+            if len(still) < A:
+                keep = torch.tensor(still, device=dev, dtype=torch.long)
                 cache.batch_select_indices(keep)
+                mask, cur = mask[keep], cur[keep]
             alive = [alive[j] for j in still]
-            nxt, mask, cur_pos = nxt[keep], mask[keep], cur_pos[keep] + 1
-            mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=dev)], dim=1)
-            res = self._forward(nxt[:, None], cache, attention_mask=mask, position_ids=cur_pos[:, None])
-            cache, last = res.past_key_values, res.logits[:, -1, :]
 
         k = self.topk
         return [
             Decoded(tuple(toks[r]), Scores(
-                np.asarray(rec_lp[r], dtype=np.float64),
-                np.asarray(rec_id[r], dtype=np.int64).reshape(-1, k),
-                np.asarray(rec_tlp[r], dtype=np.float64).reshape(-1, k),
-                np.asarray(rec_ent[r], dtype=np.float64),
+                np.asarray([x[0] for x in rec[r]], dtype=np.float64),
+                np.asarray([x[1] for x in rec[r]], dtype=np.int64).reshape(-1, k),
+                np.asarray([x[2] for x in rec[r]], dtype=np.float64).reshape(-1, k),
+                np.asarray([x[3] for x in rec[r]], dtype=np.float64),
             ))
             for r in range(B)
         ]

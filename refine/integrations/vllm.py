@@ -1,0 +1,241 @@
+"""vLLM integration: refine the outputs of ``vllm.LLM.generate`` per request.
+
+A request asks for refinement through its ``SamplingParams.extra_args``:
+
+- ``{"refine": {...}}``: a dict of :class:`~refine.config.RefineConfig` options (``{}`` or ``True``:
+  the defaults), e.g. ``{"refine": {"objective": "mean", "top_k": 3, "budget": {"max_sweeps": 2}}}``;
+- flat ``refine_<option>`` keys, which is what the OpenAI-compatible server's ``vllm_xargs`` can carry
+  (flat values only): ``refine_objective="mean"``, ``refine_top_k=3``, ``refine_moves="substitute"``
+  (comma-separated), and ``refine_budget_<field>`` for budget fields (``refine_budget_max_sweeps=2``).
+  Flat keys override the nested dict.
+
+Requests without these keys pass through untouched: :func:`generate` returns the very objects
+``llm.generate`` returned. For a refined request a *copy* of its ``RequestOutput`` is returned, whose
+``outputs[i]`` are copies of the ``CompletionOutput`` s with
+
+- ``text`` / ``token_ids``: the refined output (``token_ids`` ends with EOS when the output ended);
+- ``refine``: the :class:`~refine.types.RefineResult` (initial and refined tokens, scores, edits, stats);
+- ``original``: the unrefined ``CompletionOutput``;
+- ``finish_reason``: ``"stop"`` if the refined output ends with EOS, else ``"length"`` (kept when unchanged);
+  ``cumulative_logprob`` / ``logprobs`` are set to None when the tokens changed (they described the old ones);
+
+and the copied ``RequestOutput`` has ``original`` (the unrefined ``RequestOutput``) too.
+
+Unless the options set ``max_new_tokens``, a refined output is kept within the request's ``max_tokens``.
+Bad options raise :class:`~refine.errors.ConfigError` (naming the option) before anything is generated.
+
+Refinement runs on the same engine: start it with :func:`refine.backends.vllm.make_llm` (or pass
+``logits_processors=[ForcedTokensProcessor]``) so that scoring reuses the prefix cache and the
+``regenerate`` move can decode.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence
+
+from ..backends.vllm import VLLMBackend, make_llm
+from ..config import Budget, RefineConfig
+from ..errors import ConfigError
+from ..types import RefineResult
+
+#: nested options key in ``SamplingParams.extra_args``
+REFINE_KEY = "refine"
+#: prefix of flat option keys in ``SamplingParams.extra_args``
+FLAT_PREFIX = "refine_"
+
+_BUDGET_FIELDS = {f.name for f in dataclasses.fields(Budget)}
+
+
+def refine_options(params: Any) -> dict[str, Any] | None:
+    """The refine options a request carries in ``SamplingParams.extra_args``, or None (no refinement).
+
+    >>> from vllm import SamplingParams                                                  # doctest: +SKIP
+    >>> refine_options(SamplingParams(extra_args={"refine_top_k": 3, "refine_budget_max_sweeps": 1}))  # doctest: +SKIP
+    {'top_k': 3, 'budget': {'max_sweeps': 1}}
+    """
+    extra = getattr(params, "extra_args", None)
+    if not extra:
+        return None
+    opts: dict[str, Any] | None = None
+    if REFINE_KEY in extra:
+        nested = extra[REFINE_KEY]
+        if nested is None or nested is False:
+            opts = None
+        elif nested is True:
+            opts = {}
+        elif isinstance(nested, Mapping):
+            opts = dict(nested)
+            if isinstance(opts.get("budget"), Mapping):
+                opts["budget"] = dict(opts["budget"])
+        else:
+            raise ConfigError(
+                f"`extra_args[{REFINE_KEY!r}]` has to be a dict of refine options (or True), but is {nested!r}"
+            )
+    flat = {k[len(FLAT_PREFIX):]: v for k, v in extra.items() if isinstance(k, str) and k.startswith(FLAT_PREFIX)}
+    if flat:
+        opts = dict(opts or {})
+        for name, value in flat.items():
+            sub = name[len("budget_"):] if name.startswith("budget_") else None
+            if sub in _BUDGET_FIELDS:
+                budget = opts.get("budget")
+                if isinstance(budget, Budget):
+                    budget = dataclasses.asdict(budget)
+                budget = dict(budget or {})
+                budget[sub] = value
+                opts["budget"] = budget
+            else:
+                opts[name] = value
+    return opts
+
+
+def request_config(params: Any) -> RefineConfig | None:
+    """The validated :class:`RefineConfig` of a request (None: no refinement). Raises ``ConfigError``."""
+    opts = refine_options(params)
+    if opts is None:
+        return None
+    config = RefineConfig.from_dict(opts)
+    max_tokens = getattr(params, "max_tokens", None)
+    if config.max_new_tokens is None and max_tokens:
+        config = config.replace(max_new_tokens=int(max_tokens))
+    return config
+
+
+def _refined_completion(c: Any, result: RefineResult, eos_ids: Sequence[int]) -> Any:
+    new = copy.copy(c)
+    new.text = result.text
+    new.token_ids = list(result.tokens)
+    if list(result.tokens) != list(c.token_ids):
+        new.cumulative_logprob = None
+        new.logprobs = None
+        new.stop_reason = None
+        new.finish_reason = "stop" if result.tokens and result.tokens[-1] in eos_ids else "length"
+    new.refine = result
+    new.original = c
+    return new
+
+
+def generate(
+    llm: Any,
+    prompts: Any,
+    sampling_params: Any = None,
+    *,
+    refine_backend: VLLMBackend | None = None,
+    progress: Callable | None = None,
+    **generate_kwargs: Any,
+) -> list[Any]:
+    """``llm.generate(prompts, sampling_params, **generate_kwargs)``, then refine the requests that ask for it.
+
+    Args:
+        llm: a ``vllm.LLM`` (best started with :func:`refine.backends.vllm.make_llm`).
+        prompts, sampling_params: as for ``llm.generate`` (one ``SamplingParams`` for all or one per prompt).
+        refine_backend: the :class:`VLLMBackend` to refine with; default ``VLLMBackend(llm)``.
+        progress: passed to :func:`refine.api.refine_tokens` for each refined output.
+
+    Returns:
+        ``llm.generate``'s list, with refined requests replaced by refined copies (see the module docstring).
+
+    Example:
+        >>> from vllm import SamplingParams                                       # doctest: +SKIP
+        >>> llm = make_llm()                                                     # doctest: +SKIP
+        >>> sp = SamplingParams(temperature=0, max_tokens=48, extra_args={"refine": {"objective": "mean"}})
+        >>> out = generate(llm, ["Name three colors."], sp)                      # doctest: +SKIP
+        >>> out[0].outputs[0].text, out[0].outputs[0].refine.gain                # doctest: +SKIP
+    """
+    from ..api import refine_tokens
+
+    n_prompts = 1 if isinstance(prompts, (str, dict)) else len(prompts)
+    if sampling_params is None:
+        per = [llm.get_default_sampling_params()] * n_prompts
+    elif isinstance(sampling_params, (list, tuple)):
+        if len(sampling_params) != n_prompts:
+            raise ValueError(f"{len(sampling_params)} sampling_params for {n_prompts} prompts")
+        per = list(sampling_params)
+    else:
+        per = [sampling_params] * n_prompts
+    configs = [request_config(p) for p in per]  # ConfigError here, before generating anything
+    outputs = llm.generate(prompts, sampling_params, **generate_kwargs)
+    if not any(c is not None for c in configs):
+        return outputs
+    backend = refine_backend if refine_backend is not None else VLLMBackend(llm)
+    eos_ids = backend.tokenizer.eos_ids
+    result = list(outputs)
+    for i, (out, config) in enumerate(zip(outputs, configs)):
+        if config is None:
+            continue
+        prompt_ids = list(out.prompt_token_ids or [])
+        completions = []
+        for c in out.outputs:
+            if not c.token_ids:  # nothing to refine: keep as is
+                completions.append(c)
+                continue
+            res = refine_tokens(backend, prompt_ids, list(c.token_ids), config, progress)
+            completions.append(_refined_completion(c, res, eos_ids))
+        new = copy.copy(out)
+        new.outputs = completions
+        new.original = out
+        result[i] = new
+    return result
+
+
+class RefineLLM:
+    """A ``vllm.LLM`` whose :meth:`generate` refines the requests that ask for it.
+
+    Args:
+        llm: an engine; ``None``: :func:`make_llm` ``(model, **make_llm_kwargs)``.
+        model: model folder for :func:`make_llm` (``None``: refine's default model).
+        refine: default refine options applied to *every* request (a request's own options override them);
+            ``None``: only requests with ``extra_args`` refine options are refined.
+        backend: the :class:`VLLMBackend`; default ``VLLMBackend(llm)``.
+
+    Other attributes are those of the wrapped ``LLM``.
+
+    Example:
+        >>> rllm = RefineLLM()                                                        # doctest: +SKIP
+        >>> sp = SamplingParams(temperature=0, max_tokens=48, extra_args={"refine_objective": "mean"})
+        >>> rllm.generate(["Name three colors."], sp)[0].outputs[0].refine.edits      # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        llm: Any = None,
+        *,
+        model: Any = None,
+        refine: Mapping[str, Any] | None = None,
+        backend: VLLMBackend | None = None,
+        **make_llm_kwargs: Any,
+    ) -> None:
+        self.llm = llm if llm is not None else make_llm(model, **make_llm_kwargs)
+        self.backend = backend if backend is not None else VLLMBackend(self.llm)
+        self.defaults = None if refine is None else dict(refine)
+        if self.defaults is not None:
+            RefineConfig.from_dict(self.defaults)  # fail early
+
+    def _with_defaults(self, params: Any) -> Any:
+        if self.defaults is None:
+            return params
+        own = refine_options(params)
+        merged = {**self.defaults, **(own or {})}
+        new = params.clone() if hasattr(params, "clone") else copy.deepcopy(params)
+        extra = {k: v for k, v in (new.extra_args or {}).items()
+                 if k != REFINE_KEY and not (isinstance(k, str) and k.startswith(FLAT_PREFIX))}
+        extra[REFINE_KEY] = merged
+        new.extra_args = extra
+        return new
+
+    def generate(self, prompts: Any, sampling_params: Any = None, **kwargs: Any) -> list[Any]:
+        if self.defaults is not None:
+            n = 1 if isinstance(prompts, (str, dict)) else len(prompts)
+            if sampling_params is None:
+                sampling_params = self.llm.get_default_sampling_params()
+            if isinstance(sampling_params, (list, tuple)):
+                sampling_params = [self._with_defaults(p) for p in sampling_params]
+            else:
+                sampling_params = [self._with_defaults(sampling_params)] * n
+        return generate(self.llm, prompts, sampling_params, refine_backend=self.backend, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "llm":  # not set yet (failed __init__)
+            raise AttributeError(name)
+        return getattr(self.llm, name)
