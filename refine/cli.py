@@ -32,9 +32,11 @@ def _add_run(sub) -> None:
     p.add_argument("--output", help="refine this answer instead of decoding one greedily")
     p.add_argument("--model", default=None, help="local model folder or .gguf file (default: SmolLM2-135M-Instruct)")
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
-    p.add_argument("--objective", type=_objective_arg, default="mean",
-                   help="term name, 'name=weight,...', or JSON (default: mean)")
-    p.add_argument("--moves", default="regenerate,substitute", help="comma-separated moves")
+    p.add_argument("--objective", type=_objective_arg, default="mean,repetition=1",
+                   help="term name, 'name=weight,...', or JSON (default: mean,repetition=1)")
+    p.add_argument("--moves", default="regenerate", help="comma-separated moves (regenerate,substitute,delete,insert)")
+    p.add_argument("--prune-margin", type=float, default=0.0,
+                   help="stop re-decoding a suffix that falls this far behind (default 0; negative: never)")
     p.add_argument("--strategy", default="coordinate")
     p.add_argument("--positions", default="margin", choices=["margin", "entropy", "left_to_right"])
     p.add_argument("--top-k", type=int, default=3)
@@ -84,6 +86,7 @@ def cmd_run(args) -> int:
         positions=args.positions,
         max_positions=args.max_positions or None,
         length=args.length,
+        prune_margin=None if args.prune_margin < 0 else args.prune_margin,
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
         budget=Budget(max_sweeps=args.max_sweeps, max_forward_tokens=args.max_forward_tokens,

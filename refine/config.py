@@ -67,7 +67,9 @@ class RefineConfig:
 
     Attributes:
         objective: what to maximise: a term name (``"mean"``, ``"sum"``, ``"gnmt"``), a dict
-            ``{name: weight or {params}}``, or an :class:`~refine.objectives.Objective`.
+            ``{name: weight or {params}}``, or an :class:`~refine.objectives.Objective`. The default,
+            mean log-probability plus a repetition penalty, is length-normalised without rewarding the
+            repetitive padding that plain ``"mean"`` invites.
         reward: optional ``fn(text) -> float`` added to the objective with ``reward_weight``.
         reward_weight: weight of ``reward``.
         strategy: search strategy name (``"coordinate"``) or ``"module:Class"``.
@@ -87,6 +89,10 @@ class RefineConfig:
         exclude_special: never propose special tokens (EOS excepted, see ``length``).
         require_roundtrip: drop candidates whose text does not re-tokenize to the same ids.
         tolerance: an edit is accepted only if it raises the objective by more than this.
+        prune_margin: a re-decoded suffix stops early (every few tokens) when its partial output scores worse
+            than the current output cut at the same length by more than this. A heuristic that only saves
+            compute: accepted edits are always complete and exactly scored. ``None`` decodes every suffix to
+            the end. Ignored when the objective reads text (rewards, coverage).
         budget: a :class:`Budget` or a dict of its fields.
         seed: random seed (used by stochastic strategies; coordinate descent is deterministic).
         max_batch_tokens: memory limit: token positions per forward call (rows x length).
@@ -94,11 +100,11 @@ class RefineConfig:
         strategy_options: extra keyword options for the strategy.
     """
 
-    objective: Any = "mean"
+    objective: Any = field(default_factory=lambda: {"mean": 1.0, "repetition": 1.0})
     reward: Callable[[str], float] | None = None
     reward_weight: float = 1.0
     strategy: str = "coordinate"
-    moves: tuple[str, ...] = ("regenerate", "substitute")
+    moves: tuple[str, ...] = ("regenerate",)
     top_k: int = 3
     positions: str = "margin"
     max_positions: int | None = 8
@@ -110,6 +116,7 @@ class RefineConfig:
     exclude_special: bool = True
     require_roundtrip: bool = False
     tolerance: float = 1e-4
+    prune_margin: float | None = 0.0
     budget: Budget = field(default_factory=Budget)
     seed: int = 0
     max_batch_tokens: int = 4096
@@ -162,6 +169,9 @@ class RefineConfig:
         if not (isinstance(self.tolerance, (int, float)) and math.isfinite(self.tolerance)
                 and self.tolerance >= 0):
             raise ConfigError(f"`tolerance` has to be a finite number >= 0, but is {self.tolerance!r}")
+        if self.prune_margin is not None and not (isinstance(self.prune_margin, (int, float))
+                                                   and math.isfinite(self.prune_margin)):
+            raise ConfigError(f"`prune_margin` has to be a finite number or None, but is {self.prune_margin!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"`seed` has to be an integer, but is {self.seed!r}")
         _positive_int("max_batch_tokens", self.max_batch_tokens)

@@ -82,6 +82,7 @@ class Search:
         self.current: Hypothesis | None = None
         self.initial: Hypothesis | None = None
         self._memo: dict[tuple, Hypothesis] = {}
+        self._pruned: set[tuple] = set()  # re-decodings abandoned early: not tried again
         self._t0 = time.perf_counter()
         self._eos = frozenset(tokenizer.eos_ids)
         self._base_tokens = session.forward_tokens
@@ -177,7 +178,7 @@ class Search:
                 continue
             if p.key in self._memo:
                 results.append((p, self._memo[p.key]))
-            else:
+            elif p.key not in self._pruned:
                 fresh.append(p)
         if fresh:
             fresh.sort(key=lambda p: -p.prior)  # stable: ties keep proposal order
@@ -205,7 +206,12 @@ class Search:
             reqs = [self._request(p) for p in decoded]
             room = self.remaining_tokens()
             limit = None if room == float("inf") else room
-            for p, (start, dec) in zip(decoded, self.session.decode(reqs, parent.tokens, limit)):
+            outs = self.session.decode(reqs, parent.tokens, limit, self._pruner(parent))
+            for p, (start, dec) in zip(decoded, outs):
+                if dec.pruned:
+                    self._pruned.add(p.key)
+                    self.stats.pruned += 1
+                    continue
                 items.append((p, dec.tokens, Scores.concat([parent.scores.slice(0, start), dec.scores])))
         hyps = self._hypotheses([(toks, sc) for _, toks, sc in items])
         out = []
@@ -213,6 +219,31 @@ class Search:
             self._memo[p.key] = h
             out.append((p, h))
         return out
+
+    def _pruner(self, parent: Hypothesis):
+        """The lookahead test for re-decoded suffixes: stop one whose partial output scores worse than the
+        parent cut at the same length by more than ``prune_margin`` (the parent's full value once longer).
+
+        Heuristic by design: it only decides what to finish decoding; accepted candidates are always complete
+        and exactly scored. Off when ``prune_margin`` is None or the objective reads text.
+        """
+        margin = self.config.prune_margin
+        if margin is None or self.objective.needs_text:
+            return None
+        par_lp = parent.scores.logprobs
+
+        def prune(row: int, tokens: tuple, scores: Scores) -> bool:
+            start = len(tokens) - len(scores)
+            cand = CandidateView(tokens, np.concatenate([par_lp[:start], scores.logprobs]))
+            L = len(tokens)
+            if L >= len(parent.tokens):
+                (v,), _ = self.objective.evaluate([cand])
+                return v < parent.value - margin
+            ref = CandidateView(parent.tokens[:L], par_lp[:L])
+            (v, ref_v), _ = self.objective.evaluate([cand, ref])
+            return v < ref_v - margin
+
+        return prune
 
     # ------------------------------------------------------------------ moving
 

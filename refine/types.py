@@ -140,6 +140,7 @@ class Stats:
             rejected candidates included.
         forward_calls: model forward calls.
         candidates: candidate sequences evaluated.
+        pruned: re-decoded candidates abandoned early by the lookahead test (``prune_margin``).
         steps: search steps (batched evaluations) taken.
         sweeps: completed passes over the positions.
         accepted: edits accepted.
@@ -151,6 +152,7 @@ class Stats:
     forward_tokens: int = 0
     forward_calls: int = 0
     candidates: int = 0
+    pruned: int = 0
     steps: int = 0
     sweeps: int = 0
     accepted: int = 0

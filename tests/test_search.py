@@ -39,6 +39,7 @@ configs = st.fixed_dictionaries({
     "max_positions": st.sampled_from([None, 3]),
     "length": st.sampled_from(["free", "keep_eos"]),
     "regen_extra_tokens": st.integers(0, 4),
+    "prune_margin": st.sampled_from([None, 0.0, 0.5]),
 })
 
 
@@ -153,3 +154,15 @@ def test_reward_steers_the_output(backend):
                                                        "top_k": 5, "moves": ["substitute", "insert"]})
     assert steered.terms["reward"] >= base.terms.get("reward", count_e(base.text))
     assert steered.terms["reward"] > count_e(steered.initial_text)
+
+
+def test_pruning_saves_compute_without_breaking_exactness(backend):
+    out = generate_greedy(backend, [7, 8, 9], 20)
+    cfg = {"objective": "mean", "top_k": 3, "max_positions": None, "budget": {"max_sweeps": 1}}
+    full = refine_tokens(backend, [7, 8, 9], out, {**cfg, "prune_margin": None})
+    pruned = refine_tokens(backend, [7, 8, 9], out, {**cfg, "prune_margin": 0.0})
+    assert full.stats.pruned == 0 and pruned.stats.pruned > 0
+    assert pruned.stats.forward_tokens < full.stats.forward_tokens
+    # whatever was accepted is exactly scored
+    check = refine_tokens(backend, [7, 8, 9], pruned.tokens, {**cfg, "moves": ["delete"]})
+    assert check.initial_score == pytest.approx(pruned.score, abs=1e-4)

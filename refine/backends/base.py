@@ -71,6 +71,13 @@ class Decoded:
 
     tokens: tuple[int, ...]
     scores: Scores
+    #: decoding stopped early because the caller's ``prune`` callback rejected the partial continuation
+    pruned: bool = False
+
+
+#: ``prune(row, tokens, scores) -> bool``: called during decoding with a row's partial output and its scores
+#: from the row's ``start``; returning True stops that row (its result is marked ``pruned``).
+PruneFn = Callable[[int, tuple, Scores], bool]
 
 
 class Session(ABC):
@@ -87,13 +94,14 @@ class Session(ABC):
 
     @abstractmethod
     def decode(self, requests: Sequence[DecodeRequest], base: Sequence[int] = (),
-               limit: float | None = None) -> list[tuple[int, Decoded]]:
+               limit: float | None = None, prune: PruneFn | None = None) -> list[tuple[int, Decoded]]:
         """Greedy continuations: per request ``(start, Decoded)``; ``Decoded.scores`` covers
         ``Decoded.tokens[start:]`` (the request's tokens from ``start`` on, then the generated ones), with
         ``tokens[:start] == base[:start]``.
 
         ``limit`` (at least :meth:`decode_cost`) caps the forward tokens this call may spend; a backend may use
-        the room above the plain cost to speculate (e.g. verify drafts taken from ``base``)."""
+        the room above the plain cost to speculate (e.g. verify drafts taken from ``base``). ``prune``, if given,
+        is asked about partial continuations; a backend may ignore it."""
 
     @abstractmethod
     def score_cost(self, seqs: Sequence[Sequence[int]], base: Sequence[int] = ()) -> int:

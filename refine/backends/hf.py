@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import InputError, require
 from ..search import common_prefix
 from ..types import Scores
-from .base import Backend, DecodeRequest, Decoded, Session, TokenizerView
+from .base import Backend, DecodeRequest, Decoded, PruneFn, Session, TokenizerView
 
 torch = require("torch", "core", "torch==2.13.0")
 transformers = require("transformers", "core", "transformers")
@@ -126,6 +126,8 @@ class HFSession(Session):
         self.max_batch_tokens = int(max_batch_tokens)
         self.forward_tokens = 0
         self.forward_calls = 0
+        self.drafted_tokens = 0  # draft tokens fed for verification
+        self.accepted_draft_tokens = 0  # of which greedy decoding agreed with
         self._cache = None  # DynamicCache of self._cached (batch 1)
         self._cached: list[int] = []
         self._eos = torch.tensor(backend.tokenizer.eos_ids, device=backend.device)
@@ -276,7 +278,10 @@ class HFSession(Session):
             cost += (b - a) * max(widths[a:b]) + sum(max(r.max_new - 1, 0) for r in requests[a:b])
         return cost
 
-    def decode(self, requests, base=(), limit=None):
+    #: generated tokens between two calls of the ``prune`` callback for a row
+    prune_every = 4
+
+    def decode(self, requests, base=(), limit=None, prune: PruneFn | None = None):
         requests = list(requests)
         base = tuple(base)
         call0 = self.forward_tokens
@@ -289,7 +294,8 @@ class HFSession(Session):
                  for a, b in chunks]
         for k, (a, b) in enumerate(chunks):
             room = None if limit is None else limit - (self.forward_tokens - call0) - sum(plain[k + 1:])
-            decs = self._decode_chunk(requests[a:b], starts[a:b], lens[a:b], feds[a:b], base, room)
+            decs = self._decode_chunk(requests[a:b], starts[a:b], lens[a:b], feds[a:b], base, room,
+                                      None if prune is None else (lambda r, *x, a=a: prune(a + r, *x)))
             out += list(zip(starts[a:b], decs))
         return out
 
@@ -320,12 +326,12 @@ class HFSession(Session):
                     return list(base[j + 1 : j + 1 + size])
         return []
 
-    def _decode_chunk(self, reqs, starts, lens, feds, base, room) -> list[Decoded]:
+    def _decode_chunk(self, reqs, starts, lens, feds, base, room, prune) -> list[Decoded]:
         """Greedy decoding of one chunk of rows, verifying drafts from ``base`` to take several tokens per step.
 
         Exact: a drafted token is kept only if it is the greedy choice given everything before it, so the
         output equals plain greedy decoding; only the number of sequential forward calls changes. Drafting is
-        skipped whenever it could push the chunk past ``room`` forward tokens.
+        skipped whenever it could push the chunk past ``room`` forward tokens. Rows that ``prune`` rejects stop.
         """
         dev = self.backend.device
         eos_ids = self.backend.tokenizer.eos_ids
@@ -351,6 +357,8 @@ class HFSession(Session):
                 record(r, logits[r, cols[r] : W - 1], forced)
 
         n_new = [0] * B
+        pruned: set[int] = set()
+        checked = [0] * B  # n_new at the last prune check
         edit = [len(r.tokens) - 1 for r in reqs]
         dsize = [8] * B
         alive = []
@@ -401,28 +409,36 @@ class HFSession(Session):
                         break
                 record(r, logits[j, : len(new)], new)
                 toks[r] += new
+                self.drafted_tokens += len(d)
+                self.accepted_draft_tokens += len(new) - 1
                 used = len(new)  # fed columns whose keys stay valid: the last token + accepted drafts
                 mask[j, mask.shape[1] - width + used :] = 0
                 cur[j] += used
                 dsize[r] = min(dsize[r] * 2, 64) if d and used == len(d) + 1 else 8
-                if new[-1] not in eos_ids and n_new[r] < reqs[r].max_new:
-                    still.append(j)
+                if new[-1] in eos_ids or n_new[r] >= reqs[r].max_new:
+                    continue
+                if prune is not None and n_new[r] - checked[r] >= self.prune_every:
+                    checked[r] = n_new[r]
+                    if prune(r, tuple(toks[r]), self._scores(rec[r])):
+                        pruned.add(r)
+                        continue
+                still.append(j)
             if len(still) < A:
                 keep = torch.tensor(still, device=dev, dtype=torch.long)
                 cache.batch_select_indices(keep)
                 mask, cur = mask[keep], cur[keep]
             alive = [alive[j] for j in still]
 
+        return [Decoded(tuple(toks[r]), self._scores(rec[r]), pruned=r in pruned) for r in range(B)]
+
+    def _scores(self, rows: list[tuple]) -> Scores:
         k = self.topk
-        return [
-            Decoded(tuple(toks[r]), Scores(
-                np.asarray([x[0] for x in rec[r]], dtype=np.float64),
-                np.asarray([x[1] for x in rec[r]], dtype=np.int64).reshape(-1, k),
-                np.asarray([x[2] for x in rec[r]], dtype=np.float64).reshape(-1, k),
-                np.asarray([x[3] for x in rec[r]], dtype=np.float64),
-            ))
-            for r in range(B)
-        ]
+        return Scores(
+            np.asarray([x[0] for x in rows], dtype=np.float64),
+            np.asarray([x[1] for x in rows], dtype=np.int64).reshape(-1, k),
+            np.asarray([x[2] for x in rows], dtype=np.float64).reshape(-1, k),
+            np.asarray([x[3] for x in rows], dtype=np.float64),
+        )
 
     def close(self) -> None:
         self._cache = None
