@@ -153,24 +153,33 @@ class RepetitionPenalty(Term):
         return {"n": self.n}
 
 
-_WORD = re.compile(r"[a-z0-9]+")
+_WORD = re.compile(r"\w+", re.UNICODE)
+_SUFFIXES = ("", "s", "es", "d", "ed", "ing", "er", "ers", "est")
+
+
+def _forms(word: str) -> set[str]:
+    """Regular inflections of ``word``: dog -> dogs, dance -> dancing, run -> running, carry -> carried."""
+    forms = {word + s for s in _SUFFIXES}
+    if len(word) > 2 and word.endswith("e"):
+        forms |= {word[:-1] + s for s in ("ing", "ed", "er", "ers")}
+    if len(word) > 2 and word.endswith("y"):
+        forms |= {word[:-1] + s for s in ("ies", "ied", "ier", "iest")}
+    if len(word) > 2 and word[-1] not in "aeiouwy" and word[-2] in "aeiou":
+        forms |= {word + word[-1] + s for s in ("ing", "ed", "er", "ers")}
+    return forms
 
 
 def _covers(word: str, text_words: set[str]) -> bool:
-    """Whether ``word`` (a lemma such as "dance") appears in ``text_words``, allowing simple inflections."""
-    stems = {word}
-    if len(word) > 3 and word.endswith("e"):
-        stems.add(word[:-1])  # dance -> dancing
-    if len(word) > 3 and word.endswith("y"):
-        stems.add(word[:-1] + "i")  # carry -> carries
-    return any(w == word or any(w.startswith(s) for s in stems) for w in text_words)
+    """Whether ``word`` (a lemma such as "dance") appears in ``text_words`` as itself or a regular inflection."""
+    return bool(_forms(word) & text_words)
 
 
 def coverage(words: Sequence[str], text: str) -> float:
-    """Share of ``words`` that appear in ``text`` (case-insensitive, simple inflections allowed).
+    """Share of ``words`` that appear in ``text`` as whole words (case-insensitive; regular inflections
+    count, irregular ones such as ran/stood do not).
 
-    >>> coverage(["dog", "run", "dance"], "The dogs were running.")
-    0.6667
+    >>> coverage(["dog", "run", "dance", "car"], "The dogs were running carefully.")
+    0.5
     """
     text_words = set(_WORD.findall(text.lower()))
     if not words:

@@ -48,6 +48,8 @@ def test_repetition_share_of_repeated_ngrams():
 def test_coverage_with_inflections():
     assert coverage(["dog", "run", "dance", "carry"], "The dogs were running, dancing and carries.") == 1.0
     assert coverage(["cat", "dog"], "a dog") == 0.5
+    assert coverage(["car", "sit", "5"], "careful situation 50") == 0.0  # prefixes are not words
+    assert coverage(["café"], "Un Café.") == 1.0
     assert value({"coverage": {"words": ["dog", "cat"]}})[0] == 0.5
 
 

