@@ -45,6 +45,21 @@ def tokenizer_view(tokenizer: Any, vocab_size: int, extra_eos: Sequence[int] = (
     return TokenizerView(vocab_size, tuple(eos), specials, decode, encode, token_str)
 
 
+def prompt_ids(tokenizer: Any, prompt: str, chat: bool | None) -> list[int]:
+    """Token ids of a user prompt: through the chat template when ``chat`` is true, or None and one exists."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if chat or (chat is None and has_template):
+        if not has_template:
+            raise InputError("`chat=True` but the tokenizer has no chat template")
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
+        if hasattr(ids, "keys"):  # some tokenizers return a BatchEncoding
+            ids = ids["input_ids"]
+        return [int(i) for i in ids]
+    return [int(i) for i in tokenizer.encode(prompt, add_special_tokens=True)]
+
+
 def _generation_eos(model: Any) -> list[int]:
     gc = getattr(model, "generation_config", None)
     e = getattr(gc, "eos_token_id", None) if gc is not None else None
@@ -96,18 +111,7 @@ class HFBackend(Backend):
         self.device = next(model.parameters()).device
 
     def encode_prompt(self, prompt: str, chat: bool | None) -> list[int]:
-        tok = self.hf_tokenizer
-        has_template = bool(getattr(tok, "chat_template", None))
-        if chat or (chat is None and has_template):
-            if not has_template:
-                raise InputError("`chat=True` but the tokenizer has no chat template")
-            ids = tok.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
-            )
-            if isinstance(ids, dict) or hasattr(ids, "keys"):
-                ids = ids["input_ids"]
-            return [int(i) for i in ids]
-        return list(tok.encode(prompt, add_special_tokens=True))
+        return prompt_ids(self.hf_tokenizer, prompt, chat)
 
     def open(self, prompt: Sequence[int], topk: int, max_batch_tokens: int) -> "HFSession":
         return HFSession(self, prompt, topk, max_batch_tokens)

@@ -448,18 +448,9 @@ class VLLMBackend(Backend):
     # -------------------------------------------------------------------- prompts
 
     def encode_prompt(self, prompt: str, chat: bool | None) -> list[int]:
-        tok = self.hf_tokenizer
-        has_template = bool(getattr(tok, "chat_template", None))
-        if chat or (chat is None and has_template):
-            if not has_template:
-                raise InputError("`chat=True` but the tokenizer has no chat template")
-            ids = tok.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
-            )
-            if isinstance(ids, dict) or hasattr(ids, "keys"):
-                ids = ids["input_ids"]
-            return [int(i) for i in ids]
-        return [int(i) for i in tok.encode(prompt, add_special_tokens=True)]
+        from .hf import prompt_ids
+
+        return prompt_ids(self.hf_tokenizer, prompt, chat)
 
     def open(self, prompt: Sequence[int], topk: int, max_batch_tokens: int) -> "VLLMSession":
         return VLLMSession(self, prompt, topk, max_batch_tokens)
