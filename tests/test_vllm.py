@@ -385,3 +385,20 @@ def test_refine_llm_wrapper(llm, vb):
     c = o.outputs[0]
     assert isinstance(c.refine, RefineResult) and list(c.token_ids) == c.refine.tokens
     assert c.refine.initial_tokens == list(c.original.token_ids)
+
+
+def test_hf_and_vllm_refinements_agree(vb, hf, prompts, greedy):
+    """The same prompt and answer refined through both backends: same initial score, same accepted edits."""
+    from refine.api import refine_tokens
+    from refine.backends.hf import HFBackend
+
+    model, tok = hf
+    hb = HFBackend(model, tok)
+    cfg = {"objective": "mean", "budget": {"max_sweeps": 2}, "tolerance": 1e-3}
+    for prompt, y in zip(prompts[:2], greedy[:2]):
+        a = refine_tokens(hb, prompt, y, cfg)
+        b = refine_tokens(vb, prompt, y, cfg)
+        assert a.initial_score == pytest.approx(b.initial_score, abs=1e-3)
+        assert [(e.move, e.position, e.old, e.new) for e in a.edits] == \
+            [(e.move, e.position, e.old, e.new) for e in b.edits]
+        assert a.tokens == b.tokens and a.score == pytest.approx(b.score, abs=1e-3)
