@@ -3,8 +3,9 @@
     python -m benchmarks [suite ...] [--quick] [--out DIR] [--data-dir DIR] [--model PATH]
                          [--seed N] [--threads N] [--limit N] [--vllm | --no-vllm] [--no-progress]
 
-Without suite names all suites run (search, downstream, scaling). Each writes ``results.json``,
-``report.md`` and PNG plots into ``OUT/<suite>/``; OUT defaults to ``benchmarks/results``
+Without suite names the default suites run (search, downstream, scaling); ``moves`` runs when named.
+Each writes ``results.json``, ``report.md`` and PNG plots into ``OUT/<suite>/``; OUT defaults to
+``benchmarks/results``
 (``benchmarks/results/quick`` with ``--quick``, so a smoke test never overwrites a full run).
 """
 
@@ -20,13 +21,16 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-SUITES = ("search", "downstream", "scaling")
+SUITES = ("search", "downstream", "scaling", "moves")
+#: what runs without suite names (the ~30-minute full run); ``moves`` is asked for by name
+DEFAULT_SUITES = ("search", "downstream", "scaling")
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the benchmark options to ``parser``."""
-    parser.add_argument("suites", nargs="*", metavar="suite", help=f"suites to run: {', '.join(SUITES)} (default: all)")
+    parser.add_argument("suites", nargs="*", metavar="suite",
+                        help=f"suites to run: {', '.join(SUITES)} (default: {', '.join(DEFAULT_SUITES)})")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: a few items, short outputs, one sweep (minutes, numbers not meaningful)")
     parser.add_argument("--out", default=None,
@@ -46,7 +50,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def add_parser(subparsers) -> None:
     """Register ``refine bench`` (called by ``refine.cli.main``)."""
-    p = subparsers.add_parser("bench", help="run the benchmarks (search, downstream, scaling)",
+    p = subparsers.add_parser("bench", help="run the benchmarks (search, downstream, scaling, moves)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     configure(p)
     p.set_defaults(func=run)
@@ -100,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             print(f"benchmarks: error: --{flag} has to be a positive integer", file=sys.stderr)
             return 2
-    suites = {name: importlib.import_module(f"benchmarks.{name}") for name in args.suites or SUITES}
+    suites = {name: importlib.import_module(f"benchmarks.{name}") for name in args.suites or DEFAULT_SUITES}
     try:
         vllm = use_vllm(args)
     except RefineError as exc:
@@ -113,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"benchmarks: error: {exc}", file=sys.stderr)
         return 2
 
+    # every model is a local folder or file: never ask a hub (vLLM's start-up would otherwise try)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
     from .common import environment, load_runner

@@ -231,7 +231,8 @@ def quick_run(tmp_path_factory, llama, tok, data_dir):
     out = root / "results"
     threads = torch.get_num_threads()
     try:
-        code = bench_main(["--quick", "--limit", "2", "--model", str(model_dir), "--data-dir", str(data_dir),
+        code = bench_main(["search", "downstream", "scaling", "moves", "--quick", "--limit", "2",
+                           "--model", str(model_dir), "--data-dir", str(data_dir),
                            "--out", str(out), "--threads", "1", "--seed", "3", "--no-progress"])
     finally:
         torch.set_num_threads(threads)  # --threads is process-wide: leave the other tests as they were
@@ -251,7 +252,7 @@ def _load(folder: Path) -> dict:
                 "command", "timestamp", "load_average"):
         assert key in env
     assert env["torch_threads"] == 1 and env["seed"] == 3 and env["model"].endswith("model")
-    assert env["command"].startswith("python -m benchmarks --quick --out ")
+    assert env["command"].startswith("python -m benchmarks search downstream scaling moves --quick --out ")
     return results
 
 
@@ -323,9 +324,24 @@ def test_quick_scaling(quick_run):
     assert tp["engine_scored_positions"] <= tp["engine_forward_tokens"]
 
 
+def test_quick_moves(quick_run):
+    res = _load(quick_run / "moves")
+    assert {it["setting"] for it in res["items"]} == {"instructions", "commongen"}
+    for it in res["items"]:
+        assert set(it["variants"]) == {"substitute", "regenerate", "both"}
+        for name, rec in it["variants"].items():
+            assert rec["gain"] >= 0  # refinement never lowers its objective
+            assert rec["score_check"] < 1e-3 and not rec["hook_mismatch"]
+            assert set(rec["edit_kinds"]) <= set(res["variants"][name])  # only the allowed moves were used
+    for setting in ("instructions", "commongen"):
+        summ = res["summary"][setting]
+        assert set(summ["winner"]["by_gain"].split(" = ")) <= {"substitute", "regenerate", "both"}
+    assert (quick_run / "moves" / "gain_vs_time.png").read_bytes()[:8] == PNG_MAGIC
+
+
 def test_index_links_every_suite(quick_run):
     index = (quick_run / "README.md").read_text()
-    for suite in ("search", "downstream", "scaling"):
+    for suite in ("search", "downstream", "scaling", "moves"):
         assert f"({suite}/report.md)" in index
 
 

@@ -131,6 +131,33 @@ def test_draft_width_pays_for_its_columns(backend):
     assert s._width([[1, 2]] + [[]] * 31, [0.9] * 32) == 1
 
 
+@settings(max_examples=60, deadline=None)
+@given(widths=st.lists(st.integers(1, 40), min_size=1, max_size=7), cap=st.integers(30, 120),
+       overhead=st.integers(0, 50))
+def test_score_chunks_are_optimal_and_within_the_cap(backend, widths, cap, overhead):
+    import itertools
+
+    s = backend.open(PROMPT, topk=4, max_batch_tokens=cap)
+    s.call_overhead_tokens = overhead
+    widths = sorted(widths, reverse=True)
+    chunks = s._partition(widths)
+    assert [a for a, _ in chunks] == [0] + [b for _, b in chunks[:-1]] and chunks[-1][1] == len(widths)
+
+    def cost(parts):
+        return sum((b - a) * widths[a] + overhead for a, b in parts)
+
+    for a, b in chunks:
+        assert b - a == 1 or (b - a) * widths[a] <= cap
+    # brute force over every way to cut the sorted rows into consecutive chunks within the cap
+    n, best = len(widths), float("inf")
+    for mask in itertools.product([0, 1], repeat=n - 1):
+        cuts = [0] + [i + 1 for i, m in enumerate(mask) if m] + [n]
+        parts = list(zip(cuts, cuts[1:]))
+        if all(b - a == 1 or (b - a) * widths[a] <= cap for a, b in parts):
+            best = min(best, cost(parts))
+    assert cost(chunks) == best
+
+
 @settings(max_examples=50, deadline=None)
 @given(lens=st.lists(st.integers(0, 12), min_size=1, max_size=8),
        q=st.floats(0.0, 0.99), dq=st.floats(0.0, 0.5))

@@ -241,10 +241,42 @@ class HFSession(Session):
 
     # ------------------------------------------------------------------ scoring
 
+    @staticmethod
+    def _by_width(feds) -> list[int]:
+        """Row order for chunking: widest first, so rows of similar width share a chunk (less padding)."""
+        return sorted(range(len(feds)), key=lambda r: -len(feds[r]))
+
+    def _partition(self, widths: Sequence[int]) -> list[tuple[int, int]]:
+        """Chunks of rows sorted by decreasing width that minimise padded tokens plus per-call overhead.
+
+        A chunk ``[a, b)`` costs ``(b - a) * widths[a] + call_overhead_tokens`` and may hold at most
+        ``max_batch_tokens``; an exact dynamic programme over the split points (one row's width above the cap
+        still gets a chunk of its own).
+        """
+        n = len(widths)
+        if n == 0:
+            return []
+        inf = float("inf")
+        best = [0.0] + [inf] * n
+        cut = [0] * (n + 1)
+        for a in range(n):
+            if best[a] == inf:
+                continue
+            fit = max(1, self.max_batch_tokens // max(widths[a], 1))
+            for b in range(a + 1, min(n, a + fit) + 1):
+                c = best[a] + (b - a) * widths[a] + self.call_overhead_tokens
+                if c < best[b]:
+                    best[b], cut[b] = c, a
+        out, b = [], n
+        while b > 0:
+            out.append((cut[b], b))
+            b = cut[b]
+        return out[::-1]
+
     def score_cost(self, seqs, base=()):
         starts, lens, feds, chain = self._layout([tuple(s) for s in seqs], tuple(base), decode=False)
-        widths = [len(f) for f in feds]
-        return self._ensure_cost(chain) + sum((b - a) * max(widths[a:b]) for a, b in self._chunks(widths))
+        widths = [len(feds[r]) for r in self._by_width(feds)]
+        return self._ensure_cost(chain) + sum((b - a) * widths[a] for a, b in self._partition(widths))
 
     def score(self, seqs, base=()):
         seqs = [tuple(int(t) for t in s) for s in seqs]
@@ -252,25 +284,26 @@ class HFSession(Session):
             raise ValueError("score(): empty sequence")
         starts, lens, feds, chain = self._layout(seqs, tuple(base), decode=False)
         self._ensure(chain)
-        out: list[tuple[int, Scores]] = []
-        for a, b in self._chunks([len(f) for f in feds]):
-            inp, mask, pos, _ = self._batch(lens[a:b], feds[a:b], left_pad=False)
+        order = self._by_width(feds)
+        out: list[tuple[int, Scores] | None] = [None] * len(seqs)
+        for a, b in self._partition([len(feds[r]) for r in order]):
+            rows = order[a:b]
+            inp, mask, pos, _ = self._batch([lens[r] for r in rows], [feds[r] for r in rows], left_pad=False)
             B, W = inp.shape
-            tgt = torch.full((B, W), self.backend.tokenizer.eos, dtype=torch.long)
-            for r in range(B):
-                row = seqs[a + r][starts[a + r]:]
-                tgt[r, : len(row)] = torch.tensor(row)
             kw = {} if mask is None else {"attention_mask": mask, "position_ids": pos}
-            logits = self._forward(inp, self._fork(B, max(lens[a:b])), **kw).logits  # (B, W, V)
-            _, lp, tid, tlp, ent = self._summaries(logits.reshape(B * W, -1), tgt.reshape(-1).to(logits.device))
-            lp = lp.reshape(B, W).double().cpu().numpy()
-            tid = tid.reshape(B, W, -1).cpu().numpy()
-            tlp = tlp.reshape(B, W, -1).double().cpu().numpy()
-            ent = ent.reshape(B, W).double().cpu().numpy()
-            for r in range(B):
-                k = len(seqs[a + r]) - starts[a + r]
-                out.append((starts[a + r], Scores(lp[r, :k], tid[r, :k], tlp[r, :k], ent[r, :k])))
-        return out
+            logits = self._forward(inp, self._fork(B, max(lens[r] for r in rows)), **kw).logits  # (B, W, V)
+            # distributions only where a target is scored: row j's first len(fed) columns (no padding)
+            ks = [len(seqs[r]) - starts[r] for r in rows]
+            keep = torch.tensor([j * W + c for j, k in enumerate(ks) for c in range(k)], device=logits.device)
+            tgt = torch.tensor([t for r in rows for t in seqs[r][starts[r]:]], device=logits.device)
+            _, lp, tid, tlp, ent = self._summaries(logits.reshape(B * W, -1).index_select(0, keep), tgt)
+            lp, tid = lp.double().cpu().numpy(), tid.cpu().numpy()
+            tlp, ent = tlp.double().cpu().numpy(), ent.double().cpu().numpy()
+            o = 0
+            for r, k in zip(rows, ks):
+                out[r] = (starts[r], Scores(lp[o : o + k], tid[o : o + k], tlp[o : o + k], ent[o : o + k]))
+                o += k
+        return out  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ greedy decoding
 
@@ -315,27 +348,28 @@ class HFSession(Session):
 
     #: the fixed cost of one forward call, in forward tokens' worth of compute: on a CPU a small batch is
     #: bound by reading the weights (measured here for a 135M model: one token ~100 ms, each further token of
-    #: a batch ~5 ms, so ~30 tokens). Drafts are fed only while their expected accepted tokens pay for their columns.
-    draft_overhead_tokens = 32
+    #: a batch ~5 ms, so ~30 tokens). Drafts are fed only while their expected accepted tokens pay for their
+    #: columns, and scoring splits rows into chunks only where the padding saved pays for the extra call.
+    call_overhead_tokens = 32
 
     def _width(self, drafts: Sequence[Sequence[int]], rates: Sequence[float]) -> int:
         """The batch width (1 + draft columns) that maximises expected tokens gained per unit of call cost.
 
         A row with a draft of ``d`` tokens and acceptance rate ``q`` gains ``1 + q + q^2 + ... + q^min(d, w-1)``
         tokens at width ``w`` (a draft token counts only if all before it were accepted); a call costs
-        ``draft_overhead_tokens + rows * w``. Rows without drafts cost their padding columns too.
+        ``call_overhead_tokens + rows * w``. Rows without drafts cost their padding columns too.
         """
         longest = max((len(d) for d in drafts), default=0)
         if longest == 0:
             return 1
         rows = len(drafts)
-        best_w, best = 1, rows / (self.draft_overhead_tokens + rows)
+        best_w, best = 1, rows / (self.call_overhead_tokens + rows)
         for w in range(2, longest + 2):
             gain = 0.0
             for d, q in zip(drafts, rates):
                 n = min(len(d), w - 1)
                 gain += 1.0 + (q * (1 - q**n) / (1 - q) if q < 1 else float(n))
-            value = gain / (self.draft_overhead_tokens + rows * w)
+            value = gain / (self.call_overhead_tokens + rows * w)
             if value > best:
                 best_w, best = w, value
         return best_w
