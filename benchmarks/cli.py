@@ -150,8 +150,6 @@ def run(args: argparse.Namespace) -> int:
         _write(module, results, root / name)
         print(f"benchmarks: {name} done in {results['seconds']:.0f} s -> {root / name}", file=sys.stderr)
     write_index(root)
-    if args.out is None and args.quick:
-        write_index(RESULTS_ROOT)
     return 0
 
 

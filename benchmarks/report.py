@@ -140,13 +140,11 @@ def write_index(root: Path) -> None:
     reports = sorted(root.glob(f"*/{REPORT}"))
     lines = ["# Benchmark results", "",
              "Each suite writes `results.json` (raw per-item numbers, summary, environment, configs), "
-             "`report.md` and PNG plots into its own folder. Regenerate everything with "
-             "`python -m benchmarks` from the repository root (`--quick` for the smoke test).", ""]
+             "`report.md` and PNG plots into its own folder; each report starts with the command that regenerates "
+             "it (the default suites: `python -m benchmarks` from the repository root; `moves` by name).", ""]
     for rep in reports:
         data = json.loads((rep.parent / RESULTS).read_text(encoding="utf-8"))
         mode = "quick" if data["quick"] else "full"
         lines.append(f"- [{rep.parent.name}]({rep.parent.name}/{REPORT}) — {data['title']} "
                      f"({mode} run, {data['environment']['timestamp']})")
-    if (root / "quick" / "README.md").is_file():
-        lines.append("- [quick/](quick/README.md) — the latest smoke-test (`--quick`) runs")
     (root / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
