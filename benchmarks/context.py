@@ -5,11 +5,12 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, TypeVar
+from typing import Callable, Iterable, TypeVar
 
 from tqdm.auto import tqdm
 
 from .common import Runner
+from .data import DataError, Item
 
 T = TypeVar("T")
 
@@ -54,3 +55,28 @@ class Context:
     def fits(self, prompt_ids: list[int], max_new_tokens: int) -> bool:
         """Whether prompt + ``max_new_tokens`` fit in the model's context window."""
         return len(prompt_ids) + max_new_tokens <= self.runner.backend.max_length
+
+    def run_groups(self, suite: str, loaders: dict[str, tuple[Callable[[Path, int], list[Item]], int, int]],
+                   run_item: Callable[[str, Item, int], dict | None]) -> tuple[dict[str, list[dict]], list[str]]:
+        """Run ``run_item(group, item, max_new_tokens)`` over each group's items, under a progress bar.
+
+        ``loaders`` maps a group name to ``(load(data_dir, n), n, max_new_tokens)``. Returns the records per
+        group (groups where nothing fitted are left out) and the ids of skipped items (``run_item`` returned
+        ``None``: the prompt does not fit the context window). Raises ``DataError`` when no item fits at all.
+        """
+        done: dict[str, list[dict]] = {}
+        skipped: list[str] = []
+        for group, (load, n, max_new) in loaders.items():
+            recs = []
+            for item in self.bar(load(self.data_dir, n), f"{suite} ({group})"):
+                rec = run_item(group, item, max_new)
+                if rec is None:
+                    skipped.append(item.id)
+                else:
+                    recs.append(rec)
+            if recs:
+                done[group] = recs
+        if not done:
+            raise DataError(f"{suite}: no item fits the model's context window of "
+                            f"{self.runner.backend.max_length} tokens; use a model with a longer one")
+        return done, skipped

@@ -165,21 +165,9 @@ def run(ctx: Context) -> dict:
         s = replace(s, commongen_items=ctx.limit, e2e_items=ctx.limit)
     loaders = {"commongen": (data.commongen, s.commongen_items, s.commongen_tokens),
                "e2e": (data.e2e, s.e2e_items, s.e2e_tokens)}
-    items, skipped, summary = [], [], {}
-    for task, (load, n, max_new) in loaders.items():
-        done = []
-        for item in ctx.bar(load(ctx.data_dir, n), task):
-            rec = run_item(ctx, task, item, s, max_new)
-            if rec is None:
-                skipped.append(item.id)
-            else:
-                done.append(rec)
-        if done:
-            summary[task] = summarise(done, task)
-        items += done
-    if not items:
-        raise data.DataError(f"downstream: no item fits the model's context window of "
-                             f"{ctx.runner.backend.max_length} tokens; use a model with a longer one")
+    done, skipped = ctx.run_groups("downstream", loaders, lambda t, item, max_new: run_item(ctx, t, item, s, max_new))
+    items = [rec for recs in done.values() for rec in recs]
+    summary = {t: summarise(recs, t) for t, recs in done.items()}
     example = configs(s, s.commongen_tokens, ["<the item's words>"], ctx.seed)
     summary["targets"] = targets(summary)
     return {"suite": "downstream", "title": TITLE, "settings": asdict(s),

@@ -122,18 +122,9 @@ def run(ctx: Context) -> dict:
         s = replace(s, instruction_items=ctx.limit, commongen_items=ctx.limit)
     loaders = {"instructions": (data.instruction_prompts, s.instruction_items, s.instruction_tokens),
                "commongen": (data.commongen, s.commongen_items, s.commongen_tokens)}
-    items, skipped, summary = [], [], {}
-    for setting, (load, n, max_new) in loaders.items():
-        done = []
-        for item in ctx.bar(load(ctx.data_dir, n), f"moves ({setting})"):
-            rec = run_item(ctx, setting, item, max_new, s)
-            (skipped.append(item.id) if rec is None else done.append(rec))
-        if done:
-            summary[setting] = summarise(done)
-        items += done
-    if not items:
-        raise data.DataError(f"moves: no item fits the model's context window of "
-                             f"{ctx.runner.backend.max_length} tokens; use a model with a longer one")
+    done, skipped = ctx.run_groups("moves", loaders, lambda g, item, max_new: run_item(ctx, g, item, max_new, s))
+    items = [rec for recs in done.values() for rec in recs]
+    summary = {g: summarise(recs) for g, recs in done.items()}
     return {"suite": "moves", "title": TITLE, "settings": asdict(s),
             "variants": {k: list(v) for k, v in VARIANTS.items()},
             "objectives": {k: objective(k, ["<the item's concepts>"]) for k in SETTINGS},
