@@ -121,6 +121,32 @@ def test_drafts_from_base_are_exact_and_save_calls(llama, backend):
     assert drafted.forward_calls < plain.forward_calls / 3
 
 
+@pytest.mark.parametrize("reject_at", [None, 4, 8])
+def test_prune_checkpoints_do_not_depend_on_drafts(llama, backend, reject_at):
+    target = _plain_greedy(llama, (5,), 30)
+    req = DecodeRequest((5,), 30)
+
+    def run(base):
+        seen = []
+
+        def prune(row, tokens, scores):
+            seen.append((len(tokens), len(scores.logprobs), tokens))
+            return reject_at is not None and len(tokens) - 1 >= reject_at
+
+        session = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+        ((_, dec),) = session.decode([req], base=base, prune=prune)
+        return seen, dec, session.forward_calls
+
+    plain, plain_dec, plain_calls = run((5,))  # nothing to draft from: one token per call
+    drafted, drafted_dec, drafted_calls = run(target)  # the base predicts everything: many tokens per call
+    assert drafted_calls < plain_calls
+    # the callback sees the same prefixes, at every 4th generated token, whichever way they were decoded
+    assert drafted == plain
+    assert [n - 1 for n, _, _ in plain] == list(range(4, 4 * len(plain) + 1, 4))
+    assert all(k == n for n, k, _ in plain)  # scores cover exactly the tokens shown
+    assert drafted_dec.pruned == plain_dec.pruned == (reject_at is not None)
+
+
 def test_draft_width_pays_for_its_columns(backend):
     s = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
     assert s._width([[], []], [0.9, 0.9]) == 1  # nothing to draft

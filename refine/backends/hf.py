@@ -424,7 +424,7 @@ class HFSession(Session):
         n_new = [0] * B
         hits = [[1.0, 2.0] for _ in range(B)]  # per row: accepted + 1, drafted + 2 (Laplace estimate)
         pruned: set[int] = set()
-        checked = [0] * B  # n_new at the last prune check
+        checked = [0] * B  # n_new at the last prune checkpoint
         edit = [len(r.tokens) - 1 for r in reqs]
         dsize = [8] * B
         alive = []
@@ -485,18 +485,19 @@ class HFSession(Session):
                 mask[j, mask.shape[1] - width + used :] = 0
                 cur[j] += used
                 dsize[r] = min(dsize[r] * 2, 64) if d and used == len(d) + 1 else 8
-                if new[-1] in eos_ids or n_new[r] >= reqs[r].max_new:
-                    continue
-                # checkpoints at every `prune_every` generated tokens, whatever the drafts took per call, so
-                # pruning decisions do not depend on the drafting
-                point = n_new[r] - n_new[r] % self.prune_every
-                if prune is not None and point > checked[r]:
-                    checked[r] = point
-                    cut = len(toks[r]) - (n_new[r] - point)
-                    if prune(r, tuple(toks[r][:cut]), self._scores(rec[r][: len(rec[r]) - (n_new[r] - point)])):
+                done = new[-1] in eos_ids or n_new[r] >= reqs[r].max_new
+                # every checkpoint (each `prune_every` generated tokens) this call passed, in order, on the
+                # output as it was there (a finished row's own end is not one): pruning decisions are the same
+                # whether drafts took one token per call or many
+                last = n_new[r] - 1 if done else n_new[r]
+                while prune is not None and checked[r] + self.prune_every <= last:
+                    checked[r] += self.prune_every
+                    ahead = n_new[r] - checked[r]  # tokens generated past the checkpoint
+                    if prune(r, tuple(toks[r][: len(toks[r]) - ahead]), self._scores(rec[r][: len(rec[r]) - ahead])):
                         pruned.add(r)
-                        continue
-                still.append(j)
+                        break
+                if not done and r not in pruned:
+                    still.append(j)
             if len(still) < A:
                 keep = torch.tensor(still, device=dev, dtype=torch.long)
                 cache.batch_select_indices(keep)
