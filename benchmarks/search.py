@@ -36,13 +36,13 @@ from .context import Context
 #: the data files the suite reads
 DATA_FILES = (data.IFEVAL, data.GSM8K)
 TITLE = "Search quality vs compute: greedy + refine against beam search and best-of-N"
-METHODS = ["greedy", "beam4", "beam8", "bon_mean", "bon_sum", "refine_mean", "refine_mean_k8", "refine_sum"]
+METHODS = ["greedy", "beam4", "beam8", "bon_mean", "bon_sum", "refine_mean", "refine_sum"]
 #: the refinement methods (each refines the same greedy Y0)
-REFINE = ["refine_mean", "refine_mean_k8", "refine_sum"]
+REFINE = ["refine_mean", "refine_sum"]
 LABELS = {
     "greedy": "greedy", "beam4": "beam-4", "beam8": "beam-8",
     "bon_mean": "best-of-N (rerank mean)", "bon_sum": "best-of-N (rerank sum)",
-    "refine_mean": "greedy+refine (mean)", "refine_mean_k8": "greedy+refine (mean, top-8)",
+    "refine_mean": "greedy+refine (mean)",
     "refine_sum": "greedy+refine (sum)",
 }
 
@@ -66,11 +66,10 @@ QUICK = Settings(prompts=3, max_new_tokens=12, max_sweeps=1, max_samples=16)
 
 
 def configs(s: Settings, seed: int) -> dict[str, RefineConfig]:
-    """The refinement configs: the library defaults with the output cap and sweep budget of the suite, and a
-    wider neighbourhood (8 candidates per position instead of 3)."""
+    """The refinement configs: the library defaults with the output cap and sweep budget of the suite, under
+    objective ``mean`` and ``sum``."""
     common = dict(max_new_tokens=s.max_new_tokens, budget={"max_sweeps": s.max_sweeps}, seed=seed)
     return {"refine_mean": RefineConfig(objective="mean", **common),
-            "refine_mean_k8": RefineConfig(objective="mean", top_k=8, **common),
             "refine_sum": RefineConfig(objective="sum", **common)}
 
 
@@ -106,7 +105,7 @@ def run_item(ctx: Context, item: data.Item, s: Settings, cfgs: dict[str, RefineC
     outs.update(_best_of_n(ctx, prompt, s, n, seed=ctx.seed * 100_003 + index))
     scores = r.score_outputs(prompt, [outs[m].tokens for m in METHODS])
     methods = {m: r.describe(outs[m], sc) for m, sc in zip(METHODS, scores)}
-    for key, objective in (("refine_mean", "mean_logp"), ("refine_mean_k8", "mean_logp"), ("refine_sum", "sum_logp")):
+    for key, objective in (("refine_mean", "mean_logp"), ("refine_sum", "sum_logp")):
         methods[key]["score_check"] = abs(methods[key]["engine_score"] - methods[key][objective])
     return {"id": item.id, "source": item.source, "prompt": item.prompt, "prompt_tokens": len(prompt),
             "methods": methods}
@@ -212,7 +211,7 @@ def summarise(items: list[dict]) -> dict:
 def targets(summary: dict) -> list[dict]:
     beam = summary["beam8"]
     out = []
-    for m in ("refine_mean", "refine_mean_k8"):
+    for m in ("refine_mean",):
         ref = summary[m]
         out += [
             {"name": f"{LABELS[m]} >= beam-8 on mean log P per token", "target": ">= 0",
@@ -279,8 +278,7 @@ def render(results: dict, plots: list[str]) -> str:
              "- **greedy**: `model.generate` greedy; its output Y0 is the start of refinement.",
              "- **beam-k**: `model.generate(num_beams=k)`, transformers' defaults otherwise (length penalty 1.0).",
              "- **greedy+refine**: `refine.refine_tokens` on Y0 with the library's default config and objective "
-             "`mean` (log P / |y|) or `sum` (log P); cost and time include the greedy decode. *top-8*: the same "
-             "with 8 candidates per position (`top_k=8`) instead of the default 3.",
+             "`mean` (log P / |y|) or `sum` (log P); cost and time include the greedy decode.",
              f"- **best-of-N**: N samples at temperature {s['temperature']} (one batched `generate` call), the one "
              "with the best mean (or sum) log P kept. N is compute-matched per prompt to greedy+refine (mean): "
              f"N = round(F / (P + L0 - 1)) clipped to [1, {s['max_samples']}], F being greedy+refine (mean)'s forward "

@@ -25,6 +25,7 @@ from benchmarks.metrics import (
 )
 from benchmarks.search import METHODS as SEARCH_METHODS
 from benchmarks.search import samples_for
+from refine.config import RefineConfig
 from refine.objectives import CandidateView, RepetitionPenalty
 from refine.objectives import coverage as coverage_engine
 
@@ -259,9 +260,9 @@ def _load(folder: Path) -> dict:
 def test_quick_search(quick_run):
     res = _load(quick_run / "search")
     assert res["quick"] and len(res["items"]) == 2
-    assert set(res["configs"]) == {"refine_mean", "refine_mean_k8", "refine_sum"}
+    assert set(res["configs"]) == {"refine_mean", "refine_sum"}
     assert res["configs"]["refine_mean"]["objective"] == {"mean": {"weight": 1.0}}
-    assert res["configs"]["refine_mean_k8"]["top_k"] == 8
+    assert res["configs"]["refine_mean"]["top_k"] == RefineConfig().top_k
     assert set(res["summary"]["methods"]) == set(SEARCH_METHODS)
     for it in res["items"]:
         m = it["methods"]
@@ -275,9 +276,8 @@ def test_quick_search(quick_run):
         assert g["forward_tokens"] == it["prompt_tokens"] + g["length"] - 1
         # refinement is monotone in its objective, and the independent scorer agrees with the engine
         assert m["refine_mean"]["mean_logp"] >= g["mean_logp"] - 1e-5
-        assert m["refine_mean_k8"]["mean_logp"] >= g["mean_logp"] - 1e-5
         assert m["refine_sum"]["sum_logp"] >= g["sum_logp"] - 1e-5
-        for key in ("refine_mean", "refine_mean_k8", "refine_sum"):
+        for key in ("refine_mean", "refine_sum"):
             assert m[key]["score_check"] < 1e-3
             assert m[key]["hook_forward_tokens"] == m[key]["refine_forward_tokens"]
             assert m[key]["forward_tokens"] == g["forward_tokens"] + m[key]["refine_forward_tokens"]
