@@ -278,14 +278,14 @@ def environment(runner: Runner, command: str) -> dict[str, Any]:
 
 def _git_state() -> str | None:
     """``<commit> [+ uncommitted changes]`` of the repository the benchmarks run from, if it is a git checkout
-    (changes under ``benchmarks/results`` do not count)."""
+    (changes under ``benchmarks/results`` and to markdown files do not count: they cannot change a result)."""
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
         # results written by this very run (or an earlier one) are not code changes
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude)benchmarks/results"], cwd=root,
+                                ":(exclude)benchmarks/results", ":(exclude,glob)**/*.md"], cwd=root,
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
