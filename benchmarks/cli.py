@@ -3,7 +3,8 @@
     python -m benchmarks [suite ...] [--quick] [--out DIR] [--data-dir DIR] [--model PATH]
                          [--seed N] [--threads N] [--limit N] [--vllm | --no-vllm] [--no-progress]
 
-Without suite names the default suites run (search, downstream, scaling); ``moves`` runs when named.
+Without suite names the default suites run (search, downstream, scaling); ``moves`` and ``frontier`` run
+when named.
 Each writes ``results.json``, ``report.md`` and PNG plots into ``OUT/<suite>/``; OUT defaults to
 ``benchmarks/results``
 (``benchmarks/results/quick`` with ``--quick``, so a smoke test never overwrites a full run).
@@ -21,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-SUITES = ("search", "downstream", "scaling", "moves")
-#: what runs without suite names (the ~30-minute full run); ``moves`` is asked for by name
+SUITES = ("search", "downstream", "scaling", "moves", "frontier")
+#: what runs without suite names (the ~26-minute full run); ``moves`` and ``frontier`` are asked for by name
 DEFAULT_SUITES = ("search", "downstream", "scaling")
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 
@@ -50,7 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def add_parser(subparsers) -> None:
     """Register ``refine bench`` (called by ``refine.cli.main``)."""
-    p = subparsers.add_parser("bench", help="run the benchmarks (search, downstream, scaling, moves)",
+    p = subparsers.add_parser("bench", help="run the benchmarks (search, downstream, scaling, moves, frontier)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     configure(p)
     p.set_defaults(func=run)

@@ -232,7 +232,7 @@ def quick_run(tmp_path_factory, llama, tok, data_dir):
     out = root / "results"
     threads = torch.get_num_threads()
     try:
-        code = bench_main(["search", "downstream", "scaling", "moves", "--quick", "--limit", "2",
+        code = bench_main(["search", "downstream", "scaling", "moves", "frontier", "--quick", "--limit", "2",
                            "--model", str(model_dir), "--data-dir", str(data_dir),
                            "--out", str(out), "--threads", "1", "--seed", "3", "--no-progress"])
     finally:
@@ -253,7 +253,7 @@ def _load(folder: Path) -> dict:
                 "command", "timestamp", "load_average"):
         assert key in env
     assert env["torch_threads"] == 1 and env["seed"] == 3 and env["model"].endswith("model")
-    assert env["command"].startswith("python -m benchmarks search downstream scaling moves --quick --out ")
+    assert env["command"].startswith("python -m benchmarks search downstream scaling moves frontier --quick --out ")
     return results
 
 
@@ -339,9 +339,37 @@ def test_quick_moves(quick_run):
     assert (quick_run / "moves" / "gain_vs_time.png").read_bytes()[:8] == PNG_MAGIC
 
 
+def test_quick_frontier(quick_run):
+    from benchmarks.frontier import BASELINES, SETTINGS
+
+    res = _load(quick_run / "frontier")
+    assert len(res["items"]) == 2
+    # each setting is the library defaults plus exactly its listed changes
+    for name, changes in SETTINGS.items():
+        cfg = res["configs"][name]
+        defaults = RefineConfig(objective="mean").to_dict()
+        assert {k for k in cfg if cfg[k] != defaults[k]} <= set(changes) | {"max_new_tokens", "budget", "seed"}
+        assert all(cfg[k] == v for k, v in changes.items())
+    for it in res["items"]:
+        m = it["methods"]
+        assert set(m) == set(BASELINES) | set(SETTINGS)
+        g = m["greedy"]
+        for name in SETTINGS:
+            rec = m[name]
+            assert rec["mean_logp"] >= g["mean_logp"] - 1e-5  # monotone in its objective
+            assert rec["score_check"] < 1e-3 and not rec["hook_mismatch"]
+            assert rec["seconds"] > g["seconds"] and rec["forward_tokens"] > g["forward_tokens"]
+    summ = res["summary"]
+    assert summ["beam8"]["time_vs_beam8"] == pytest.approx(1.0) and summ["beam8"]["wins_vs_beam8"] == 1.0
+    assert sum(summ["default"]["stop_reasons"].values()) == 2
+    report = (quick_run / "frontier" / "report.md").read_text()
+    for text in ("Best setting", "beam-8", "refine: top-8, all positions", "python -m benchmarks"):
+        assert text in report
+
+
 def test_index_links_every_suite(quick_run):
     index = (quick_run / "README.md").read_text()
-    for suite in ("search", "downstream", "scaling", "moves"):
+    for suite in ("search", "downstream", "scaling", "moves", "frontier"):
         assert f"({suite}/report.md)" in index
 
 

@@ -1,0 +1,188 @@
+"""Suite ``frontier``: what refinement's knobs buy on length-normalised log P, and what they cost.
+
+On the search suite's instruction prompts (IFEval, GSM8K), the greedy output Y0 of each prompt is refined under
+objective ``mean`` with the library defaults and with wider neighbourhoods, one knob at a time and together:
+
+- ``default``: the library defaults (top-3 candidates at the 8 least confident positions per sweep,
+  ``prune_margin=0``);
+- ``all_positions``: every position in each sweep (``max_positions=None``), all in one batched block;
+- ``loose_prune``: re-decoded suffixes may fall 0.2 nats per token behind before being stopped;
+- ``wide``: top-8 candidates at every position.
+
+Greedy, beam-4 and beam-8 (``model.generate``) are the reference points. Every output is re-scored by the same
+teacher-forced scorer; time and forward tokens of a refinement include the greedy decode of Y0, as in ``search``.
+The point of the suite is the curve: how close each setting gets to beam-8 and at what multiple of its time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from refine.config import RefineConfig
+
+from . import data, report
+from .common import mean_se
+from .context import Context
+
+#: the data files the suite reads
+DATA_FILES = (data.IFEVAL, data.GSM8K)
+TITLE = "Frontier: length-normalised log P against compute for refinement settings"
+BASELINES = ("greedy", "beam4", "beam8")
+#: per setting: the fields that differ from the library defaults
+SETTINGS = {
+    "default": {},
+    "all_positions": {"max_positions": None, "block_size": 32},
+    "loose_prune": {"prune_margin": 0.2},
+    "wide": {"top_k": 8, "max_positions": None, "block_size": 32},
+}
+LABELS = {"greedy": "greedy", "beam4": "beam-4", "beam8": "beam-8", "default": "refine: defaults",
+          "all_positions": "refine: all positions", "loose_prune": "refine: prune margin 0.2",
+          "wide": "refine: top-8, all positions"}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Sizes of the suite: prompts, output cap and refinement sweeps."""
+
+    prompts: int
+    max_new_tokens: int
+    max_sweeps: int
+
+
+FULL = Sizes(prompts=20, max_new_tokens=32, max_sweeps=3)
+QUICK = Sizes(prompts=2, max_new_tokens=12, max_sweeps=1)
+
+
+def configs(s: Sizes, seed: int) -> dict[str, RefineConfig]:
+    """One config per setting: objective ``mean``, the suite's output cap and sweeps, the setting's changes."""
+    common = dict(objective="mean", max_new_tokens=s.max_new_tokens, budget={"max_sweeps": s.max_sweeps}, seed=seed)
+    return {name: RefineConfig(**common, **changes) for name, changes in SETTINGS.items()}
+
+
+def run_item(ctx: Context, item: data.Item, s: Sizes, cfgs: dict[str, RefineConfig]) -> dict | None:
+    """Baselines and every setting on one prompt; ``None`` if the prompt does not fit the context window."""
+    r = ctx.runner
+    prompt = r.encode(item.prompt)
+    if not ctx.fits(prompt, s.max_new_tokens):
+        return None
+    outs = {"greedy": r.greedy(prompt, s.max_new_tokens)}
+    for k in (4, 8):
+        outs[f"beam{k}"] = r.beam(prompt, s.max_new_tokens, k)
+    stops = {}
+    for name, cfg in cfgs.items():
+        outs[name], result = r.refine(prompt, outs["greedy"], cfg)
+        stops[name] = result.stats.stop_reason
+    names = list(outs)
+    scores = r.score_outputs(prompt, [outs[m].tokens for m in names])
+    methods = {}
+    for m, (sum_lp, mean_lp) in zip(names, scores):
+        o = outs[m]
+        rec = {"mean_logp": mean_lp, "sum_logp": sum_lp, "length": len(o.tokens), "seconds": o.seconds,
+               "forward_tokens": o.forward_tokens, "text": r.decode(o.tokens), "tokens": list(o.tokens)}
+        if m in cfgs:
+            e = o.extra
+            rec.update(stop_reason=stops[m], edits=e["edits"], sweeps=e["sweeps"],
+                       refine_seconds=e["refine_seconds"], score_check=abs(e["engine_score"] - mean_lp),
+                       hook_mismatch=e["hook_forward_tokens"] != e["refine_forward_tokens"])
+        methods[m] = rec
+    return {"id": item.id, "source": item.source, "prompt": item.prompt, "methods": methods}
+
+
+def summarise(items: list[dict]) -> dict:
+    """Per method: mean log P (± s.e.), time and tokens per prompt and against beam-8, prompts at least as good
+    as beam-8; per setting also the stop reasons and the largest engine-vs-scorer difference."""
+    names = list(items[0]["methods"])
+    total = {m: {k: sum(it["methods"][m][k] for it in items) for k in ("seconds", "forward_tokens")} for m in names}
+    out = {}
+    for m in names:
+        recs = [it["methods"][m] for it in items]
+        row = {}
+        for key in ("mean_logp", "sum_logp", "length", "seconds", "forward_tokens"):
+            row[key], row[key + "_se"] = mean_se([x[key] for x in recs])
+        row["time_vs_beam8"] = total[m]["seconds"] / total["beam8"]["seconds"]
+        row["tokens_vs_beam8"] = total[m]["forward_tokens"] / total["beam8"]["forward_tokens"]
+        row["vs_beam8"] = row["mean_logp"] - mean_se([it["methods"]["beam8"]["mean_logp"] for it in items])[0]
+        row["wins_vs_beam8"] = sum(x["mean_logp"] >= it["methods"]["beam8"]["mean_logp"] - 1e-9
+                                   for x, it in zip(recs, items)) / len(recs)
+        if m in SETTINGS:
+            reasons: dict[str, int] = {}
+            for x in recs:
+                reasons[x["stop_reason"]] = reasons.get(x["stop_reason"], 0) + 1
+            row["stop_reasons"] = reasons
+            row["max_score_check"] = max(x["score_check"] for x in recs)
+            row["hook_mismatches"] = sum(x["hook_mismatch"] for x in recs)
+        out[m] = row
+    return out
+
+
+def run(ctx: Context) -> dict:
+    s = ctx.pick(FULL, QUICK)
+    s = replace(s, prompts=ctx.count(s.prompts))
+    cfgs = configs(s, ctx.seed)
+    items, skipped = [], []
+    for item in ctx.bar(data.instruction_prompts(ctx.data_dir, s.prompts), "frontier"):
+        rec = run_item(ctx, item, s, cfgs)
+        if rec is None:
+            skipped.append(item.id)
+        else:
+            items.append(rec)
+    if not items:
+        raise data.DataError(f"frontier: no prompt fits the model's context window of "
+                             f"{ctx.runner.backend.max_length} tokens; use a model with a longer one")
+    return {"suite": "frontier", "title": TITLE, "settings": asdict(s), "changes": SETTINGS,
+            "configs": {k: c.to_dict() for k, c in cfgs.items()}, "items": items, "skipped": skipped,
+            "summary": summarise(items)}
+
+
+def plot(results: dict, folder: Path) -> list[str]:
+    """Mean log P per token against wall time (and forward tokens) per prompt; beam-8 as a horizontal line."""
+    summary = results["summary"]
+    fig, axes = report.new_figure(2, width=6.0)
+    for ax, xkey, xlabel in zip(axes, ("seconds", "forward_tokens"),
+                                ("wall time per prompt (s)", "forward tokens per prompt")):
+        for j, m in enumerate(summary):
+            row = summary[m]
+            base = m in BASELINES
+            ax.errorbar(row[xkey], row["mean_logp"], yerr=row["mean_logp_se"], fmt="s" if base else "o",
+                        color=f"C{j}", capsize=3, markersize=7, mfc="none" if base else None, label=LABELS[m])
+        ax.axhline(summary["beam8"]["mean_logp"], color="grey", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("mean log P per token")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{len(results['items'])} prompts, outputs <= {results['settings']['max_new_tokens']} tokens "
+                 "(dashed: beam-8)")
+    return [report.save_figure(fig, folder / "frontier.png")]
+
+
+def render(results: dict, plots: list[str]) -> str:
+    s, summary = results["settings"], results["summary"]
+    n = len(results["items"])
+    parts = [report.header(TITLE, results), "## What was measured", "",
+             f"{n} instruction prompts (the search suite's), outputs capped at {s['max_new_tokens']} tokens, at most "
+             f"{s['max_sweeps']} sweep(s), objective `mean` (log P per token, final EOS included). The greedy "
+             "output of each prompt is refined once per setting; a setting changes these fields of the library "
+             "defaults:", ""]
+    for name, changes in results["changes"].items():
+        parts.append(f"- **{LABELS[name]}**: `{changes or 'nothing'}`")
+    parts += ["", "Time and forward tokens of a refinement include the greedy decode. Wins = share of prompts at "
+              "least as good as beam-8.", "", "## Results", ""]
+    rows = []
+    for m, r in summary.items():
+        rows.append((LABELS[m], report.pm(r["mean_logp"], r["mean_logp_se"]), f"{r['vs_beam8']:+.3f}",
+                     r["wins_vs_beam8"], f"{r['length']:.1f}", f"{r['seconds']:.2f}", f"{r['time_vs_beam8']:.2f}x",
+                     round(r["forward_tokens"]), f"{r['tokens_vs_beam8']:.2f}x",
+                     ", ".join(f"{k} {v}" for k, v in r.get("stop_reasons", {}).items()) or "–",
+                     r.get("max_score_check", "–")))
+    parts += [report.table(["method", "mean log P", "vs beam-8", "wins vs beam-8", "length", "seconds",
+                            "time / beam-8", "forward tokens", "tokens / beam-8", "stop reasons",
+                            "max abs(engine − scorer)"], rows), ""]
+    best = max(SETTINGS, key=lambda m: summary[m]["mean_logp"])
+    b = summary[best]
+    verdict = "reaches" if b["vs_beam8"] >= 0 else "stays below"
+    parts += [f"Best setting: **{LABELS[best]}**, which {verdict} beam-8 ({b['vs_beam8']:+.3f} per token) at "
+              f"{b['time_vs_beam8']:.2f}x its wall time.", "", "## Plots", ""]
+    parts += [f"![{p}]({p})" for p in plots] + [""]
+    return "\n".join(parts)
