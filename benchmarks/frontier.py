@@ -147,7 +147,7 @@ def plot(results: dict, folder: Path) -> list[str]:
             ax.errorbar(row[xkey], row["mean_logp"], yerr=row["mean_logp_se"], fmt="s" if base else "o",
                         color=f"C{j}", capsize=3, markersize=7, mfc="none" if base else None, label=LABELS[m])
         ax.axhline(summary["beam8"]["mean_logp"], color="grey", lw=0.8, ls="--")
-        ax.set_xscale("log")
+        report.log_x(ax)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("mean log P per token")
         ax.grid(alpha=0.3)

@@ -126,6 +126,15 @@ def new_figure(ncols: int = 1, width: float = 5.5, height: float = 4.0):
     return fig, list(axes[0])
 
 
+def log_x(ax) -> None:
+    """A logarithmic x axis labelled with plain numbers (2, 5, 10, ...), not powers of ten."""
+    from matplotlib.ticker import FormatStrFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+
+
 def save_figure(fig, path: Path) -> str:
     import matplotlib.pyplot as plt
 

@@ -258,7 +258,7 @@ def plot(results: dict, folder: Path) -> list[str]:
                 row = summary[m]
                 ax.errorbar(row[xkey], row[ykey], yerr=row[ykey + "_se"], fmt=MARKERS[j], color=f"C{j}",
                             capsize=3, markersize=7, mfc="none" if j % 2 else None, label=LABELS[m])
-            ax.set_xscale("log")
+            report.log_x(ax)
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
