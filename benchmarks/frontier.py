@@ -120,16 +120,9 @@ def run(ctx: Context) -> dict:
     s = ctx.pick(FULL, QUICK)
     s = replace(s, prompts=ctx.count(s.prompts))
     cfgs = configs(s, ctx.seed)
-    items, skipped = [], []
-    for item in ctx.bar(data.instruction_prompts(ctx.data_dir, s.prompts), "frontier"):
-        rec = run_item(ctx, item, s, cfgs)
-        if rec is None:
-            skipped.append(item.id)
-        else:
-            items.append(rec)
-    if not items:
-        raise data.DataError(f"frontier: no prompt fits the model's context window of "
-                             f"{ctx.runner.backend.max_length} tokens; use a model with a longer one")
+    loaders = {"instructions": (data.instruction_prompts, s.prompts, s.max_new_tokens)}
+    done, skipped = ctx.run_groups("frontier", loaders, lambda _, item, __: run_item(ctx, item, s, cfgs))
+    items = done["instructions"]
     return {"suite": "frontier", "title": TITLE, "settings": asdict(s), "changes": SETTINGS,
             "configs": {k: c.to_dict() for k, c in cfgs.items()}, "items": items, "skipped": skipped,
             "summary": summarise(items)}
