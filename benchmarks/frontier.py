@@ -16,6 +16,7 @@ The point of the suite is the curve: how close each setting gets to beam-8 and a
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -69,23 +70,15 @@ def run_item(ctx: Context, item: data.Item, s: Sizes, cfgs: dict[str, RefineConf
     outs = {"greedy": r.greedy(prompt, s.max_new_tokens)}
     for k in (4, 8):
         outs[f"beam{k}"] = r.beam(prompt, s.max_new_tokens, k)
-    stops = {}
     for name, cfg in cfgs.items():
-        outs[name], result = r.refine(prompt, outs["greedy"], cfg)
-        stops[name] = result.stats.stop_reason
+        outs[name], _ = r.refine(prompt, outs["greedy"], cfg)
     names = list(outs)
     scores = r.score_outputs(prompt, [outs[m].tokens for m in names])
-    methods = {}
-    for m, (sum_lp, mean_lp) in zip(names, scores):
-        o = outs[m]
-        rec = {"mean_logp": mean_lp, "sum_logp": sum_lp, "length": len(o.tokens), "seconds": o.seconds,
-               "forward_tokens": o.forward_tokens, "text": r.decode(o.tokens), "tokens": list(o.tokens)}
-        if m in cfgs:
-            e = o.extra
-            rec.update(stop_reason=stops[m], edits=e["edits"], sweeps=e["sweeps"],
-                       refine_seconds=e["refine_seconds"], score_check=abs(e["engine_score"] - mean_lp),
-                       hook_mismatch=e["hook_forward_tokens"] != e["refine_forward_tokens"])
-        methods[m] = rec
+    methods = {m: r.describe(outs[m], sc) for m, sc in zip(names, scores)}
+    for m in cfgs:
+        rec = methods[m]
+        rec["score_check"] = abs(rec["engine_score"] - rec["mean_logp"])
+        rec["hook_mismatch"] = rec["hook_forward_tokens"] != rec["refine_forward_tokens"]
     return {"id": item.id, "source": item.source, "prompt": item.prompt, "methods": methods}
 
 
@@ -94,6 +87,7 @@ def summarise(items: list[dict]) -> dict:
     as beam-8; per setting also the stop reasons and the largest engine-vs-scorer difference."""
     names = list(items[0]["methods"])
     total = {m: {k: sum(it["methods"][m][k] for it in items) for k in ("seconds", "forward_tokens")} for m in names}
+    beam8 = [it["methods"]["beam8"]["mean_logp"] for it in items]
     out = {}
     for m in names:
         recs = [it["methods"][m] for it in items]
@@ -102,14 +96,10 @@ def summarise(items: list[dict]) -> dict:
             row[key], row[key + "_se"] = mean_se([x[key] for x in recs])
         row["time_vs_beam8"] = total[m]["seconds"] / total["beam8"]["seconds"]
         row["tokens_vs_beam8"] = total[m]["forward_tokens"] / total["beam8"]["forward_tokens"]
-        row["vs_beam8"] = row["mean_logp"] - mean_se([it["methods"]["beam8"]["mean_logp"] for it in items])[0]
-        row["wins_vs_beam8"] = sum(x["mean_logp"] >= it["methods"]["beam8"]["mean_logp"] - 1e-9
-                                   for x, it in zip(recs, items)) / len(recs)
+        row["vs_beam8"] = row["mean_logp"] - mean_se(beam8)[0]
+        row["wins_vs_beam8"] = sum(x["mean_logp"] >= b - 1e-9 for x, b in zip(recs, beam8)) / len(recs)
         if m in SETTINGS:
-            reasons: dict[str, int] = {}
-            for x in recs:
-                reasons[x["stop_reason"]] = reasons.get(x["stop_reason"], 0) + 1
-            row["stop_reasons"] = reasons
+            row["stop_reasons"] = dict(Counter(x["stop_reason"] for x in recs))
             row["max_score_check"] = max(x["score_check"] for x in recs)
             row["hook_mismatches"] = sum(x["hook_mismatch"] for x in recs)
         out[m] = row

@@ -24,6 +24,7 @@ prompt tokens its prefix cache did not serve plus the generated ones), and wheth
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -227,16 +228,10 @@ def run(ctx: Context) -> dict:
     s = ctx.pick(FULL, QUICK)
     s = replace(s, prompts=ctx.count(s.prompts))
     cfgs = configs(s, ctx.seed)
-    items, skipped = [], []
-    for i, item in enumerate(ctx.bar(data.instruction_prompts(ctx.data_dir, s.prompts), "search")):
-        rec = run_item(ctx, item, s, cfgs, i)
-        if rec is None:
-            skipped.append(item.id)
-        else:
-            items.append(rec)
-    if not items:
-        raise data.DataError(f"search: no prompt fits the model's context window of "
-                             f"{ctx.runner.backend.max_length} tokens; use a model with a longer one")
+    index = itertools.count()  # the prompt's place in the data, skipped ones included: seeds best-of-N
+    loaders = {"instructions": (data.instruction_prompts, s.prompts, s.max_new_tokens)}
+    done, skipped = ctx.run_groups("search", loaders, lambda _, item, __: run_item(ctx, item, s, cfgs, next(index)))
+    items = done["instructions"]
     summary = summarise(items)
     out = {"suite": "search", "title": TITLE, "settings": asdict(s),
            "configs": {k: c.to_dict() for k, c in cfgs.items()}, "items": items, "skipped": skipped,
