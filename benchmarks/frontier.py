@@ -7,7 +7,12 @@ objective ``mean`` with the library defaults and with wider neighbourhoods, one 
   ``prune_margin=0``);
 - ``all_positions``: every position in each sweep (``max_positions=None``), all in one batched block;
 - ``loose_prune``: re-decoded suffixes may fall 0.2 nats per token behind before being stopped;
-- ``wide``: top-8 candidates at every position.
+- ``rank_prune``: every position, and a suffix that falls behind is still decoded while it ranks among the 8
+  best of its batch (``prune_keep=8``), as a beam would keep it;
+- ``no_prune``: every position, every suffix decoded to its end (``prune_margin=None``);
+- ``wide``: top-8 candidates at every position;
+- ``best_first``: the ``best_first`` strategy (pool of 4 outputs; it expands runners-up where coordinate descent
+  stops), up to 6 expansions of 8 positions each.
 
 Greedy, beam-4 and beam-8 (``model.generate``) are the reference points. Every output is re-scored by the same
 teacher-forced scorer; time and forward tokens of a refinement include the greedy decode of Y0, as in ``search``.
@@ -30,16 +35,21 @@ from .context import Context
 DATA_FILES = (data.IFEVAL, data.GSM8K)
 TITLE = "Frontier: length-normalised log P against compute for refinement settings"
 BASELINES = ("greedy", "beam4", "beam8")
-#: per setting: the fields that differ from the library defaults
+#: per setting: the fields that differ from the library defaults (a ``budget`` entry updates the suite's budget)
 SETTINGS = {
     "default": {},
     "all_positions": {"max_positions": None, "block_size": 32},
     "loose_prune": {"prune_margin": 0.2},
+    "rank_prune": {"max_positions": None, "block_size": 32, "prune_keep": 8},
+    "no_prune": {"max_positions": None, "block_size": 32, "prune_margin": None},
     "wide": {"top_k": 8, "max_positions": None, "block_size": 32},
+    "best_first": {"strategy": "best_first", "strategy_options": {"pool": 4}, "budget": {"max_sweeps": 6}},
 }
 LABELS = {"greedy": "greedy", "beam4": "beam-4", "beam8": "beam-8", "default": "refine: defaults",
           "all_positions": "refine: all positions", "loose_prune": "refine: prune margin 0.2",
-          "wide": "refine: top-8, all positions"}
+          "rank_prune": "refine: all positions, prune keeps best 8",
+          "no_prune": "refine: all positions, no pruning",
+          "wide": "refine: top-8, all positions", "best_first": "refine: best-first, pool 4"}
 
 
 @dataclass(frozen=True)
@@ -57,8 +67,14 @@ QUICK = Sizes(prompts=2, max_new_tokens=12, max_sweeps=1)
 
 def configs(s: Sizes, seed: int) -> dict[str, RefineConfig]:
     """One config per setting: objective ``mean``, the suite's output cap and sweeps, the setting's changes."""
-    common = dict(objective="mean", max_new_tokens=s.max_new_tokens, budget={"max_sweeps": s.max_sweeps}, seed=seed)
-    return {name: RefineConfig(**common, **changes) for name, changes in SETTINGS.items()}
+    common = dict(objective="mean", max_new_tokens=s.max_new_tokens, seed=seed)
+    budget = {"max_sweeps": s.max_sweeps}
+    out = {}
+    for name, changes in SETTINGS.items():
+        changes = dict(changes)
+        own = changes.pop("budget", {})
+        out[name] = RefineConfig(**common, **changes, budget={**budget, **own})
+    return out
 
 
 def run_item(ctx: Context, item: data.Item, s: Sizes, cfgs: dict[str, RefineConfig]) -> dict | None:

@@ -37,7 +37,11 @@ def _add_run(sub) -> None:
     p.add_argument("--moves", default="regenerate", help="comma-separated moves (regenerate,substitute,delete,insert)")
     p.add_argument("--prune-margin", type=float, default=0.0,
                    help="stop re-decoding a suffix that falls this far behind (default 0; negative: never)")
-    p.add_argument("--strategy", default="coordinate")
+    p.add_argument("--prune-keep", type=int, default=None,
+                   help="spare the N best-ranked suffixes of a batch from --prune-margin (default: margin only)")
+    p.add_argument("--strategy", default="coordinate", help="coordinate | best_first | module:Class")
+    p.add_argument("--strategy-options", type=json.loads, default={},
+                   help='JSON options of the strategy, e.g. \'{"pool": 4}\' for best_first')
     p.add_argument("--positions", default="margin", choices=["margin", "entropy", "left_to_right"])
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--max-positions", type=int, default=8, help="positions per sweep (0: all)")
@@ -81,12 +85,14 @@ def cmd_run(args) -> int:
     config = RefineConfig(
         objective=args.objective,
         strategy=args.strategy,
+        strategy_options=args.strategy_options,
         moves=args.moves,
         top_k=args.top_k,
         positions=args.positions,
         max_positions=args.max_positions or None,
         length=args.length,
         prune_margin=None if args.prune_margin < 0 else args.prune_margin,
+        prune_keep=args.prune_keep,
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
         budget=Budget(max_sweeps=args.max_sweeps, max_forward_tokens=args.max_forward_tokens,

@@ -93,6 +93,10 @@ class RefineConfig:
             than the current output cut at the same length by more than this. A heuristic that only saves
             compute: accepted edits are always complete and exactly scored. ``None`` decodes every suffix to
             the end. Ignored when the objective reads text (rewards, coverage).
+        prune_keep: rank-based relief from ``prune_margin``: a suffix that falls behind by more than the margin
+            is still decoded on while its lead over the current output (usually a deficit) ranks among the
+            ``prune_keep`` best of the suffixes decoded together, as a beam of that width would keep it.
+            Paths that pay for an unlikely token early and recover later survive. ``None``: margin only.
         budget: a :class:`Budget` or a dict of its fields.
         seed: random seed (used by stochastic strategies; coordinate descent is deterministic).
         max_batch_tokens: memory limit: token positions per forward call (rows x length).
@@ -117,6 +121,7 @@ class RefineConfig:
     require_roundtrip: bool = False
     tolerance: float = 1e-4
     prune_margin: float | None = 0.0
+    prune_keep: int | None = None
     budget: Budget = field(default_factory=Budget)
     seed: int = 0
     max_batch_tokens: int = 4096
@@ -172,11 +177,17 @@ class RefineConfig:
         if self.prune_margin is not None and not (isinstance(self.prune_margin, (int, float))
                                                    and math.isfinite(self.prune_margin)):
             raise ConfigError(f"`prune_margin` has to be a finite number or None, but is {self.prune_margin!r}")
+        _positive_int("prune_keep", self.prune_keep, allow_none=True)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"`seed` has to be an integer, but is {self.seed!r}")
         _positive_int("max_batch_tokens", self.max_batch_tokens)
         if not isinstance(self.strategy_options, Mapping):
             raise ConfigError(f"`strategy_options` has to be a dict, but is {self.strategy_options!r}")
+        try:  # a strategy checks its options on construction; build one now so a bad option fails here
+            STRATEGIES.get(self.strategy, field="strategy")(**self.strategy_options)
+        except TypeError as exc:
+            raise ConfigError(f"`strategy_options` {dict(self.strategy_options)} do not fit strategy "
+                              f"{self.strategy!r}: {exc}") from exc
 
     def build_objective(self) -> Objective:
         obj = Objective.from_spec(self.objective)

@@ -157,14 +157,15 @@ class Search:
             cost += self.session.decode_cost(decoded, parent.tokens)
         return cost
 
-    def evaluate(self, proposals: Sequence[Proposal]) -> list[tuple[Proposal, Hypothesis]]:
-        """Score ``proposals`` against the current hypothesis, batched and within budget.
+    def evaluate(self, proposals: Sequence[Proposal], parent: Hypothesis | None = None
+                 ) -> list[tuple[Proposal, Hypothesis]]:
+        """Score ``proposals`` derived from ``parent`` (default: the current hypothesis), batched and within budget.
 
         All scored proposals go to the backend in one call, all re-decoded ones in another. Candidates seen
         before come from the memo at no cost. If the budget cannot afford all new ones, the most promising
         (highest ``prior``) are kept; if it cannot afford one, :class:`BudgetExhausted`.
         """
-        parent = self.current
+        parent = parent or self.current
         assert parent is not None, "score_initial() first"
         seen: set[tuple] = set()
         fresh: list[Proposal] = []
@@ -222,15 +223,19 @@ class Search:
 
     def _pruner(self, parent: Hypothesis):
         """The lookahead test for re-decoded suffixes: stop one whose partial output scores worse than the
-        parent cut at the same length by more than ``prune_margin`` (the parent's full value once longer).
+        parent cut at the same length by more than ``prune_margin`` (the parent's full value once longer),
+        unless its lead over the parent ranks among the ``prune_keep`` best leads of this batch (each row's
+        lead as of its latest check; stopped rows drop out).
 
         Heuristic by design: it only decides what to finish decoding; accepted candidates are always complete
         and exactly scored. Off when ``prune_margin`` is None or the objective reads text.
         """
         margin = self.config.prune_margin
+        keep = self.config.prune_keep
         if margin is None or self.objective.needs_text:
             return None
         par_lp = parent.scores.logprobs
+        leads: dict[int, float] = {}  # row -> lead over the parent at its latest check (rows not stopped)
 
         def prune(row: int, tokens: tuple, scores: Scores) -> bool:
             start = len(tokens) - len(scores)
@@ -238,10 +243,18 @@ class Search:
             L = len(tokens)
             if L >= len(parent.tokens):
                 (v,), _ = self.objective.evaluate([cand])
-                return v < parent.value - margin
-            ref = CandidateView(parent.tokens[:L], par_lp[:L])
-            (v, ref_v), _ = self.objective.evaluate([cand, ref])
-            return v < ref_v - margin
+                lead = v - parent.value
+            else:
+                ref = CandidateView(parent.tokens[:L], par_lp[:L])
+                (v, ref_v), _ = self.objective.evaluate([cand, ref])
+                lead = v - ref_v
+            leads[row] = lead
+            if lead >= -margin:
+                return False
+            if keep is not None and sum(x > lead for x in leads.values()) < keep:
+                return False
+            del leads[row]
+            return True
 
         return prune
 

@@ -34,6 +34,16 @@ def test_run_human_output_shows_diff_and_compute(model_dir, capsys):
         assert key in out
 
 
+def test_run_best_first_with_rank_pruning(model_dir, capsys):
+    assert main(["run", "the cat", "--model", str(model_dir), "--no-chat", "--max-new-tokens", "12",
+                 "--objective", "mean", "--strategy", "best_first", "--strategy-options", '{"pool": 3}',
+                 "--prune-keep", "2", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["score"] >= d["initial_score"]
+    assert d["config"]["strategy"] == "best_first" and d["config"]["strategy_options"] == {"pool": 3}
+    assert d["config"]["prune_keep"] == 2
+
+
 def test_bad_option_is_a_clean_error(model_dir, capsys):
     assert main(["run", "x", "--model", str(model_dir), "--moves", "teleport"]) == 2
     assert "moves" in capsys.readouterr().err

@@ -40,6 +40,8 @@ configs = st.fixed_dictionaries({
     "length": st.sampled_from(["free", "keep_eos"]),
     "regen_extra_tokens": st.integers(0, 4),
     "prune_margin": st.sampled_from([None, 0.0, 0.5]),
+    "prune_keep": st.sampled_from([None, 1, 3]),
+    "strategy": st.sampled_from(["coordinate", "best_first"]),
 })
 
 
@@ -166,3 +168,67 @@ def test_pruning_saves_compute_without_breaking_exactness(backend):
     # whatever was accepted is exactly scored
     check = refine_tokens(backend, [7, 8, 9], pruned.tokens, {**cfg, "moves": ["delete"]})
     assert check.initial_score == pytest.approx(pruned.score, abs=1e-4)
+
+
+def test_prune_keep_spares_the_best_ranked_suffixes(backend):
+    out = generate_greedy(backend, [7, 8, 9], 20)
+    cfg = {"objective": "mean", "top_k": 3, "max_positions": None, "budget": {"max_sweeps": 1}}
+    full = refine_tokens(backend, [7, 8, 9], out, {**cfg, "prune_margin": None})
+    margin = refine_tokens(backend, [7, 8, 9], out, {**cfg, "prune_margin": 0.0})
+    kept = refine_tokens(backend, [7, 8, 9], out, {**cfg, "prune_margin": 0.0, "prune_keep": 4})
+    everything = refine_tokens(backend, [7, 8, 9], out, {**cfg, "prune_margin": 0.0, "prune_keep": 1000})
+    assert margin.stats.pruned > kept.stats.pruned > 0
+    assert margin.stats.forward_tokens < kept.stats.forward_tokens < full.stats.forward_tokens
+    # keeping more rows than a batch has prunes nothing: the same search as no pruning at all
+    assert everything.stats.pruned == 0
+    assert everything.tokens == full.tokens and everything.stats.forward_tokens == full.stats.forward_tokens
+
+
+# Two edits needed, the first one worse: from greedy [a, p] (0.6 * 0.3), switching to 'b' re-decodes to
+# [b, d, e] (0.4 * 0.52 * 0.4), and only then switching 'd' to 'c' gives the best output [b, c] (0.4 * 0.48).
+# Every other edit of greedy is worse than [b, d, e], so a pool of two holds it.
+TWO_STEP_TABLE = {
+    S: {A: 0.6, B: 0.4},
+    A: {13: 0.3, **{t: 0.7 / 6 for t in range(14, 20)}},
+    **{t: {1: 0.99, 25: 0.01} for t in range(13, 20)},
+    B: {20: 0.52, 21: 0.48},
+    20: {22: 0.4, 23: 0.3, 24: 0.3},
+    **{t: {1: 0.99, 25: 0.01} for t in (22, 23, 24)},
+    21: {1: 1.0},
+}
+
+
+@pytest.fixture(scope="module")
+def two_step_backend(tok):
+    from refine.backends.hf import HFBackend
+    from refine.testing import BigramLM
+
+    return HFBackend(BigramLM(len(tok), TWO_STEP_TABLE, eos_token_id=1), tok)
+
+
+def test_best_first_steps_through_a_worse_output(two_step_backend):
+    greedy = generate_greedy(two_step_backend, [S], 5)
+    assert greedy == [A, 13, 1]
+    cfg = {"objective": "sum", "max_positions": None, "budget": {"max_sweeps": 10}}
+    coord = refine_tokens(two_step_backend, [S], greedy, cfg)
+    assert coord.tokens == greedy and coord.stats.stop_reason == "converged"  # a local optimum
+    single = refine_tokens(two_step_backend, [S], greedy, {**cfg, "strategy": "best_first",
+                                                           "strategy_options": {"pool": 1}})
+    assert single.tokens == greedy
+    bf = refine_tokens(two_step_backend, [S], greedy, {**cfg, "strategy": "best_first",
+                                                       "strategy_options": {"pool": 2}})
+    assert bf.tokens == [B, 21, 1]
+    assert bf.score == pytest.approx(math.log(0.4 * 0.48), abs=1e-4)
+    assert bf.initial_score == pytest.approx(math.log(0.6 * 0.3 * 0.99), abs=1e-4)
+    # the reported edit goes from the returned output's predecessor in the run (greedy) to it
+    (edit,) = bf.edits
+    assert edit.position == 0 and edit.old == (A, 13) and edit.new == (B, 21)
+    assert bf.stats.sweeps >= 2
+
+
+@pytest.mark.parametrize("pool", [0, -1, 1.5, True, "2"])
+def test_best_first_rejects_a_bad_pool(pool):
+    with pytest.raises(ConfigError, match="pool"):
+        refine.RefineConfig(strategy="best_first", strategy_options={"pool": pool})
+    with pytest.raises(ConfigError, match="strategy_options"):
+        refine.RefineConfig(strategy="best_first", strategy_options={"width": 2})

@@ -1,0 +1,82 @@
+"""Best-first search over edits: coordinate descent that can step through a worse output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+from ..moves import rank_positions
+from ..registry import STRATEGIES
+from ..search import Search, Strategy
+from ..types import Hypothesis
+
+
+@dataclass
+class _Node:
+    hyp: Hypothesis
+    queue: list[int] = field(default_factory=list)  # positions not yet tried from this output
+
+
+@STRATEGIES.register("best_first")
+class BestFirst(Strategy):
+    """Keep the ``pool`` best outputs found so far; always expand the best one with positions left to try.
+
+    Expanding means what one coordinate-descent step does: propose every configured move at the next
+    ``block_size`` positions of that output (in ``config.positions`` order, at most ``max_positions``) and
+    evaluate them in one batch. Every valid candidate joins the pool if it ranks among the ``pool`` best.
+
+    While edits keep improving, the best output is always the one expanded, so this walks the same path as
+    coordinate descent would (though a new best output starts its own position order at once). Where coordinate
+    descent stops at a local optimum, this goes on to expand the runners-up: a worse output one edit away can
+    lead to a better one two edits away. With ``pool=1`` it never steps through a worse output.
+
+    The returned output is the best one found (monotone, as always). One sweep is counted per output whose
+    positions have all been tried, so ``budget.max_sweeps`` caps the number of outputs fully expanded.
+    """
+
+    def __init__(self, pool: int = 4) -> None:
+        if not isinstance(pool, int) or isinstance(pool, bool) or pool < 1:
+            raise ConfigError(f"`strategy_options.pool` has to be an int >= 1, but is {pool!r}")
+        self.pool_size = pool
+
+    def start(self, search: Search) -> None:
+        self._pool: list[_Node] = [self._node(search, search.current)]
+        self._seen: set[tuple[int, ...]] = {search.current.tokens}
+
+    @staticmethod
+    def _node(search: Search, hyp: Hypothesis) -> _Node:
+        cfg = search.config
+        order = rank_positions(hyp, cfg.positions)
+        return _Node(hyp, order[: cfg.max_positions] if cfg.max_positions else order)
+
+    def step(self, search: Search) -> bool:
+        cfg = search.config
+        while True:
+            node = next((n for n in self._pool if n.queue), None)
+            if node is None:
+                return False  # every output in the pool has been fully expanded
+            block, node.queue = node.queue[: cfg.block_size], node.queue[cfg.block_size :]
+            if not node.queue:
+                search.stats.sweeps += 1
+            hyp = node.hyp
+            proposals = [
+                p
+                for i in block
+                if i < len(hyp.tokens)
+                for move in search.moves
+                for p in move.propose(hyp, i, search.move_context)
+            ]
+            if proposals:
+                break
+            if not node.queue and search.stats.sweeps >= cfg.budget.max_sweeps:
+                return True  # the driver reports max_sweeps
+        results = search.evaluate(proposals, parent=hyp)
+        for prop, cand in sorted(results, key=lambda r: -r[1].value):
+            if cand.tokens in self._seen:
+                continue
+            self._seen.add(cand.tokens)
+            if search.accept(prop, cand) or len(self._pool) < self.pool_size or cand.value > self._pool[-1].hyp.value:
+                self._pool.append(self._node(search, cand))
+        self._pool.sort(key=lambda n: -n.hyp.value)  # stable: among equals, older outputs first
+        del self._pool[self.pool_size :]
+        return True
