@@ -127,11 +127,12 @@ def new_figure(ncols: int = 1, width: float = 5.5, height: float = 4.0):
 
 
 def log_x(ax) -> None:
-    """A logarithmic x axis labelled with plain numbers (2, 5, 10, ...), not powers of ten."""
-    from matplotlib.ticker import FormatStrFormatter
+    """A logarithmic x axis labelled with plain numbers at 1, 2 and 5 times each power of ten (not 10^k)."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator
 
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
     ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
 
 
