@@ -106,6 +106,13 @@ class Search:
     def elapsed(self) -> float:
         return time.perf_counter() - self._t0
 
+    # ------------------------------------------------------------------ proposing
+
+    def propose(self, hyp: Hypothesis, positions: Sequence[int]) -> list[Proposal]:
+        """Every configured move's proposals at each of ``positions`` of ``hyp`` (positions past its end skipped)."""
+        return [p for i in positions if i < len(hyp.tokens)
+                for move in self.moves for p in move.propose(hyp, i, self.move_context)]
+
     # ------------------------------------------------------------------ scoring
 
     def _views(self, items: Sequence[tuple[tuple[int, ...], Scores]]) -> list[CandidateView]:

@@ -59,13 +59,7 @@ class BestFirst(Strategy):
             if not node.queue:
                 search.stats.sweeps += 1
             hyp = node.hyp
-            proposals = [
-                p
-                for i in block
-                if i < len(hyp.tokens)
-                for move in search.moves
-                for p in move.propose(hyp, i, search.move_context)
-            ]
+            proposals = search.propose(hyp, block)
             if proposals:
                 break
             if not node.queue and search.stats.sweeps >= cfg.budget.max_sweeps:

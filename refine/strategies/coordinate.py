@@ -40,14 +40,7 @@ class CoordinateDescent(Strategy):
                     return True  # the driver reports max_sweeps
                 self._new_sweep(search)
             block, self._queue = self._queue[: cfg.block_size], self._queue[cfg.block_size :]
-            cur = search.current
-            proposals = [
-                p
-                for i in block
-                if i < len(cur.tokens)
-                for move in search.moves
-                for p in move.propose(cur, i, search.move_context)
-            ]
+            proposals = search.propose(search.current, block)
             if proposals:
                 break
         results = search.evaluate(proposals)
