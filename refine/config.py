@@ -143,7 +143,6 @@ class RefineConfig:
         if not isinstance(self.budget, Budget):
             raise ConfigError(f"`budget` has to be a refine.Budget or a dict, but is {self.budget!r}")
         self.objective_obj = self.build_objective()
-        STRATEGIES.get(self.strategy, field="strategy")
         if not self.moves:
             raise ConfigError("`moves` has to name at least one move, e.g. ('regenerate', 'substitute')")
         if len(set(self.moves)) != len(self.moves):

@@ -19,7 +19,7 @@ import numpy as np
 from .backends.base import DecodeRequest, Session, TokenizerView
 from .config import RefineConfig
 from .errors import BudgetExhausted, ConfigError
-from .moves import MoveContext, Proposal, build_moves
+from .moves import MoveContext, Proposal, build_moves, rank_positions
 from .objectives import CandidateView, Objective
 from .registry import STRATEGIES
 from .types import Edit, Hypothesis, RefineResult, Scores, Stats
@@ -108,6 +108,11 @@ class Search:
 
     # ------------------------------------------------------------------ proposing
 
+    def sweep_positions(self, hyp: Hypothesis) -> list[int]:
+        """The positions of ``hyp`` one sweep visits: ``config.positions`` order, the first ``max_positions``."""
+        order = rank_positions(hyp, self.config.positions)
+        return order[: self.config.max_positions] if self.config.max_positions else order
+
     def propose(self, hyp: Hypothesis, positions: Sequence[int]) -> list[Proposal]:
         """Every configured move's proposals at each of ``positions`` of ``hyp`` (positions past its end skipped)."""
         return [p for i in positions if i < len(hyp.tokens)
@@ -172,7 +177,7 @@ class Search:
         before come from the memo at no cost. If the budget cannot afford all new ones, the most promising
         (highest ``prior``) are kept; if it cannot afford one, :class:`BudgetExhausted`.
         """
-        parent = parent or self.current
+        parent = self.current if parent is None else parent
         assert parent is not None, "score_initial() first"
         seen: set[tuple] = set()
         fresh: list[Proposal] = []

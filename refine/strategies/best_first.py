@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from ..moves import rank_positions
 from ..registry import STRATEGIES
 from ..search import Search, Strategy
 from ..types import Hypothesis
@@ -45,9 +44,7 @@ class BestFirst(Strategy):
 
     @staticmethod
     def _node(search: Search, hyp: Hypothesis) -> _Node:
-        cfg = search.config
-        order = rank_positions(hyp, cfg.positions)
-        return _Node(hyp, order[: cfg.max_positions] if cfg.max_positions else order)
+        return _Node(hyp, search.sweep_positions(hyp))
 
     def step(self, search: Search) -> bool:
         cfg = search.config

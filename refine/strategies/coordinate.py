@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..moves import rank_positions
 from ..registry import STRATEGIES
 from ..search import Search, Strategy
 
@@ -23,9 +22,7 @@ class CoordinateDescent(Strategy):
         self._new_sweep(search)
 
     def _new_sweep(self, search: Search) -> None:
-        cfg = search.config
-        order = rank_positions(search.current, cfg.positions)
-        self._queue = order[: cfg.max_positions] if cfg.max_positions else order
+        self._queue = search.sweep_positions(search.current)
         self._improved = False
 
     def step(self, search: Search) -> bool:
