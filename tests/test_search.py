@@ -232,3 +232,38 @@ def test_best_first_rejects_a_bad_pool(pool):
         refine.RefineConfig(strategy="best_first", strategy_options={"pool": pool})
     with pytest.raises(ConfigError, match="strategy_options"):
         refine.RefineConfig(strategy="best_first", strategy_options={"width": 2})
+
+
+def test_best_first_pool_holds_the_best_outputs_seen(backend):
+    """After every step the pool is exactly the ``pool`` best distinct outputs evaluated so far."""
+    from refine.search import Search
+    from refine.strategies import BestFirst
+
+    prompt = [7, 8, 9]
+    out = generate_greedy(backend, prompt, 12)
+    config = RefineConfig(objective="mean", top_k=3, max_positions=None, block_size=4, prune_margin=None,
+                          budget={"max_sweeps": 4})
+    session = backend.open(prompt, config.topk_store, config.max_batch_tokens)
+    try:
+        search = Search(session, backend.tokenizer, config, 20)
+        search.score_initial(out)
+        seen = {search.current.tokens: search.current.value}
+        evaluate = search.evaluate
+
+        def recording(proposals, parent=None):
+            results = evaluate(proposals, parent)
+            seen.update((h.tokens, h.value) for _, h in results)
+            return results
+
+        search.evaluate = recording
+        strategy = BestFirst(pool=3)
+        strategy.start(search)
+        steps = 0
+        while strategy.step(search) and steps < 6:
+            steps += 1
+            best = sorted(seen.values(), reverse=True)[:3]
+            assert [n.hyp.value for n in strategy._pool] == pytest.approx(best)
+            assert search.current.value == pytest.approx(best[0])
+    finally:
+        session.close()
+    assert steps >= 2 and len(seen) > 6

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..registry import STRATEGIES
@@ -13,7 +13,7 @@ from ..types import Hypothesis
 @dataclass
 class _Node:
     hyp: Hypothesis
-    queue: list[int] = field(default_factory=list)  # positions not yet tried from this output
+    queue: list[int] | None = None  # positions not yet tried from this output (None: not started)
 
 
 @STRATEGIES.register("best_first")
@@ -39,19 +39,17 @@ class BestFirst(Strategy):
         self.pool_size = pool
 
     def start(self, search: Search) -> None:
-        self._pool: list[_Node] = [self._node(search, search.current)]
+        self._pool: list[_Node] = [_Node(search.current)]
         self._seen: set[tuple[int, ...]] = {search.current.tokens}
-
-    @staticmethod
-    def _node(search: Search, hyp: Hypothesis) -> _Node:
-        return _Node(hyp, search.sweep_positions(hyp))
 
     def step(self, search: Search) -> bool:
         cfg = search.config
         while True:
-            node = next((n for n in self._pool if n.queue), None)
+            node = next((n for n in self._pool if n.queue is None or n.queue), None)
             if node is None:
                 return False  # every output in the pool has been fully expanded
+            if node.queue is None:
+                node.queue = search.sweep_positions(node.hyp)
             block, node.queue = node.queue[: cfg.block_size], node.queue[cfg.block_size :]
             if not node.queue:
                 search.stats.sweeps += 1
@@ -62,12 +60,11 @@ class BestFirst(Strategy):
             if not node.queue and search.stats.sweeps >= cfg.budget.max_sweeps:
                 return True  # the driver reports max_sweeps
         results = search.evaluate(proposals, parent=hyp)
-        for prop, cand in sorted(results, key=lambda r: -r[1].value):
-            if cand.tokens in self._seen:
-                continue
-            self._seen.add(cand.tokens)
-            if search.accept(prop, cand) or len(self._pool) < self.pool_size or cand.value > self._pool[-1].hyp.value:
-                self._pool.append(self._node(search, cand))
+        if results:
+            search.accept(*max(results, key=lambda r: r[1].value))
+        fresh = {cand.tokens: cand for _, cand in results if cand.tokens not in self._seen}
+        self._seen.update(fresh)
+        self._pool += [_Node(cand) for cand in fresh.values()]  # positions ranked once a node is expanded
         self._pool.sort(key=lambda n: -n.hyp.value)  # stable: among equals, older outputs first
         del self._pool[self.pool_size :]
         return True
