@@ -17,9 +17,10 @@ from . import strategies as _strategies  # noqa: F401  (registers the strategies
 from .api import refine, refine_tokens
 from .config import Budget, RefineConfig
 from .errors import BudgetExhausted, ConfigError, InputError, MissingDependency, RefineError, RewardError
-from .objectives import Objective, Term
-from .registry import MOVES, STRATEGIES, TERMS
-from .search import Search, Strategy
+from .moves import MOVES
+from .objectives import TERMS, Objective, Term
+from .search import Search
+from .strategy import STRATEGIES, Strategy
 from .types import Edit, Hypothesis, RefineResult, Scores, Stats
 
 __version__ = "0.1.0"

@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 from .errors import ConfigError
 from .objectives import Objective
-from .registry import MOVES, STRATEGIES
+from .moves import MOVES
+from .registry import only_plugins
+from .strategy import STRATEGIES
 
 LENGTH_MODES = ("free", "keep_eos", "fixed")
 POSITION_ORDERS = ("margin", "entropy", "left_to_right")
@@ -221,8 +223,23 @@ class RefineConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | "RefineConfig" | None) -> "RefineConfig":
-        """Build from a dict, rejecting unknown keys (a typo must not pass silently)."""
+    def from_dict(cls, d: Mapping[str, Any] | "RefineConfig" | None, *,
+                  plugins: Collection[str] | None = None) -> "RefineConfig":
+        """Build from a dict, rejecting unknown keys (a typo must not pass silently).
+
+        Args:
+            d: the options (a :class:`RefineConfig` is returned as it is).
+            plugins: the ``"module:Class"`` import paths the options may name. ``None`` (the default) allows any:
+                options written by the caller are trusted like the caller's own code. Options that arrive over
+                a network must be built with an explicit list (usually empty): they can then name only
+                registered strategies, moves and terms, and any other path raises :class:`ConfigError` before
+                its module is imported.
+
+        >>> RefineConfig.from_dict({"strategy": "os:system"}, plugins=[])
+        Traceback (most recent call last):
+        ...
+        refine.errors.ConfigError: `strategy`='os:system' is an import path, which is not accepted here: name a registered strategy (['best_first', 'coordinate'])
+        """
         if d is None:
             return cls()
         if isinstance(d, RefineConfig):
@@ -233,4 +250,28 @@ class RefineConfig:
         unknown = set(d) - names
         if unknown:
             raise ConfigError(f"unknown refine option(s) {sorted(unknown)}; valid options: {sorted(names)}")
-        return cls(**dict(d))
+        if plugins is None:
+            return cls(**dict(d))
+        with only_plugins(plugins):
+            return cls(**dict(d))
+
+
+def plugin_paths(options: Mapping[str, Any] | None) -> set[str]:
+    """The ``"module:Class"`` import paths that refine options name (in ``strategy``, ``moves``, ``objective``).
+
+    A server trusts the paths of its own default options (:meth:`RefineConfig.from_dict`'s ``plugins``).
+
+    >>> sorted(plugin_paths({"strategy": "pkg.mod:Beam", "moves": "regenerate,pkg.mod:Swap", "objective": "mean"}))
+    ['pkg.mod:Beam', 'pkg.mod:Swap']
+    """
+    if not options:
+        return set()
+    names: list[Any] = [options.get("strategy")]
+    moves = options.get("moves") or ()
+    names += moves.split(",") if isinstance(moves, str) else list(moves)
+    objective = options.get("objective")
+    if isinstance(objective, str):
+        names.append(objective)
+    elif isinstance(objective, Mapping):
+        names += list(objective)
+    return {n.strip() for n in names if isinstance(n, str) and ":" in n}

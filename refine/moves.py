@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from .backends.base import TokenizerView
-from .registry import MOVES
+from .registry import Registry
 from .types import Hypothesis
 
 
@@ -106,6 +106,9 @@ class Move(ABC):
     @abstractmethod
     def propose(self, hyp: Hypothesis, i: int, ctx: MoveContext) -> list[Proposal]:
         """Proposals at position ``i`` (an empty list where the move does not apply)."""
+
+
+MOVES: Registry[Move] = Registry("move", Move)
 
 
 def _truncation(name: str, y: tuple[int, ...], i: int, eos: int, prior: float) -> Proposal:

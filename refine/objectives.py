@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .errors import ConfigError, RewardError
-from .registry import TERMS
+from .registry import Registry
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,9 @@ class Term(ABC):
 
     def params(self) -> dict[str, Any]:
         return {}
+
+
+TERMS: Registry[Term] = Registry("objective term", Term)
 
 
 # ----------------------------------------------------------------------------- log-probability terms

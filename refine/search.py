@@ -21,7 +21,7 @@ from .config import RefineConfig
 from .errors import BudgetExhausted, ConfigError
 from .moves import MoveContext, Proposal, build_moves, rank_positions
 from .objectives import CandidateView, Objective
-from .registry import STRATEGIES
+from .strategy import STRATEGIES, Strategy
 from .types import Edit, Hypothesis, RefineResult, Scores, Stats
 
 
@@ -287,26 +287,6 @@ class Search:
     def best(self) -> Hypothesis:
         assert self.current is not None
         return self.current
-
-
-class Strategy:
-    """A search strategy. Subclasses register with ``@STRATEGIES.register(name)`` and implement :meth:`step`.
-
-    ``step`` does one unit of work (normally one batched :meth:`Search.evaluate`) and returns False once the
-    strategy has converged. Budget limits are enforced by :func:`run_search` and :meth:`Search.evaluate`.
-    """
-
-    name: str = "strategy"
-
-    def __init__(self, **options) -> None:
-        if options:
-            raise ConfigError(f"strategy {self.name!r} takes no options, got {sorted(options)}")
-
-    def start(self, search: Search) -> None:
-        """Called once after the initial output is scored."""
-
-    def step(self, search: Search) -> bool:  # pragma: no cover - abstract
-        raise NotImplementedError
 
 
 ProgressFn = Callable[[Search], None]

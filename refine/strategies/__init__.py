@@ -1,6 +1,6 @@
-"""Search strategies. Each registers itself in :data:`refine.registry.STRATEGIES` on import."""
+"""Search strategies. Each registers itself in :data:`refine.strategy.STRATEGIES` on import."""
 
-from ..search import Strategy
+from ..strategy import Strategy
 from .best_first import BestFirst
 from .coordinate import CoordinateDescent
 

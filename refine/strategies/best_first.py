@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..registry import STRATEGIES
-from ..search import Search, Strategy
+from ..search import Search
+from ..strategy import STRATEGIES, Strategy
 from ..types import Hypothesis
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..registry import STRATEGIES
-from ..search import Search, Strategy
+from ..search import Search
+from ..strategy import STRATEGIES, Strategy
 
 
 @STRATEGIES.register("coordinate")

@@ -1,0 +1,39 @@
+"""The strategy interface and its registry, :data:`STRATEGIES`.
+
+A strategy decides what the search engine (:class:`refine.search.Search`) evaluates next;
+the engine owns the budget, the objective and the acceptance rule.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .errors import ConfigError
+from .registry import Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .search import Search
+
+
+class Strategy:
+    """A search strategy. Subclasses register with ``@STRATEGIES.register(name)`` and implement :meth:`step`.
+
+    ``step`` does one unit of work (normally one batched :meth:`Search.evaluate`) and returns False once the
+    strategy has converged. Budget limits are enforced by :func:`refine.search.run_search` and
+    :meth:`Search.evaluate`.
+    """
+
+    name: str = "strategy"
+
+    def __init__(self, **options) -> None:
+        if options:
+            raise ConfigError(f"strategy {self.name!r} takes no options, got {sorted(options)}")
+
+    def start(self, search: "Search") -> None:
+        """Called once after the initial output is scored."""
+
+    def step(self, search: "Search") -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+STRATEGIES: Registry[Strategy] = Registry("strategy", Strategy)
