@@ -21,6 +21,7 @@ This is a thin server over one in-process ``vllm.LLM``: requests are served one 
 
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -197,8 +198,9 @@ def build_app(rllm: Any, model_name: str, limits: RequestLimits | None = None):
             return JSONResponse(status_code=exc.status, content=exc.body())
         except LimitError as exc:
             return JSONResponse(status_code=400, content=RequestError(str(exc), exc.param).body())
-        except (ConfigError, InputError) as exc:
-            return JSONResponse(status_code=400, content=RequestError(str(exc)).body())
+        except (ConfigError, InputError) as exc:  # refine's messages open with the option they are about
+            named = re.match(r"`([\w.]+)`", str(exc))
+            return JSONResponse(status_code=400, content=RequestError(str(exc), named and named.group(1)).body())
         except Exception:  # an engine failure: log it whole, answer 500, keep serving
             ref = uuid.uuid4().hex[:12]
             log.exception("request %s failed", ref)

@@ -97,7 +97,7 @@ def test_plain_request_passes_through(server):
 def test_bad_refine_option_is_400_naming_the_field(server):
     status, d = _post(server + "/v1/completions", {"prompt": "Hi", "max_tokens": 4,
                                                    "vllm_xargs": {"refine_top_k": 0}})
-    assert status == 400 and "top_k" in d["error"]["message"]
+    assert status == 400 and "top_k" in d["error"]["message"] and d["error"]["param"] == "top_k"
     status, d = _post(server + "/v1/completions", {"prompt": "Hi", "max_tokens": 4,
                                                    "vllm_xargs": {"refine_colour": "red"}})
     assert status == 400 and "colour" in d["error"]["message"]
@@ -127,6 +127,7 @@ def test_a_request_naming_code_gets_400_and_nothing_runs(server, tmp_path):
             status, d = _post(server + path, {**body, "max_tokens": 4, "temperature": 0, "vllm_xargs": xargs})
             assert status == 400, (xargs, d)
             assert "import path" in d["error"]["message"] and d["error"]["type"] == "invalid_request_error"
+            assert d["error"]["param"] in ("strategy", "moves", "objective")
     assert not marker.exists()
     assert _alive(server)  # os:abort did not kill it
 
