@@ -38,9 +38,6 @@ SAMPLING_FIELDS: dict[str, tuple[type, ...]] = {
     "seed": (int,), "n": (int,), "stop": (str, list), "presence_penalty": (int, float),
     "frequency_penalty": (int, float), "repetition_penalty": (int, float), "min_tokens": (int,),
 }
-#: the keys of ``vllm_xargs`` this server takes: refine options (nested or ``refine_<option>``)
-XARGS_PREFIX = "refine"
-
 
 class RequestError(Exception):
     """A request the server refuses: HTTP ``status`` with an OpenAI-shaped error body."""
@@ -79,6 +76,8 @@ def sampling_params(body: Mapping[str, Any]):
     """``SamplingParams`` from an OpenAI request body (refine options travel in ``vllm_xargs``)."""
     from vllm import SamplingParams
 
+    from .integrations.vllm import FLAT_PREFIX, REFINE_KEY
+
     for name, types in SAMPLING_FIELDS.items():
         _check_type(body, name, types)
     kw = {k: body[k] for k in SAMPLING_FIELDS if body.get(k) is not None}
@@ -88,7 +87,7 @@ def sampling_params(body: Mapping[str, Any]):
     if xargs is not None and not isinstance(xargs, dict):
         raise RequestError(f"`vllm_xargs` has to be an object, but is {xargs!r}", "vllm_xargs")
     for key in xargs or {}:
-        if not (key == XARGS_PREFIX or key.startswith(XARGS_PREFIX + "_")):
+        if not (key == REFINE_KEY or key.startswith(FLAT_PREFIX)):  # the keys refine_options() reads
             raise RequestError(f"`vllm_xargs.{key}` is not accepted: this server takes refine options "
                                "(`refine_<option>`) only", f"vllm_xargs.{key}")
     try:
@@ -166,9 +165,8 @@ def build_app(rllm: Any, model_name: str, limits: RequestLimits | None = None):
                                "stream")
         params = sampling_params(body)
         ids = prompt_ids(body, chat)
-        limits.check_request(max_tokens=params.max_tokens, choices=params.n * len(ids),
-                             prompt_tokens=max(len(p) for p in ids))
         longest = max(len(p) for p in ids)
+        limits.check_request(max_tokens=params.max_tokens, choices=params.n * len(ids), prompt_tokens=longest)
         if longest + params.max_tokens > context:
             raise RequestError(f"the prompt ({longest} tokens) + `max_tokens` ({params.max_tokens}) exceed the "
                                f"model's context of {context} tokens", "max_tokens")
