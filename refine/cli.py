@@ -12,6 +12,8 @@ import json
 import sys
 from typing import Sequence
 
+from .about import DISTRIBUTION, __version__
+
 
 def _objective_arg(text: str):
     """``mean`` | ``sum,length=0.3`` | a JSON object."""
@@ -142,16 +144,42 @@ def cmd_run(args) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="refine", description="Decoding-time output refinement for LLMs.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_run(sub)
-    import importlib
+def _add_optional(sub) -> None:
+    """``serve`` and ``bench``, each listed when its module imports here.
+
+    The benchmarks live in the source tree (the ``benchmarks/`` package of a checkout or of the
+    sdist), not in the wheel: without them ``refine bench`` says where to get them.
+    """
     import importlib.util
 
-    for module in ("refine.serve", "benchmarks.cli"):  # optional sub-commands, present when installed
-        if importlib.util.find_spec(module.split(".")[0]) and importlib.util.find_spec(module):
-            importlib.import_module(module).add_parser(sub)
+    if importlib.util.find_spec("refine.serve"):
+        importlib.import_module("refine.serve").add_parser(sub)
+    bench = importlib.util.find_spec("benchmarks") and importlib.util.find_spec("benchmarks.cli")
+    module = importlib.import_module("benchmarks.cli") if bench else None
+    if module is not None and hasattr(module, "add_parser"):
+        module.add_parser(sub)
+        return
+    p = sub.add_parser("bench", help="benchmark suites (need a source checkout)",
+                       description="The benchmark suites are not installed with the package.")
+    p.set_defaults(func=_no_benchmarks)
+
+
+def _no_benchmarks(args: argparse.Namespace) -> int:
+    from .errors import RefineError
+
+    raise RefineError(
+        "the benchmark suites are not installed with the package: they are the `benchmarks/` folder "
+        f"of the {DISTRIBUTION} source tree (a git checkout or the sdist). From the root of that tree, "
+        "run `python -m benchmarks --help`."
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="refine", description="Decoding-time output refinement for LLMs.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} ({DISTRIBUTION})")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_optional(sub)
     args = parser.parse_args(argv)
     from .errors import RefineError
 

@@ -30,10 +30,10 @@ class MissingDependency(RefineError, ImportError):
     """An optional dependency is missing; the message says which command installs it."""
 
 
-def require(module: str, extra: str, pip_name: str | None = None):
-    """Import ``module`` or raise :class:`MissingDependency` naming the pip command.
+def require(module: str, install: str):
+    """Import ``module`` or raise :class:`MissingDependency` saying ``pip install <install>``.
 
-    >>> require("math", "core").sqrt(4.0)
+    >>> require("math", "math").sqrt(4.0)
     2.0
     """
     import importlib
@@ -41,7 +41,6 @@ def require(module: str, extra: str, pip_name: str | None = None):
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        target = pip_name or f'"refine[{extra}]"'
         raise MissingDependency(
-            f"`{module}` is required for this feature but is not installed: pip install {target}"
+            f"`{module}` is required for this feature but is not installed: pip install {install}"
         ) from exc

