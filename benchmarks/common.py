@@ -29,6 +29,7 @@ import torch
 from refine.api import refine_tokens
 from refine.backends.hf import HFBackend
 from refine.config import RefineConfig
+from refine.objectives import CandidateView
 from refine.types import RefineResult
 
 from .metrics import repetition_rate
@@ -157,6 +158,15 @@ class Runner:
         The log-probabilities come from the raw (untempered) logits ``generate`` already computed, so ranking
         the samples costs no forward pass. Returns ``(rows, logprob sums and means (n, 2), counter, seconds)``.
         """
+        rows, token_lp, fc, seconds = self._sample(prompt, max_new_tokens, n, temperature, seed)
+        stats = np.zeros((n, 2))
+        for r, lp in enumerate(token_lp):
+            stats[r] = (float(lp.sum()), float(lp.sum()) / max(len(lp), 1))
+        return rows, stats, fc, seconds
+
+    def _sample(self, prompt: Sequence[int], max_new_tokens: int, n: int, temperature: float,
+                seed: int) -> tuple[list[list[int]], list[np.ndarray], ForwardCounter, float]:
+        """Sampled rows and each row's per-token log-probabilities under the untempered model."""
         torch.manual_seed(seed)
         out, rows, fc, seconds = self._generate(
             prompt, max_new_tokens, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
@@ -165,11 +175,23 @@ class Runner:
         for step, step_logits in enumerate(out.logits):  # (n, V) per step; rows that ended read padding
             chosen = torch.tensor([row[step] if step < len(row) else 0 for row in rows])[:, None]
             token_lp[:, step] = torch.log_softmax(step_logits.float(), dim=-1).gather(-1, chosen)[:, 0]
-        stats = np.zeros((n, 2))
-        for r, row in enumerate(rows):
-            total = float(token_lp[r, : len(row)].sum())
-            stats[r] = (total, total / max(len(row), 1))
-        return rows, stats, fc, seconds
+        return rows, [token_lp[r, : len(row)].numpy() for r, row in enumerate(rows)], fc, seconds
+
+    def best_of(self, prompt: Sequence[int], max_new_tokens: int, n: int, temperature: float, seed: int,
+                config: RefineConfig) -> Output:
+        """Best-of-``n``: ``n`` samples in one batch, reranked by ``config``'s objective (the one refinement
+        maximises), from the log-probabilities sampling already computed: no extra forward pass."""
+        rows, token_lp, fc, seconds = self._sample(prompt, max_new_tokens, n, temperature, seed)
+        t0 = time.perf_counter()
+        objective = config.build_objective()
+        objective.bind(self.backend.tokenizer)
+        views = [CandidateView(tuple(row), lp, self.decode(row) if objective.needs_text else None, self.ended(row))
+                 for row, lp in zip(rows, token_lp)]
+        values, _ = objective.evaluate(views)
+        best = int(np.argmax(values))
+        seconds += time.perf_counter() - t0
+        return Output(rows[best], fc.tokens, fc.calls, seconds,
+                      {"samples": n, "temperature": temperature, "engine_score": float(values[best])})
 
     # ------------------------------------------------------------------ refinement
 

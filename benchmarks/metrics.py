@@ -4,8 +4,8 @@ All text metrics work on *words*: the lower-cased, accent-folded runs of ``[a-z0
 (``"Café Rouge!"`` -> ``["cafe", "rouge"]``).
 
 - :func:`repetition_rate`: share of token n-grams that repeat an earlier n-gram (degeneration).
-- :func:`overlap_f1`: unigram (bag-of-words) F1 against the best of several references.
-- :func:`rouge_l`: longest-common-subsequence F1 (ROUGE-L with beta = 1) against the best reference.
+- :func:`repeated_ngrams`: word n-grams that repeat an earlier one (the reader's view of repetition).
+- ROUGE is not here: :mod:`benchmarks.rouge` takes it from the maintained ``rouge-score`` package.
 - :func:`concept_coverage`: share of CommonGen concepts present as whole words (regular inflections allowed).
 - :func:`parse_mr`, :func:`slot_keywords`, :func:`slot_coverage`: E2E meaning representations and how many
   of their slot values an output realises.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections import Counter
 from typing import Sequence
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -48,43 +47,22 @@ def repetition_rate(tokens: Sequence[int], n: int = 3) -> float:
     return (len(grams) - len(set(grams))) / len(grams)
 
 
-def _f1(overlap: int, n_hyp: int, n_ref: int) -> float:
-    if overlap == 0:
-        return 0.0
-    precision, recall = overlap / n_hyp, overlap / n_ref
-    return 2 * precision * recall / (precision + recall)
+def repeated_ngrams(text: str, n: int = 3) -> int:
+    """How many word n-grams of ``text`` repeat an earlier one (what a reader sees as repetition).
 
-
-def overlap_f1(hypothesis: str, references: Sequence[str]) -> float:
-    """Unigram F1 between the words of ``hypothesis`` and the best-matching reference (clipped counts)."""
-    hyp = Counter(words(hypothesis))
-    best = 0.0
-    for ref_text in references:
-        ref = Counter(words(ref_text))
-        overlap = sum((hyp & ref).values())
-        best = max(best, _f1(overlap, sum(hyp.values()), sum(ref.values())))
-    return best
-
-
-def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    """Length of the longest common subsequence of ``a`` and ``b`` (O(len(a) * len(b)) dynamic programme)."""
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l(hypothesis: str, references: Sequence[str]) -> float:
-    """ROUGE-L F1 (beta = 1) of ``hypothesis`` against the best-matching reference."""
-    hyp = words(hypothesis)
-    best = 0.0
-    for ref_text in references:
-        ref = words(ref_text)
-        best = max(best, _f1(lcs_length(hyp, ref), len(hyp), len(ref)))
-    return best
+    >>> repeated_ngrams("a pet is a pet is a pet")
+    3
+    >>> repeated_ngrams("The dog catches the frisbee.")
+    0
+    """
+    ws = words(text)
+    seen: set[tuple[str, ...]] = set()
+    repeats = 0
+    for i in range(len(ws) - n + 1):
+        gram = tuple(ws[i:i + n])
+        repeats += gram in seen
+        seen.add(gram)
+    return repeats
 
 
 def inflections(word: str) -> set[str]:

@@ -19,10 +19,13 @@ import torch
 from benchmarks import data
 from benchmarks.cli import main as bench_main
 from benchmarks.common import ForwardCounter, Runner
+from benchmarks.bootstrap import paired_bootstrap
 from benchmarks.metrics import (
-    concept_coverage, fold, inflections, lcs_length, overlap_f1, parse_mr, repetition_rate, rouge_l, slot_coverage,
-    slot_keywords, words,
+    concept_coverage, fold, inflections, parse_mr, repeated_ngrams, repetition_rate, slot_coverage, slot_keywords,
+    words,
 )
+from benchmarks.rouge import rouge
+from benchmarks.summary import update_summary
 from benchmarks.search import METHODS as SEARCH_METHODS
 from benchmarks.search import samples_for
 from refine.config import RefineConfig
@@ -60,20 +63,53 @@ def test_words_fold_case_and_accents():
     assert words("Café Rouge, £20-25!") == ["cafe", "rouge", "20", "25"]
 
 
-def test_overlap_f1_exact():
-    assert overlap_f1("the cat sat", ["the cat sat on the mat"]) == pytest.approx(2 / 3)  # P 1, R 1/2
-    assert overlap_f1("the the the", ["the cat"]) == pytest.approx(0.4)  # clipped: P 1/3, R 1/2
-    assert overlap_f1("dog", ["cat", "a dog"]) == pytest.approx(2 / 3)  # best reference counts
-    assert overlap_f1("dog", ["cat"]) == 0.0 and overlap_f1("", ["cat"]) == 0.0
+def test_rouge_from_rouge_score():
+    # LCS "the cat on mat" = 4 words: P 4/6, R 4/5 -> F1 8/11; bigrams: only "the cat" shared of 5 and 4
+    r = rouge("The cat sat on the mat.", ["the cat on a mat"])
+    assert r["rougeL"] == pytest.approx(8 / 11) and r["rouge1"] == pytest.approx(8 / 11)
+    assert r["rouge2"] == pytest.approx(2 * (1 / 5) * (1 / 4) / (1 / 5 + 1 / 4))
+    assert rouge("a b", ["b a", "a x b"])["rougeL"] == pytest.approx(0.8)  # the best reference counts
+    assert rouge("dogs running", ["dog runs"])["rouge1"] == 1.0  # Porter stemming
+    assert rouge("x", []) == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
 
 
-def test_lcs_and_rouge_l_exact():
-    assert lcs_length(list("abcbdab"), list("bdcaba")) == 4
-    assert lcs_length([], ["a"]) == 0
-    # LCS "the cat on mat" = 4: P 4/6, R 4/5 -> F1 8/11
-    assert rouge_l("The cat sat on the mat.", ["the cat on a mat"]) == pytest.approx(8 / 11)
-    assert rouge_l("a b", ["b a", "a x b"]) == pytest.approx(0.8)  # second reference: LCS 2, P 1, R 2/3
-    assert rouge_l("x", ["y"]) == 0.0
+@pytest.mark.parametrize("text, repeats", [
+    ("a pet is a pet is a pet is a pet is a pet", 9),
+    ("a building, a building, a building, a building", 4),
+    ("Sensory: Surf\nSensory: Ocean\nSensory: Surfer", 0),  # a line pattern, not a word trigram
+    ("The surfer rides a wave in the ocean.", 0),
+])
+def test_repeated_ngrams_counts_what_a_reader_sees(text, repeats):
+    assert repeated_ngrams(text, 3) == repeats
+
+
+def test_paired_bootstrap_known_answers():
+    same = paired_bootstrap([0.5] * 10, [0.25] * 10, resamples=500)
+    assert (same.diff, same.lo, same.hi) == (0.25, 0.25, 0.25) and same.excludes_zero
+    # differences N(0.3, 1), n = 400: the 95% interval is close to 0.3 +- 1.96 * sd / sqrt(n)
+    rng = np.random.default_rng(1)
+    d = rng.normal(0.3, 1.0, 400)
+    base = rng.normal(0, 5, 400)  # a large item effect shared by both methods cancels in the pair
+    iv = paired_bootstrap(base + d, base, resamples=20_000, seed=2)
+    half = 1.96 * d.std(ddof=1) / np.sqrt(400)
+    assert iv.diff == pytest.approx(d.mean())
+    assert iv.lo == pytest.approx(d.mean() - half, abs=0.01) and iv.hi == pytest.approx(d.mean() + half, abs=0.01)
+    assert paired_bootstrap([1, 0, 1, 0], [0, 1, 0, 1]).lo < 0 < paired_bootstrap([1, 0, 1, 0], [0, 1, 0, 1]).hi
+    with pytest.raises(ValueError, match="equally long"):
+        paired_bootstrap([1, 2], [1])
+
+
+def test_update_summary_owns_its_prefixes(tmp_path):
+    path = tmp_path / "summary.json"
+    update_summary(path, ["frontier."], {"frontier.mean_logp.beam8": -0.43})
+    update_summary(path, ["commongen.", "e2e."], {"commongen.good_rate.refine": 0.8, "e2e.ended.greedy": 1})
+    merged = update_summary(path, ["commongen.", "e2e."], {"commongen.good_rate.greedy": 0.5})
+    assert merged == {"commongen.good_rate.greedy": 0.5, "frontier.mean_logp.beam8": -0.43}
+    assert json.loads(path.read_text()) == merged
+    with pytest.raises(ValueError, match="finite number"):
+        update_summary(path, ["commongen."], {"commongen.x": float("nan")})
+    with pytest.raises(ValueError, match="outside"):
+        update_summary(path, ["commongen."], {"frontier.x": 1.0})
 
 
 def test_concept_coverage_is_whole_word():
@@ -233,7 +269,7 @@ def quick_run(tmp_path_factory, llama, tok, data_dir):
     threads = torch.get_num_threads()
     try:
         code = bench_main(["search", "downstream", "scaling", "moves", "frontier", "--quick", "--limit", "2",
-                           "--model", str(model_dir), "--data-dir", str(data_dir),
+                           "--model", str(model_dir), "--judge", str(model_dir), "--data-dir", str(data_dir),
                            "--out", str(out), "--threads", "1", "--seed", "3", "--no-progress"])
     finally:
         torch.set_num_threads(threads)  # --threads is process-wide: leave the other tests as they were
@@ -295,18 +331,35 @@ def test_quick_downstream(quick_run):
     assert tasks == {"commongen", "e2e"}
     for it in res["items"]:
         for rec in it["methods"].values():
-            if it["task"] == "commongen":
-                assert 0.0 <= rec["strict_coverage"] <= 1.0 and 0.0 <= rec["coverage"] <= 1.0
-                assert "rouge_l" in rec
-            else:
-                assert {"slot_coverage", "term_coverage", "rouge_l", "overlap_f1"} <= set(rec)
-        cov = it["methods"]["refine_cov"]
-        assert cov["score_check"] < 1e-3
+            assert 0.0 <= rec["coverage"] <= 1.0 and np.isfinite(rec["judge_logp"]) and rec["judge_logp"] < 0
+            assert rec["good"] == float(rec["constraint"] == 1 and rec["ended"] and not rec["repeats"])
+            assert {"rouge1", "rouge2", "rougeL"} <= set(rec)
+        best = it["methods"]["bestof16"]
+        assert best["samples"] == 16 and best["forward_tokens"] > it["methods"]["greedy"]["forward_tokens"]
     summ = res["summary"]
-    assert set(summ["commongen"]["methods"]) == {"greedy", "beam8", "refine_mean", "refine_cov"}
-    assert summ["e2e"]["translation"]["refine_cov"]["items"] == 2
-    assert len(summ["targets"]) == 6
+    assert set(summ["commongen"]["methods"]) == {"greedy", "beam8", "bestof8", "bestof16", "refine"}
+    assert set(summ["e2e"]["refine_vs"]) == {"greedy", "beam8", "bestof8", "bestof16"}
+    iv = summ["commongen"]["refine_vs"]["greedy"]["good"]
+    assert iv["lo"] <= iv["diff"] <= iv["hi"] and iv["items"] == 2
+    assert len(summ["targets"]) == 4
     assert "## commongen" in (quick_run / "downstream" / "report.md").read_text()
+    summary = json.loads((quick_run / "summary.json").read_text())
+    for key in ("commongen.good_rate", "commongen.coverage", "commongen.judge_logp", "commongen.ended"):
+        for m in ("greedy", "beam8", "bestof16", "refine"):
+            assert isinstance(summary[f"{key}.{m}"], float)
+
+
+def test_best_of_reranks_by_the_objective(runner):
+    cfg = RefineConfig(objective={"mean": 1.0, "coverage": {"weight": 5.0, "words": ["a"]}})
+    prompt = runner.encode("the cat")
+    out = runner.best_of(prompt, 8, 6, 1.0, seed=4, config=cfg)
+    rows, stats, _, _ = runner.sample(prompt, 8, 6, 1.0, seed=4)  # the same samples
+    assert out.tokens in rows and out.extra["samples"] == 6
+    objective = cfg.build_objective()
+    objective.bind(runner.backend.tokenizer)
+    scored = [objective.evaluate([CandidateView(tuple(r), np.full(len(r), stats[i, 1]),
+                                                runner.decode(r), runner.ended(r))])[0][0] for i, r in enumerate(rows)]
+    assert out.extra["engine_score"] == pytest.approx(max(scored))
 
 
 def test_quick_scaling(quick_run):
