@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-SUITES = ("search", "downstream", "scaling", "moves", "frontier")
+SUITES = ("search", "downstream", "ifeval", "scaling", "moves", "frontier")
 #: what runs without suite names (the ~26-minute full run); ``moves`` and ``frontier`` are asked for by name
 DEFAULT_SUITES = ("search", "downstream", "scaling")
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
@@ -54,7 +54,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def add_parser(subparsers) -> None:
     """Register ``refine bench`` (called by ``refine.cli.main``)."""
-    p = subparsers.add_parser("bench", help="run the benchmarks (search, downstream, scaling, moves, frontier)",
+    p = subparsers.add_parser("bench", help="run the benchmarks (search, downstream, ifeval, scaling, moves, frontier)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     configure(p)
     p.set_defaults(func=run)

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .instructions import supported
 from .metrics import parse_mr, slot_keywords
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +42,7 @@ class Item:
         words: words the output should contain (CommonGen concepts, E2E slot keywords); empty if none.
         references: reference outputs, if the data set has them.
         slots: E2E ``(slot, value)`` pairs.
+        instructions: IFEval ``(instruction id, arguments)`` pairs the output must follow.
     """
 
     id: str
@@ -49,6 +51,7 @@ class Item:
     words: tuple[str, ...] = ()
     references: tuple[str, ...] = ()
     slots: tuple[tuple[str, str], ...] = field(default=())
+    instructions: tuple[tuple[str, dict], ...] = field(default=())
 
 
 def resolve_data_dir(path: str | Path | None) -> Path:
@@ -151,4 +154,41 @@ def e2e(folder: Path, n: int) -> list[Item]:
             raise DataError(f"{folder / E2E}: {exc}") from exc
         keys = tuple(dict.fromkeys(w for s, v in slots for w in slot_keywords(s, v)))
         items.append(Item(f"e2e-{k}", "e2e", e2e_prompt(slots), keys, tuple(mr_refs), tuple(slots)))
+    return items
+
+
+#: the longest output an IFEval instruction may demand for the prompt to be used (argument name, largest value):
+#: a capped answer cannot meet "at least 300 words", whatever the method, so such prompts measure nothing
+IFEVAL_REACH = {
+    "length_constraints:number_words": ("num_words", 60),
+    "length_constraints:number_sentences": ("num_sentences", 4),
+    "length_constraints:number_paragraphs": ("num_paragraphs", 2),
+    "length_constraints:nth_paragraph_first_word": ("num_paragraphs", 2),
+    "detectable_format:multiple_sections": ("num_sections", 2),
+    "detectable_format:number_bullet_lists": ("num_bullets", 4),
+    "detectable_format:number_highlighted_sections": ("num_highlights", 3),
+}
+
+
+def _within_reach(ids: list[str], kwargs: list[dict]) -> bool:
+    for i, k in zip(ids, kwargs):
+        if i in IFEVAL_REACH:
+            name, most = IFEVAL_REACH[i]
+            if (k or {}).get("relation", "at least") == "at least" and ((k or {}).get(name) or 0) > most:
+                return False
+    return True
+
+
+def ifeval_checkable(folder: Path, n: int) -> list[Item]:
+    """The first ``n`` IFEval prompts (file order) with instructions, whose every instruction has a checker in
+    :mod:`benchmarks.instructions`, that ask for no more than :data:`IFEVAL_REACH` allows, and are at most
+    :data:`MAX_PROMPT_CHARS` long."""
+    items = []
+    for row in _jsonl(_file(folder, IFEVAL)):
+        ids, kwargs = row["instruction_id_list"], row["kwargs"]
+        if ids and supported(ids) and _within_reach(ids, kwargs) and len(row["prompt"]) <= MAX_PROMPT_CHARS:
+            pairs = tuple((i, {k: v for k, v in (kw or {}).items() if v is not None}) for i, kw in zip(ids, kwargs))
+            items.append(Item(f"ifeval-{row['key']}", "ifeval", row["prompt"], instructions=pairs))
+        if len(items) == n:
+            break
     return items

@@ -161,9 +161,14 @@ def _write_data(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     ifeval = ["write a poem.", "name three colors.", "tell a joke.", "write a short story in less than 300 words.",
               "write a long story about the sea. use at least 300 words."]
+    checks = {0: (["punctuation:no_comma"], [{}]),
+              1: (["change_case:english_lowercase", "keywords:existence"], [{}, {"keywords": ["red"]}]),
+              3: (["language:response_language"], [{"language": "de"}]),  # no checker: left out
+              4: (["length_constraints:number_words"], [{"relation": "at least", "num_words": 300}])}  # too long
     with open(folder / data.IFEVAL, "w") as f:
         for i, p in enumerate(ifeval):
-            f.write(json.dumps({"key": i, "prompt": p, "instruction_id_list": [], "kwargs": []}) + "\n")
+            ids, kwargs = checks.get(i, ([], []))
+            f.write(json.dumps({"key": i, "prompt": p, "instruction_id_list": ids, "kwargs": kwargs}) + "\n")
     with open(folder / data.GSM8K, "w") as f:
         f.write(json.dumps({"question": "what is two plus two?", "answer": "#### 4"}) + "\n")
     with open(folder / data.COMMONGEN, "w") as f:
@@ -268,7 +273,7 @@ def quick_run(tmp_path_factory, llama, tok, data_dir):
     out = root / "results"
     threads = torch.get_num_threads()
     try:
-        code = bench_main(["search", "downstream", "scaling", "moves", "frontier", "--quick", "--limit", "2",
+        code = bench_main(["search", "downstream", "ifeval", "scaling", "moves", "frontier", "--quick", "--limit", "2",
                            "--model", str(model_dir), "--judge", str(model_dir), "--data-dir", str(data_dir),
                            "--out", str(out), "--threads", "1", "--seed", "3", "--no-progress"])
     finally:
@@ -289,7 +294,7 @@ def _load(folder: Path) -> dict:
                 "command", "timestamp", "load_average"):
         assert key in env
     assert env["torch_threads"] == 1 and env["seed"] == 3 and env["model"].endswith("model")
-    assert env["command"].startswith("python -m benchmarks search downstream scaling moves frontier --quick --out ")
+    assert env["command"].startswith("python -m benchmarks search downstream ifeval scaling moves frontier --quick --out ")
     return results
 
 
@@ -347,6 +352,18 @@ def test_quick_downstream(quick_run):
     for key in ("commongen.good_rate", "commongen.coverage", "commongen.judge_logp", "commongen.ended"):
         for m in ("greedy", "beam8", "bestof16", "refine"):
             assert isinstance(summary[f"{key}.{m}"], float)
+
+
+def test_quick_ifeval(quick_run):
+    res = _load(quick_run / "ifeval")
+    assert [it["id"] for it in res["items"]] == ["ifeval-0", "ifeval-1"]  # 2: none, 3: no checker, 4: too long
+    for it in res["items"]:
+        for rec in it["methods"].values():
+            assert len(rec["passed"]) == len(it["instructions"])
+            assert rec["strict"] == float(all(rec["passed"]))
+    summary = json.loads((quick_run / "summary.json").read_text())
+    for m in ("greedy", "bestof16", "refine"):
+        assert 0.0 <= summary[f"ifeval.strict_acc.{m}"] <= 1.0
 
 
 def test_best_of_reranks_by_the_objective(runner):
@@ -423,7 +440,7 @@ def test_quick_frontier(quick_run):
 
 def test_index_links_every_suite(quick_run):
     index = (quick_run / "README.md").read_text()
-    for suite in ("search", "downstream", "scaling", "moves", "frontier"):
+    for suite in ("search", "downstream", "ifeval", "scaling", "moves", "frontier"):
         assert f"({suite}/report.md)" in index
 
 

@@ -1,0 +1,218 @@
+"""Suite ``ifeval``: verifiable instructions, with the checkers' pass rate as refinement's reward.
+
+IFEval prompts carry instructions a program can check ("answer in lowercase", "no commas",
+"end with 'Is there anything else I can help with?'"). Refinement gets the share of the prompt's
+instructions that an output follows as a ``reward`` term, on top of the library's default
+objective; best-of-N is reranked by that same objective. Prompts are those whose every
+instruction has a checker (:mod:`benchmarks.instructions`) and whose demands fit the output cap
+(:func:`benchmarks.data.ifeval_checkable`).
+
+Metrics: **strict accuracy** (every instruction of the prompt followed; IFEval's prompt-level
+strict score), instruction-level accuracy, the good-output rate (strictly correct, finished, no
+repeated word trigram), the judge's mean log P per token, cost and time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from refine.config import RefineConfig
+
+from . import data, report
+from .bootstrap import paired_bootstrap
+from .common import degeneration, mean_se
+from .context import Context
+from .instructions import follows
+from .metrics import repeated_ngrams
+
+DATA_FILES = (data.IFEVAL,)
+TITLE = "IFEval: verifiable instructions, refined with the checkers as a reward"
+METHODS = ["greedy", "beam8", "bestof16", "refine"]
+BASELINES = METHODS[:-1]
+LABELS = {"greedy": "greedy", "beam8": "beam-8", "bestof16": "best-of-16 (reranked)",
+          "refine": "greedy+refine (defaults + reward)"}
+TEMPERATURE = 0.8
+NUMBERS = ["strict", "loose_share", "good", "ended", "repeats", "mean_logp", "judge_logp", "length",
+           "forward_tokens", "seconds"]
+COMPARED = ["strict", "good", "judge_logp"]
+SUMMARY_PREFIXES = ("ifeval.",)
+
+
+@dataclass(frozen=True)
+class Settings:
+    items: int
+    max_new_tokens: int
+    max_sweeps: int
+    reward_weight: float = 2.0
+    bootstrap_resamples: int = 10_000
+
+
+FULL = Settings(items=60, max_new_tokens=128, max_sweeps=3)
+QUICK = Settings(items=2, max_new_tokens=12, max_sweeps=1, bootstrap_resamples=200)
+
+
+class InstructionReward:
+    """The share of an item's instructions that a text follows (a picklable, named reward function)."""
+
+    def __init__(self, instructions: tuple[tuple[str, dict], ...]) -> None:
+        self.ids = [i for i, _ in instructions]
+        self.kwargs = [k for _, k in instructions]
+        self.__name__ = "ifeval_instruction_share"
+
+    def __call__(self, text: str) -> float:
+        passed = follows(text, self.ids, self.kwargs)
+        return sum(passed) / len(passed)
+
+
+def recipe(s: Settings, item: data.Item, seed: int) -> RefineConfig:
+    """Refinement and reranking objective: the library's default terms plus the instruction reward."""
+    return RefineConfig(reward=InstructionReward(item.instructions), reward_weight=s.reward_weight,
+                        max_new_tokens=s.max_new_tokens, budget={"max_sweeps": s.max_sweeps}, seed=seed)
+
+
+def run_item(ctx: Context, judge, item: data.Item, s: Settings, max_new_tokens: int) -> dict | None:
+    r = ctx.runner
+    prompt = r.encode(item.prompt)
+    if not ctx.fits(prompt, max_new_tokens):
+        return None
+    cfg = recipe(s, item, ctx.seed)
+    greedy = r.greedy(prompt, max_new_tokens)
+    outs = {"greedy": greedy, "beam8": r.beam(prompt, max_new_tokens, 8),
+            "bestof16": r.best_of(prompt, max_new_tokens, 16, TEMPERATURE, ctx.seed, cfg)}
+    outs["refine"], _ = r.refine(prompt, greedy, cfg)
+    scores = r.score_outputs(prompt, [outs[m].tokens for m in METHODS])
+    methods = {m: r.describe(outs[m], sc) for m, sc in zip(METHODS, scores)}
+    judged = judge.mean_logp(item.prompt, [methods[m]["text"] for m in METHODS])
+    ids, kwargs = [i for i, _ in item.instructions], [k for _, k in item.instructions]
+    for m, jl in zip(METHODS, judged):
+        rec = methods[m]
+        passed = follows(rec["text"], ids, kwargs)
+        strict = float(all(passed))
+        repeats = float(repeated_ngrams(rec["text"], 3) > 0)
+        rec.update(passed=passed, strict=strict, loose_share=sum(passed) / len(passed), repeats=repeats,
+                   good=float(strict == 1.0 and rec["ended"] and not repeats), judge_logp=jl)
+    return {"id": item.id, "task": "ifeval", "prompt": item.prompt, "instructions": ids,
+            "prompt_tokens": len(prompt), "methods": methods}
+
+
+def summarise(items: list[dict], s: Settings) -> dict:
+    greedy = [it["methods"]["greedy"] for it in items]
+    methods = {}
+    for m in METHODS:
+        recs = [it["methods"][m] for it in items]
+        row = {}
+        for key in NUMBERS:
+            row[key], row[key + "_se"] = mean_se([float(x[key]) for x in recs])
+        passed = [p for x in recs for p in x["passed"]]
+        row["instruction_acc"] = sum(passed) / len(passed)
+        row["degeneration"] = degeneration(recs, greedy)
+        row["time_vs_greedy"] = sum(x["seconds"] for x in recs) / sum(g["seconds"] for g in greedy)
+        methods[m] = row
+    intervals = {
+        b: {k: paired_bootstrap([it["methods"]["refine"][k] for it in items], [it["methods"][b][k] for it in items],
+                                resamples=s.bootstrap_resamples, seed=0).to_dict() for k in COMPARED}
+        for b in BASELINES
+    }
+    per_instruction: dict[str, dict[str, list[int]]] = {}
+    for it in items:
+        for j, iid in enumerate(it["instructions"]):
+            row = per_instruction.setdefault(iid, {m: [0, 0] for m in METHODS})
+            for m in METHODS:
+                row[m][0] += it["methods"][m]["passed"][j]
+                row[m][1] += 1
+    return {"items": len(items), "methods": methods, "refine_vs": intervals, "per_instruction": per_instruction}
+
+
+def targets(summary: dict) -> list[dict]:
+    ms, vs = summary["methods"], summary["refine_vs"]["bestof16"]["strict"]
+    r, b = ms["refine"], ms["bestof16"]
+    return [
+        {"name": "ifeval: strict accuracy of refine above best-of-16 (95% paired bootstrap excludes 0)",
+         "target": "> best-of-16", "value": f"{r['strict']:.3f} vs {b['strict']:.3f} "
+                                            f"(diff {vs['diff']:+.3f} [{vs['lo']:+.3f}, {vs['hi']:+.3f}])",
+         "met": vs["excludes_zero"] and vs["diff"] > 0},
+        {"name": "ifeval: wall time of refine at most best-of-16's", "target": "<= best-of-16",
+         "value": f"{r['seconds']:.2f} s vs {b['seconds']:.2f} s per item", "met": r["seconds"] <= b["seconds"]},
+    ]
+
+
+def headline(results: dict) -> dict[str, float]:
+    keys = {"strict": "strict_acc", "instruction_acc": "instruction_acc", "good": "good_rate",
+            "judge_logp": "judge_logp", "ended": "ended", "seconds": "seconds"}
+    ms = results["summary"]["methods"]
+    return {f"ifeval.{name}.{m}": row[k] for m, row in ms.items() for k, name in keys.items()}
+
+
+def run(ctx: Context) -> dict:
+    from .judge import load_judge
+
+    s = ctx.pick(FULL, QUICK)
+    if ctx.limit is not None:
+        s = replace(s, items=ctx.limit)
+    judge = load_judge(ctx.judge_model)
+    loaders = {"ifeval": (data.ifeval_checkable, s.items, s.max_new_tokens)}
+    done, skipped = ctx.run_groups("ifeval", loaders, lambda _, item, max_new: run_item(ctx, judge, item, s, max_new))
+    items = done["ifeval"]
+    summary = summarise(items, s)
+    summary["targets"] = targets(summary)
+    return {"suite": "ifeval", "title": TITLE, "settings": asdict(s), "temperature": TEMPERATURE,
+            "judge": {"name": judge.name, "forward_tokens": judge.forward_tokens, "seconds": judge.seconds},
+            "items": items, "skipped": skipped, "summary": summary}
+
+
+def plot(results: dict, folder: Path) -> list[str]:
+    ms = results["summary"]["methods"]
+    fig, (ax, ax2) = report.new_figure(2)
+    parts = ["strict", "instruction_acc", "good", "ended"]
+    width = 0.8 / len(METHODS)
+    for j, m in enumerate(METHODS):
+        ax.bar([i + j * width for i in range(len(parts))], [ms[m][k] for k in parts], width, label=LABELS[m])
+        ax2.scatter(ms[m]["seconds"], ms[m]["strict"], color=f"C{j}", label=LABELS[m])
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(parts))],
+                  ["strict accuracy", "instruction accuracy", "good output", "finished"])
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"IFEval ({results['summary']['items']} prompts)")
+    ax.legend(fontsize=7)
+    ax2.set_xlabel("seconds per prompt")
+    ax2.set_ylabel("strict accuracy")
+    ax2.set_title("accuracy against time")
+    return [report.save_figure(fig, folder / "ifeval.png")]
+
+
+def render(results: dict, plots: list[str]) -> str:
+    s, summ = results["settings"], results["summary"]
+    ms = summ["methods"]
+    head = ["method", "strict accuracy", "instruction accuracy", "good output", "finished", "repeats a trigram",
+            "scorer log P", "judge log P", "length", "forward tokens", "seconds", "time / greedy"]
+    rows = [(LABELS[m], report.pm(ms[m]["strict"], ms[m]["strict_se"]), ms[m]["instruction_acc"], ms[m]["good"],
+             ms[m]["ended"], ms[m]["repeats"], report.pm(ms[m]["mean_logp"], ms[m]["mean_logp_se"]),
+             report.pm(ms[m]["judge_logp"], ms[m]["judge_logp_se"]), f"{ms[m]['length']:.1f}",
+             round(ms[m]["forward_tokens"]), f"{ms[m]['seconds']:.2f}", f"{ms[m]['time_vs_greedy']:.2f}")
+            for m in METHODS]
+    ivs = [(LABELS[b], *[f"{v[k]['diff']:+.3f} [{v[k]['lo']:+.3f}, {v[k]['hi']:+.3f}]"
+                         + (" *" if v[k]["excludes_zero"] else "") for k in COMPARED])
+           for b, v in summ["refine_vs"].items()]
+    per = [(iid, *[f"{row[m][0]}/{row[m][1]}" for m in METHODS]) for iid, row in sorted(summ["per_instruction"].items())]
+    items = results["items"]
+    parts = [report.header(TITLE, results), "## What was measured", "",
+             f"- {summ['items']} IFEval prompts (file order) whose every instruction has a checker and asks for no "
+             f"more than a {s['max_new_tokens']}-token answer can give; outputs <= {s['max_new_tokens']} tokens.",
+             "- Checkers: `benchmarks/instructions.py` (written from the instruction definitions; lm-eval's module "
+             "downloads NLTK data at import, which this project does not do). Strict accuracy: every instruction "
+             "of the prompt followed.",
+             f"- Methods: greedy, beam-8, best-of-16 (temperature {results['temperature']}, reranked by the same "
+             f"objective as refinement), and greedy+refine with the library's default objective plus the share of "
+             f"instructions followed as a reward (weight {s['reward_weight']}), at most {s['max_sweeps']} sweep(s).",
+             f"- Judge: {results['judge']['name']} (mean log P per token of the answer after the instruction).",
+             f"- Intervals: 95% paired bootstrap over prompts ({s['bootstrap_resamples']} resamples).", "",
+             "## Targets", "", report.targets_table(summ["targets"]), "",
+             "## Results", "", report.table(head, rows), "",
+             "refine − baseline on the same prompts (* the interval excludes zero):", "",
+             report.table(["baseline", "strict accuracy", "good output", "judge log P"], ivs), "",
+             "Per instruction (followed / prompts with it):", "", report.table(["instruction", *METHODS], per), "",
+             "Degeneration against greedy (items shorter / longer, more / less repetitive, lost / gained EOS):", "",
+             report.degeneration_table(ms, METHODS[1:], LABELS), "",
+             "### Examples", "", report.examples(items, METHODS, LABELS), "",
+             "## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    return "\n".join(parts)
