@@ -13,6 +13,7 @@ import sys
 from typing import Sequence
 
 from .about import DISTRIBUTION, __version__
+from .errors import ConfigError
 
 
 def _objective_arg(text: str):
@@ -57,6 +58,48 @@ def _add_run(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_run)
+
+
+def _add_batch(sub) -> None:
+    from .batch import __doc__ as doc
+
+    p = sub.add_parser("batch", help="refine every prompt of a JSONL file (resumable)", description=doc,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", required=True, help="JSONL file: {\"prompt\": ..., \"id\": ..., \"refine\": {...}}")
+    p.add_argument("--output", required=True, help="JSONL file the results are appended to (a rerun resumes)")
+    p.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="hf (default) or vllm (needs vLLM)")
+    p.add_argument("--model", default=None, help="local model folder or .gguf file (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--refine", type=json.loads, default={}, help="JSON refine options for every prompt")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="output cap for every prompt (default 64)")
+    p.add_argument("--chunk", type=int, default=8, help="prompts whose initial answers are decoded together")
+    p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_batch)
+
+
+def cmd_batch(args) -> int:
+    from .batch import read_items, run_batch
+    from .batch_engines import hf_refiner, vllm_refiner
+    from .config import RefineConfig
+
+    if not isinstance(args.refine, dict):
+        raise ConfigError("--refine must be a JSON object of refine options")
+    RefineConfig.from_dict({**args.refine, "max_new_tokens": args.max_new_tokens})  # bad options fail first
+    items = read_items(args.input)
+    chat = False if args.no_chat else None
+    if args.engine == "vllm":
+        from .backends.vllm import VLLMBackend, make_llm
+
+        llm = make_llm(args.model)
+        refiner = vllm_refiner(llm, VLLMBackend(llm), args.refine, args.max_new_tokens, chat)
+    else:
+        from .api import resolve_backend
+
+        refiner = hf_refiner(resolve_backend(args.model), args.refine, args.max_new_tokens, chat)
+    written, skipped = run_batch(items, args.output, refiner, args.chunk, not args.no_progress)
+    print(f"refine batch: {written} refined, {skipped} already in {args.output}, {len(items)} in all",
+          file=sys.stderr)
+    return 0
 
 
 def _progress_bar(total: int | None, enabled: bool):
@@ -179,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} ({DISTRIBUTION})")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
+    _add_batch(sub)
     _add_optional(sub)
     args = parser.parse_args(argv)
     from .errors import RefineError

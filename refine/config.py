@@ -275,3 +275,18 @@ def plugin_paths(options: Mapping[str, Any] | None) -> set[str]:
     elif isinstance(objective, Mapping):
         names += list(objective)
     return {n.strip() for n in names if isinstance(n, str) and ":" in n}
+
+
+def merge_options(defaults: Mapping[str, Any] | None, own: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``own`` options over ``defaults``; their ``budget`` dicts are merged field by field.
+
+    >>> merge_options({"top_k": 3, "budget": {"max_sweeps": 2}}, {"budget": {"max_seconds": 5}})
+    {'top_k': 3, 'budget': {'max_sweeps': 2, 'max_seconds': 5}}
+    """
+    merged = {**(defaults or {}), **(own or {})}
+    budgets = [b for b in ((defaults or {}).get("budget"), (own or {}).get("budget")) if b is not None]
+    if len(budgets) == 2:
+        as_dict = [dataclasses.asdict(b) if isinstance(b, Budget) else b for b in budgets]
+        if all(isinstance(b, Mapping) for b in as_dict):
+            merged["budget"] = {**as_dict[0], **as_dict[1]}
+    return merged

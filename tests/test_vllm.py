@@ -387,6 +387,41 @@ def test_refine_llm_wrapper(llm, vb):
     assert c.refine.initial_tokens == list(c.original.token_ids)
 
 
+def test_refine_llm_chat_equals_generate_on_the_templated_prompt(llm, vb):
+    from refine.integrations.vllm import RefineLLM
+
+    rllm = RefineLLM(llm, refine=REFINE, backend=vb)
+    sp = SamplingParams(temperature=0, max_tokens=16)
+    conv = [{"role": "user", "content": QUESTIONS[0]}]
+    (chat,) = rllm.chat(conv, sp, use_tqdm=False)
+    (gen,) = rllm.generate([{"prompt_token_ids": vb.encode_prompt(QUESTIONS[0], None)}], sp, use_tqdm=False)
+    assert list(chat.prompt_token_ids) == list(gen.prompt_token_ids)
+    a, b = chat.outputs[0], gen.outputs[0]
+    assert isinstance(a.refine, RefineResult) and a.refine.tokens == b.refine.tokens == list(a.token_ids)
+    assert a.refine.initial_tokens == b.refine.initial_tokens and a.refine.score == pytest.approx(b.refine.score)
+    two = rllm.chat([conv, [{"role": "user", "content": QUESTIONS[1]}]], sp, use_tqdm=False)
+    assert len(two) == 2 and list(two[0].outputs[0].token_ids) == list(a.token_ids)
+
+
+def test_batch_on_vllm_equals_refine_llm(llm, vb, tmp_path):
+    import json
+
+    from refine.batch import BatchItem, run_batch
+    from refine.batch_engines import vllm_refiner
+    from refine.integrations.vllm import RefineLLM
+
+    items = [BatchItem(str(i), q) for i, q in enumerate(QUESTIONS)]
+    out = tmp_path / "out.jsonl"
+    assert run_batch(items, out, vllm_refiner(llm, vb, REFINE, 16), chunk=2, progress=False) == (2, 0)
+    recs = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    rllm = RefineLLM(llm, refine=REFINE, backend=vb)
+    sp = SamplingParams(temperature=0, max_tokens=16)
+    for item in items:
+        (o,) = rllm.generate([{"prompt_token_ids": vb.encode_prompt(item.prompt, None)}], sp, use_tqdm=False)
+        assert recs[item.id]["tokens"] == o.outputs[0].refine.tokens
+        assert recs[item.id]["initial_tokens"] == o.outputs[0].refine.initial_tokens
+
+
 def test_hf_and_vllm_refinements_agree(vb, hf, prompts, greedy):
     """The same prompt and answer refined through both backends: same initial score, same accepted edits."""
     from refine.api import refine_tokens

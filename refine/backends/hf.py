@@ -9,7 +9,7 @@ suffixes. Log-softmax is taken in fp32. The caller's tensors and caches are neve
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -45,18 +45,25 @@ def tokenizer_view(tokenizer: Any, vocab_size: int, extra_eos: Sequence[int] = (
     return TokenizerView(vocab_size, tuple(eos), specials, decode, encode, token_str)
 
 
+def conversation_ids(tokenizer: Any, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
+                     **template_kwargs: Any) -> list[int]:
+    """Token ids of a chat conversation through the tokenizer's chat template."""
+    if not getattr(tokenizer, "chat_template", None) and template_kwargs.get("chat_template") is None:
+        raise InputError("the tokenizer has no chat template; pass `chat_template=` or use a plain prompt")
+    ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt, tokenize=True,
+                                        **template_kwargs)
+    if hasattr(ids, "keys"):  # some tokenizers return a BatchEncoding
+        ids = ids["input_ids"]
+    return [int(i) for i in ids]
+
+
 def prompt_ids(tokenizer: Any, prompt: str, chat: bool | None) -> list[int]:
     """Token ids of a user prompt: through the chat template when ``chat`` is true, or None and one exists."""
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if chat or (chat is None and has_template):
         if not has_template:
             raise InputError("`chat=True` but the tokenizer has no chat template")
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
-        )
-        if hasattr(ids, "keys"):  # some tokenizers return a BatchEncoding
-            ids = ids["input_ids"]
-        return [int(i) for i in ids]
+        return conversation_ids(tokenizer, [{"role": "user", "content": prompt}])
     return [int(i) for i in tokenizer.encode(prompt, add_special_tokens=True)]
 
 

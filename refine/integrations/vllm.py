@@ -36,8 +36,8 @@ import dataclasses
 from typing import Any, Callable, Collection, Mapping, Sequence
 
 from ..backends.vllm import VLLMBackend, make_llm
-from ..config import Budget, RefineConfig
-from ..errors import ConfigError
+from ..config import Budget, RefineConfig, merge_options
+from ..errors import ConfigError, InputError
 from ..limits import RequestLimits
 from ..types import RefineResult
 
@@ -89,21 +89,6 @@ def refine_options(params: Any) -> dict[str, Any] | None:
             else:
                 opts[name] = value
     return opts
-
-
-def merge_options(defaults: Mapping[str, Any] | None, own: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``own`` options over ``defaults``; their ``budget`` dicts are merged field by field.
-
-    >>> merge_options({"top_k": 3, "budget": {"max_sweeps": 2}}, {"budget": {"max_seconds": 5}})
-    {'top_k': 3, 'budget': {'max_sweeps': 2, 'max_seconds': 5}}
-    """
-    merged = {**(defaults or {}), **(own or {})}
-    budgets = [b for b in ((defaults or {}).get("budget"), (own or {}).get("budget")) if b is not None]
-    if len(budgets) == 2:
-        as_dict = [dataclasses.asdict(b) if isinstance(b, Budget) else b for b in budgets]
-        if all(isinstance(b, Mapping) for b in as_dict):
-            merged["budget"] = {**as_dict[0], **as_dict[1]}
-    return merged
 
 
 def request_config(
@@ -261,6 +246,26 @@ class RefineLLM:
     def generate(self, prompts: Any, sampling_params: Any = None, **kwargs: Any) -> list[Any]:
         return generate(self.llm, prompts, sampling_params, refine_backend=self.backend, defaults=self.defaults,
                         plugins=self.plugins, limits=self.limits, **kwargs)
+
+    def chat(self, messages: Any, sampling_params: Any = None, *, add_generation_prompt: bool = True,
+             chat_template: str | None = None, chat_template_kwargs: Mapping[str, Any] | None = None,
+             **kwargs: Any) -> list[Any]:
+        """``LLM.chat`` with refinement: one conversation (a list of ``{"role", "content"}`` messages) or a list
+        of them, each turned into prompt ids by the model's chat template, then :meth:`generate`.
+
+        The refined outputs are those :meth:`generate` gives for the same chat-templated prompt ids.
+        """
+        from ..backends.hf import conversation_ids
+
+        if not isinstance(messages, (list, tuple)) or not messages:
+            raise InputError("`messages` must be a conversation (a list of messages) or a list of conversations")
+        conversations = [messages] if isinstance(messages[0], Mapping) else list(messages)
+        tokenizer = self.llm.get_tokenizer()
+        template = {} if chat_template is None else {"chat_template": chat_template}
+        prompts = [{"prompt_token_ids": conversation_ids(tokenizer, conv, add_generation_prompt,
+                                                         **template, **(chat_template_kwargs or {}))}
+                   for conv in conversations]
+        return self.generate(prompts, sampling_params, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         if name == "llm":  # not set yet (failed __init__)

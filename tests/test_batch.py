@@ -1,0 +1,137 @@
+"""refine batch: the input format, resuming after a kill (kill -9 included), nothing lost or duplicated."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from refine.batch import BatchItem, completed_ids, read_items, run_batch
+from refine.cli import main
+from refine.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, llama, tok):
+    d = tmp_path_factory.mktemp("tiny")
+    llama.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def write_prompts(path, n):
+    words = ["the cat", "a dog", "red sun", "big sea", "old man", "hot tea", "blue sky", "wet fog"]
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"id": f"p{i}", "prompt": f"{words[i % len(words)]} {i}"}) + "\n")
+    return path
+
+
+def read_records(path):
+    return [json.loads(line) for line in open(path)]
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"prompt": "a"}', "not json"], r":2: not valid JSON"),
+    (['{"text": "a"}'], r":1: each line must be a JSON object with a non-empty string \"prompt\""),
+    (['{"prompt": "a", "id": 1}', '{"prompt": "b", "id": "1"}'], r":2: id '1' already used on line 1"),
+    (['{"prompt": "a", "id": true}'], r"\"id\" must be a string or an integer"),
+    (['{"prompt": "a", "refine": [1]}'], r"\"refine\" must be a JSON object"),
+])
+def test_bad_input_names_the_line(tmp_path, lines, message):
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=message):
+        read_items(path)
+
+
+def test_ids_default_to_line_numbers(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"prompt": "a"}\n\n{"prompt": "b", "refine": {"top_k": 2}}\n')
+    assert read_items(path) == [BatchItem("1", "a", {}), BatchItem("3", "b", {"top_k": 2})]
+
+
+def test_torn_last_line_is_dropped_and_foreign_files_refused(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": "a", "text": "x"}\n{"id": "b", "te')
+    assert completed_ids(out, {"a", "b"}) == {"a"}
+    assert out.read_text() == '{"id": "a", "text": "x"}\n'
+    with pytest.raises(InputError, match="id 'a' is not in the input"):
+        completed_ids(out, {"b"})
+    out.write_text('{"id": "a"}\n{"id": "a"}\n')
+    with pytest.raises(InputError, match="written twice"):
+        completed_ids(out, {"a"})
+
+
+def test_run_batch_appends_and_skips_done(tmp_path):
+    items = [BatchItem(str(i), f"p{i}") for i in range(5)]
+    calls = []
+
+    def refine_chunk(part):
+        calls.append([it.id for it in part])
+        for it in part:
+            yield it, {"text": it.prompt.upper()}
+
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": "1", "prompt": "p1", "text": "P1"}\n')
+    assert run_batch(items, out, refine_chunk, chunk=2, progress=False) == (4, 1)
+    assert calls == [["0", "2"], ["3", "4"]]
+    assert sorted(r["id"] for r in read_records(out)) == ["0", "1", "2", "3", "4"]
+    assert run_batch(items, out, refine_chunk, chunk=2, progress=False) == (0, 5)
+
+
+def test_cli_batch_refines_every_prompt(model_dir, tmp_path, capsys):
+    src = write_prompts(tmp_path / "in.jsonl", 4)
+    out = tmp_path / "out.jsonl"
+    args = ["batch", "--input", str(src), "--output", str(out), "--model", str(model_dir), "--no-chat",
+            "--max-new-tokens", "10", "--refine", '{"objective": "sum", "budget": {"max_sweeps": 1}}', "--no-progress"]
+    assert main(args) == 0
+    recs = read_records(out)
+    assert [r["id"] for r in recs] == ["p0", "p1", "p2", "p3"]
+    for r in recs:
+        assert r["score"] >= r["initial_score"] and len(r["tokens"]) <= 10 and r["stats"]["forward_tokens"] > 0
+    # the same prompt through `refine run` gives the same record
+    assert main(["run", "the cat 0", "--model", str(model_dir), "--no-chat", "--max-new-tokens", "10",
+                 "--objective", "sum", "--max-sweeps", "1", "--json"]) == 0
+    single = json.loads(capsys.readouterr().out)
+    assert single["tokens"] == recs[0]["tokens"] and single["score"] == pytest.approx(recs[0]["score"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x", "refine": {"max_new_tokens": 3}}\n')
+    assert main(["batch", "--input", str(bad), "--output", str(tmp_path / "o2.jsonl"), "--model", str(model_dir),
+                 "--no-progress"]) == 2
+    assert "set for the whole batch" in capsys.readouterr().err
+
+
+def test_kill_9_then_resume_loses_and_duplicates_nothing(model_dir, tmp_path):
+    n = 24
+    src = write_prompts(tmp_path / "in.jsonl", n)
+    args = ["batch", "--input", str(src), "--model", str(model_dir), "--no-chat", "--max-new-tokens", "16",
+            "--refine", '{"objective": "mean", "budget": {"max_sweeps": 1}}', "--chunk", "4", "--no-progress"]
+    cmd = [sys.executable, "-m", "refine.cli", *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    clean = tmp_path / "clean.jsonl"
+    assert main([*args, "--output", str(clean)]) == 0  # the uninterrupted run, in this process
+
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([*cmd, "--output", str(out)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and out.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    at_kill = out.read_text().count("\n")
+    assert 2 <= at_kill < n, f"the kill should land mid-run, {at_kill} of {n} records were written"
+    with open(out, "a") as f:  # and a record cut short, as a kill during a write leaves it
+        f.write('{"id": "p23", "prompt": "wet fo')
+    subprocess.run([*cmd, "--output", str(out)], check=True, env=env, capture_output=True, timeout=600)
+
+    got, want = read_records(out), {r["id"]: r for r in read_records(clean)}
+    assert sorted(r["id"] for r in got) == sorted(want)  # every prompt exactly once
+    for r in got:
+        assert r["tokens"] == want[r["id"]]["tokens"] and r["score"] == pytest.approx(want[r["id"]]["score"])
