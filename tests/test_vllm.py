@@ -403,6 +403,21 @@ def test_refine_llm_chat_equals_generate_on_the_templated_prompt(llm, vb):
     assert len(two) == 2 and list(two[0].outputs[0].token_ids) == list(a.token_ids)
 
 
+def test_methods_that_cannot_refine_refuse_refine_options(llm, vb):
+    from vllm.sampling_params import BeamSearchParams
+
+    from refine.integrations.vllm import RefineLLM
+
+    plain = RefineLLM(llm, backend=vb)
+    asked = SamplingParams(max_tokens=4, extra_args={"refine_objective": "mean"})
+    with pytest.raises(ConfigError, match="`enqueue` does not refine, but refine options were given"):
+        plain.enqueue(["Hi"], asked)
+    with pytest.raises(ConfigError, match="`beam_search` does not refine, but this RefineLLM refines every"):
+        RefineLLM(llm, refine=REFINE, backend=vb).beam_search([{"prompt": "Hi"}], BeamSearchParams(2, 4))
+    (out,) = plain.beam_search([{"prompt": "Hi"}], BeamSearchParams(beam_width=2, max_tokens=4))
+    assert out.sequences  # no refine options anywhere: the engine's own method
+
+
 def test_batch_on_vllm_equals_refine_llm(llm, vb, tmp_path):
     import json
 

@@ -21,6 +21,10 @@ Requests without these keys pass through untouched: :func:`generate` returns the
 
 and the copied ``RequestOutput`` has ``original`` (the unrefined ``RequestOutput``) too.
 
+:func:`chat` (and :meth:`RefineLLM.chat`) does the same for conversations, through the model's chat template.
+:class:`RefineLLM`'s other generating methods (``enqueue``, ``beam_search``) cannot refine: they raise
+:class:`~refine.errors.ConfigError` when refine options would otherwise be dropped.
+
 Unless the options set ``max_new_tokens``, a refined output is kept within the request's ``max_tokens``.
 Bad options raise :class:`~refine.errors.ConfigError` (naming the option) before anything is generated.
 
@@ -200,6 +204,39 @@ def generate(
     return result
 
 
+def chat(
+    llm: Any,
+    messages: Any,
+    sampling_params: Any = None,
+    *,
+    add_generation_prompt: bool = True,
+    chat_template: str | None = None,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
+    **generate_kwargs: Any,
+) -> list[Any]:
+    """``llm.chat`` with refinement: one conversation (a list of ``{"role", "content"}`` messages) or a list of
+    them, each turned into prompt ids by the model's chat template, then :func:`generate` on those ids.
+
+    ``generate_kwargs`` go to :func:`generate` (``refine_backend``, ``defaults``, ``plugins``, ``limits``,
+    ``use_tqdm``, ...).
+
+    Example:
+        >>> sp = SamplingParams(temperature=0, max_tokens=48, extra_args={"refine": {"objective": "mean"}})
+        >>> chat(llm, [{"role": "user", "content": "Name three colors."}], sp)[0].outputs[0].refine  # doctest: +SKIP
+    """
+    from ..backends.hf import conversation_ids
+
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise InputError("`messages` must be a conversation (a list of messages) or a list of conversations")
+    conversations = [messages] if isinstance(messages[0], Mapping) else list(messages)
+    tokenizer = llm.get_tokenizer()
+    template = {} if chat_template is None else {"chat_template": chat_template}
+    prompts = [{"prompt_token_ids": conversation_ids(tokenizer, conv, add_generation_prompt, **template,
+                                                     **(chat_template_kwargs or {}))}
+               for conv in conversations]
+    return generate(llm, prompts, sampling_params, **generate_kwargs)
+
+
 class RefineLLM:
     """A ``vllm.LLM`` whose :meth:`generate` refines the requests that ask for it.
 
@@ -247,25 +284,29 @@ class RefineLLM:
         return generate(self.llm, prompts, sampling_params, refine_backend=self.backend, defaults=self.defaults,
                         plugins=self.plugins, limits=self.limits, **kwargs)
 
-    def chat(self, messages: Any, sampling_params: Any = None, *, add_generation_prompt: bool = True,
-             chat_template: str | None = None, chat_template_kwargs: Mapping[str, Any] | None = None,
-             **kwargs: Any) -> list[Any]:
-        """``LLM.chat`` with refinement: one conversation (a list of ``{"role", "content"}`` messages) or a list
-        of them, each turned into prompt ids by the model's chat template, then :meth:`generate`.
+    def chat(self, messages: Any, sampling_params: Any = None, **kwargs: Any) -> list[Any]:
+        """``LLM.chat`` with refinement (see :func:`chat`): equal to :meth:`generate` on the chat-templated ids."""
+        return chat(self.llm, messages, sampling_params, refine_backend=self.backend, defaults=self.defaults,
+                    plugins=self.plugins, limits=self.limits, **kwargs)
 
-        The refined outputs are those :meth:`generate` gives for the same chat-templated prompt ids.
-        """
-        from ..backends.hf import conversation_ids
+    def _refuse_refinement(self, method: str, sampling_params: Any) -> None:
+        """Methods that cannot refine raise instead of dropping refine options."""
+        per = sampling_params if isinstance(sampling_params, (list, tuple)) else [sampling_params]
+        asked = [p for p in per if p is not None and refine_options(p) is not None]
+        if self.defaults is not None or asked:
+            why = "this RefineLLM refines every request" if self.defaults is not None else "refine options were given"
+            raise ConfigError(f"`{method}` does not refine, but {why}; use generate() or chat(), or call "
+                              f"`.llm.{method}(...)` for the engine's own, unrefined method")
 
-        if not isinstance(messages, (list, tuple)) or not messages:
-            raise InputError("`messages` must be a conversation (a list of messages) or a list of conversations")
-        conversations = [messages] if isinstance(messages[0], Mapping) else list(messages)
-        tokenizer = self.llm.get_tokenizer()
-        template = {} if chat_template is None else {"chat_template": chat_template}
-        prompts = [{"prompt_token_ids": conversation_ids(tokenizer, conv, add_generation_prompt,
-                                                         **template, **(chat_template_kwargs or {}))}
-                   for conv in conversations]
-        return self.generate(prompts, sampling_params, **kwargs)
+    def enqueue(self, prompts: Any, sampling_params: Any = None, **kwargs: Any) -> Any:
+        """``LLM.enqueue`` (unrefined); refuses refine options."""
+        self._refuse_refinement("enqueue", sampling_params)
+        return self.llm.enqueue(prompts, sampling_params, **kwargs)
+
+    def beam_search(self, prompts: Any, params: Any, **kwargs: Any) -> Any:
+        """``LLM.beam_search`` (unrefined); refused when this wrapper refines every request."""
+        self._refuse_refinement("beam_search", None)
+        return self.llm.beam_search(prompts, params, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         if name == "llm":  # not set yet (failed __init__)
