@@ -15,12 +15,20 @@ a value of the wrong type, an unknown model name or ``stream: true`` get an Open
 (``{"error": {"message", "type", "param", "code"}}``) naming the field; an engine failure gets a
 500 with the traceback in the server's log, and the server goes on serving.
 
-This is a thin server over one in-process ``vllm.LLM``: requests are served one at a time.
+``--api-key`` (or ``$REFINE_API_KEY``) guards the ``/v1`` endpoints; ``GET /metrics`` serves
+Prometheus metrics (:mod:`refine.serve_metrics`); vLLM engine arguments (``--tensor-parallel-size``,
+``--data-parallel-size``, ``--max-model-len``, ``--gpu-memory-utilization``, ``--dtype``, ...) pass through.
+
+This is a thin server over one in-process ``vllm.LLM``: engine work runs on one worker thread, one
+request at a time, while the event loop stays free, so ``/health``, ``/v1/models`` and ``/metrics``
+answer during a refinement; a client that disconnects cancels its refinement at the search's next
+step (the engine call in progress finishes first).
 """
 
 
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -110,14 +118,45 @@ def _choice(out: Any, index: int, chat: bool) -> dict[str, Any]:
     return d
 
 
-def build_app(rllm: Any, model_name: str, limits: RequestLimits | None = None):
-    """The FastAPI app over a :class:`refine.integrations.vllm.RefineLLM` (whose ``limits`` it enforces too)."""
+def _engine_executor():
+    """The one worker thread that drives the engine, with the intra-op thread count the engine started with.
+
+    vLLM's CPU attention checks that a step runs on as many OpenMP threads as its metadata was built
+    for, and a fresh thread starts from the machine default: so engine calls stay on one thread that
+    inherits this thread's setting.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    threads = torch.get_num_threads()
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="refine-engine",
+                              initializer=lambda: torch.set_num_threads(threads))
+
+
+class RequestCancelled(Exception):
+    """The client disconnected: the refinement stops at its next step."""
+
+
+def build_app(rllm: Any, model_name: str, limits: RequestLimits | None = None, api_key: str | None = None):
+    """The FastAPI app over a :class:`refine.integrations.vllm.RefineLLM` (whose ``limits`` it enforces too).
+
+    With ``api_key``, every ``/v1`` endpoint wants ``Authorization: Bearer <api_key>``; ``/health`` and
+    ``/metrics`` stay open, as in ``vllm serve``.
+    """
+    import asyncio
+    import hmac
+
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
+
+    from .serve_metrics import ServerMetrics
 
     limits = limits or rllm.limits or RequestLimits()
     app = FastAPI(title="refine", description=__doc__)
-    lock = threading.Lock()
+    lock = threading.Lock()  # one engine call at a time: vllm.LLM is not thread-safe
+    metrics = ServerMetrics()
+    engine_thread = _engine_executor()
     tokenizer = rllm.llm.get_tokenizer()
     context = int(rllm.backend.max_length)
 
@@ -156,7 +195,7 @@ def build_app(rllm: Any, model_name: str, limits: RequestLimits | None = None):
             raise RequestError("`prompt` has to be a non-empty string or list of strings", "prompt")
         return [list(tokenizer.encode(p)) for p in prompts]
 
-    def run(body: dict[str, Any], chat: bool) -> JSONResponse:
+    def run(body: dict[str, Any], chat: bool, cancel: threading.Event) -> JSONResponse:
         model = body.get("model")
         if model is not None and model != model_name:
             raise RequestError(f"the model {model!r} does not exist; this server serves {model_name!r}", "model",
@@ -171,8 +210,19 @@ def build_app(rllm: Any, model_name: str, limits: RequestLimits | None = None):
         if longest + params.max_tokens > context:
             raise RequestError(f"the prompt ({longest} tokens) + `max_tokens` ({params.max_tokens}) exceed the "
                                f"model's context of {context} tokens", "max_tokens")
+        def check_cancel(_search) -> None:  # called after every search step
+            if cancel.is_set():
+                raise RequestCancelled
+
         with lock:
-            outs = rllm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=False)
+            if cancel.is_set():
+                raise RequestCancelled
+            outs = rllm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=False,
+                                 progress=check_cancel)
+        for out in outs:
+            for c in out.outputs:
+                if getattr(c, "refine", None) is not None:
+                    metrics.observe_result(c.refine)
         choices = []
         for out in outs:
             choices += [_choice(out, i, chat) for i in range(len(out.outputs))]
@@ -190,9 +240,44 @@ def build_app(rllm: Any, model_name: str, limits: RequestLimits | None = None):
                       "total_tokens": n_prompt + n_completion},
         })
 
-    async def handle(request: Request, chat: bool) -> JSONResponse:
+    def authorized(request: Request) -> bool:
+        if api_key is None:
+            return True
+        given = request.headers.get("authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode())
+
+    async def serve_in_thread(request: Request, body: dict[str, Any], chat: bool) -> JSONResponse:
+        """Run the (blocking) engine work in a worker thread; a client that goes away cancels it."""
+        cancel = threading.Event()
+        work = asyncio.get_running_loop().run_in_executor(engine_thread, run, body, chat, cancel)
+        while not work.done():
+            await asyncio.wait({work}, timeout=0.1)
+            if not work.done() and await request.is_disconnected():
+                cancel.set()
+        return work.result()
+
+    async def handle(request: Request, chat: bool) -> Response:
+        endpoint = "chat" if chat else "completions"
+        started = time.perf_counter()
+        metrics.in_flight.inc()
         try:
-            return run(await read_body(request), chat)
+            response = await answer(request, chat)
+        except RequestCancelled:
+            metrics.cancelled.labels(endpoint).inc()
+            log.info("client went away: refinement cancelled")
+            response = Response(status_code=499)
+        finally:
+            metrics.in_flight.dec()
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        return response
+
+    async def answer(request: Request, chat: bool) -> JSONResponse:
+        try:
+            if not authorized(request):
+                raise RequestError("a valid API key is required: send `Authorization: Bearer <key>`",
+                                   status=401, code="invalid_api_key")
+            return await serve_in_thread(request, await read_body(request), chat)
         except RequestError as exc:
             return JSONResponse(status_code=exc.status, content=exc.body())
         except LimitError as exc:
@@ -200,19 +285,30 @@ def build_app(rllm: Any, model_name: str, limits: RequestLimits | None = None):
         except (ConfigError, InputError) as exc:  # refine's messages open with the option they are about
             named = re.match(r"`([\w.]+)`", str(exc))
             return JSONResponse(status_code=400, content=RequestError(str(exc), named and named.group(1)).body())
+        except RequestCancelled:
+            raise
         except Exception:  # an engine failure: log it whole, answer 500, keep serving
             ref = uuid.uuid4().hex[:12]
             log.exception("request %s failed", ref)
             return JSONResponse(status_code=500, content=RequestError(
                 f"internal error while serving the request (reference {ref} in the server log)", status=500).body())
 
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
     @app.get("/health")
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/v1/models")
-    def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "refine"}]}
+    def models(request: Request):
+        if not authorized(request):
+            error = RequestError("a valid API key is required: send `Authorization: Bearer <key>`", status=401,
+                                 code="invalid_api_key")
+            return JSONResponse(status_code=401, content=error.body())
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "refine",
+                                            "max_model_len": context}]}
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -237,6 +333,29 @@ def limits_from_args(args) -> RequestLimits:
     return RequestLimits(**caps)
 
 
+#: vLLM engine arguments ``refine serve`` passes through (flag ``--tensor-parallel-size`` -> ``vllm.LLM(
+#: tensor_parallel_size=...)``): how the engine scales is vLLM's business
+ENGINE_ARGS: dict[str, tuple[type, str]] = {
+    "tensor_parallel_size": (int, "GPUs one model replica is split across"),
+    "pipeline_parallel_size": (int, "pipeline stages"),
+    "data_parallel_size": (int, "model replicas"),
+    "max_model_len": (int, "context length (refine's default 2048)"),
+    "gpu_memory_utilization": (float, "share of accelerator memory (on CPU: of RAM) the engine claims"),
+    "kv_cache_memory_bytes": (int, "KV cache size in bytes (instead of a memory share)"),
+    "dtype": (str, "weights and activations dtype (refine's default float32: exact scores)"),
+    "quantization": (str, "vLLM quantization method"),
+}
+
+
+def engine_kwargs(args) -> dict[str, Any]:
+    """The engine arguments given on the command line; several processes when the model is split or
+    replicated."""
+    kw = {name: getattr(args, name) for name in ENGINE_ARGS if getattr(args, name, None) is not None}
+    if any(kw.get(k, 1) > 1 for k in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size")):
+        kw["multiprocessing"] = True
+    return kw
+
+
 def cmd_serve(args) -> int:
     from .config import plugin_paths
     from .errors import require
@@ -259,8 +378,9 @@ def cmd_serve(args) -> int:
             raise ConfigError(f"`--allow-plugin` takes 'module:Class' import paths, but got {path!r}")
     plugins = set(args.allow_plugin) | plugin_paths(defaults)
     path = resolve(args.model)
-    rllm = RefineLLM(model=str(path), refine=defaults, plugins=plugins, limits=limits)
-    app = build_app(rllm, args.served_model_name or path.name, limits)
+    api_key = args.api_key or os.environ.get("REFINE_API_KEY") or None
+    rllm = RefineLLM(model=str(path), refine=defaults, plugins=plugins, limits=limits, **engine_kwargs(args))
+    app = build_app(rllm, args.served_model_name or path.name, limits, api_key)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
@@ -295,6 +415,11 @@ def add_parser(sub) -> None:
     p.add_argument("--allow-plugin", action="append", default=[], metavar="MODULE:CLASS",
                    help="an import path (strategy, move or objective term) that requests may name; repeatable. "
                         "Requests can otherwise name only registered pieces")
+    p.add_argument("--api-key", default=None,
+                   help="require `Authorization: Bearer KEY` on /v1 endpoints (default: $REFINE_API_KEY, else none)")
+    engine = p.add_argument_group("engine", "vLLM engine arguments, passed through")
+    for name, (kind, what) in ENGINE_ARGS.items():
+        engine.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=what)
     caps = p.add_argument_group("caps", "the most one request may ask for (a request over a cap gets HTTP 400)")
     docs = _field_docs(RequestLimits)
     for f in dataclasses.fields(RequestLimits):

@@ -25,9 +25,13 @@ CAPS = {"max-tokens": 32, "n": 2, "prompt-tokens": 64, "top-k": 4, "topk-store":
         "max-forward-tokens": 4000, "max-seconds": 20, "body-bytes": 4096}
 
 
+API_KEY = "test-key-123"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
 def _send(url, data: bytes, method="POST", headers=None):
     req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json", **(headers or {})})
+                                 headers={"Content-Type": "application/json", **AUTH, **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=300) as r:
             return r.status, json.loads(r.read())
@@ -48,7 +52,7 @@ def server(tmp_path_factory):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     caps = [a for k, v in CAPS.items() for a in (f"--cap-{k}", str(v))]
     proc = subprocess.Popen([sys.executable, "-m", "refine.cli", "serve", "--port", str(port),
-                             "--allow-plugin", PLUGIN, *caps],
+                             "--allow-plugin", PLUGIN, "--api-key", API_KEY, "--max-model-len", "1024", *caps],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
@@ -188,7 +192,7 @@ def test_an_oversized_body_is_refused(server):
     host, port = server.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=60)
     conn.request("POST", "/v1/completions", body=iter([big[:2000], big[2000:]]),
-                 headers={"Content-Type": "application/json"}, encode_chunked=True)
+                 headers={"Content-Type": "application/json", **AUTH}, encode_chunked=True)
     r = conn.getresponse()
     assert r.status == 413 and "cap" in json.loads(r.read())["error"]["message"]
     conn.close()
@@ -220,3 +224,90 @@ def test_malformed_chat_messages_get_400(server, messages):
     status, d = _post(server + "/v1/chat/completions", {"messages": messages, "max_tokens": 4})
     assert status == 400 and d["error"]["param"] == "messages", d
     assert _alive(server)
+
+
+# ----------------------------------------------------------------------------- keys, metrics, concurrency
+
+LONG = {"messages": [{"role": "user", "content": "Write a short story about a lighthouse keeper."}],
+        "max_tokens": 32, "temperature": 0,
+        "vllm_xargs": {"refine_objective": "mean", "refine_top_k": 4, "refine_max_positions": 8,
+                       "refine_budget_max_sweeps": 2, "refine_prune_margin": -1}}
+
+
+def _get(url, headers=None):
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def _metric(base, name):
+    """The value of one series of /metrics (0 when absent)."""
+    status, text = _get(base + "/metrics")
+    assert status == 200
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{") and line.split(" ")[0] == name:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_api_key_guards_v1_but_not_health(server):
+    body = json.dumps({"prompt": "Hi", "max_tokens": 2}).encode()
+    for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}):
+        status, err = _send(server + "/v1/completions", body, headers=headers)
+        assert status == 401 and err["error"]["code"] == "invalid_api_key"
+        assert _get(server + "/v1/models", headers)[0] == 401
+    assert _get(server + "/health")[0] == 200
+    status, models = _get(server + "/v1/models", AUTH)
+    assert status == 200 and json.loads(models)["data"][0]["max_model_len"] == 1024  # --max-model-len passed
+
+
+def test_metrics_count_requests_and_refinements(server):
+    before = _metric(server, "refine_refinements_total")
+    status, out = _post(server + "/v1/chat/completions", {**LONG, "max_tokens": 8})
+    assert status == 200 and "refine" in out["choices"][0]
+    assert _metric(server, "refine_refinements_total") == before + 1
+    assert _metric(server, 'refine_requests_total{endpoint="chat",status="200"}') >= 1
+    assert _metric(server, "refine_forward_tokens_total") > 0
+    assert _metric(server, 'refine_request_seconds_count{endpoint="chat"}') >= 1
+
+
+def test_health_answers_while_a_refinement_runs(server):
+    import threading
+
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(r=_post(server + "/v1/chat/completions", LONG)))
+    worker.start()
+    deadline = time.time() + 60
+    while _metric(server, "refine_requests_in_flight") < 1 and time.time() < deadline:
+        time.sleep(0.05)
+    assert _metric(server, "refine_requests_in_flight") == 1, "the refinement did not start"
+    seen = []
+    while worker.is_alive() and len(seen) < 5:
+        t0 = time.time()
+        assert _get(server + "/health")[0] == 200
+        seen.append(time.time() - t0)
+    worker.join(300)
+    assert seen and max(seen) < 1.0, f"/health took {max(seen):.2f} s while a refinement ran"
+    assert result["r"][0] == 200
+
+
+def test_a_client_that_disconnects_cancels_its_refinement(server):
+    host, port = server.removeprefix("http://").split(":")
+    before = _metric(server, 'refine_requests_cancelled_total{endpoint="chat"}')
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    body = json.dumps(LONG)
+    conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json", **AUTH})
+    deadline = time.time() + 60
+    while _metric(server, "refine_requests_in_flight") < 1 and time.time() < deadline:
+        time.sleep(0.05)
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    deadline = time.time() + 120
+    while _metric(server, 'refine_requests_cancelled_total{endpoint="chat"}') < before + 1:
+        assert time.time() < deadline, "the refinement was not cancelled"
+        time.sleep(0.2)
+    status, out = _post(server + "/v1/completions", {"prompt": "Hi", "max_tokens": 2})  # the engine is free
+    assert status == 200 and out["choices"]
