@@ -12,6 +12,8 @@ import json
 import sys
 from typing import Sequence
 
+from .api import DEFAULT_MAX_NEW_TOKENS
+
 
 def _objective_arg(text: str):
     """``mean`` | ``sum,length=0.3`` | a JSON object."""
@@ -46,7 +48,9 @@ def _add_run(sub) -> None:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--max-positions", type=int, default=8, help="positions per sweep (0: all)")
     p.add_argument("--length", default="free", choices=["free", "keep_eos", "fixed"])
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                   help=f"cap on the answer's length (default {DEFAULT_MAX_NEW_TOKENS}); an answer that runs into "
+                        "it is unfinished")
     p.add_argument("--max-sweeps", type=int, default=3)
     p.add_argument("--max-forward-tokens", type=int, default=None)
     p.add_argument("--max-seconds", type=float, default=None)
@@ -73,6 +77,10 @@ def _progress_bar(total: int | None, enabled: bool):
         bar.set_postfix(score=f"{search.current.value:.4f}", edits=search.stats.accepted, refresh=False)
 
     return update, bar.close
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
 
 
 def cmd_run(args) -> int:
@@ -130,6 +138,8 @@ def cmd_run(args) -> int:
     for name in result.terms:
         print(f"  {name:<8}: {result.initial_terms[name]:.4f} -> {result.terms[name]:.4f}")
     print(f"length    : {len(result.initial_tokens)} -> {len(result.tokens)} tokens")
+    print(f"finished  : {_yes(result.initial_ended)} -> {_yes(result.ended)}"
+          + ("" if result.initial_ended else f" (the answer ran into --max-new-tokens {args.max_new_tokens})"))
     for k, e in enumerate(result.edits, 1):
         old = "".join(tv.token_str(t) for t in e.old)
         new = "".join(tv.token_str(t) for t in e.new)
@@ -137,7 +147,7 @@ def cmd_run(args) -> int:
     if not result.edits:
         print("edits     : none (no candidate beat the initial output)")
     print(f"compute   : {st.forward_tokens} forward tokens in {st.forward_calls} calls, {st.candidates} candidates, "
-          f"{st.steps} steps, {st.sweeps} sweeps, {st.seconds:.1f} s (greedy decode {gen_s:.1f} s); "
+          f"{st.refused} refused, {st.steps} steps, {st.sweeps} sweeps, {st.seconds:.1f} s (greedy decode {gen_s:.1f} s); "
           f"stopped: {st.stop_reason}")
     return 0
 

@@ -3,7 +3,13 @@
 :class:`Search` owns the budget, the objective, the acceptance rule and the memo of
 evaluated candidates; strategies only decide *what* to evaluate next. One place for
 each piece of maths: objective values are computed in :meth:`Search.evaluate`,
-acceptance is decided in :meth:`Search.accept`.
+acceptance is decided in :meth:`Search.accept`, and what may replace an output at all,
+whatever it scores, in :meth:`Search.admissible`:
+
+- *finished stays finished*: an output that ends (EOS within the length cap) is only
+  replaced by one that also ends. A cut output (the initial one ran into the cap) may be
+  replaced by any candidate that scores better, finished or cut; once a finished one is
+  accepted, the rule above holds.
 
 :func:`run_search` drives a strategy until it converges or a budget limit is reached,
 and returns a :class:`~refine.types.RefineResult`.
@@ -136,7 +142,7 @@ class Search:
         views = self._views(items)
         values, terms = self.objective.evaluate(views)
         return [
-            Hypothesis(tokens=toks, scores=sc, value=float(v), terms=t, text=view.text)
+            Hypothesis(tokens=toks, scores=sc, value=float(v), terms=t, text=view.text, ended=view.ended)
             for (toks, sc), v, t, view in zip(items, values, terms, views)
         ]
 
@@ -202,7 +208,10 @@ class Search:
             results.extend(self._run(parent, fresh))
         self.stats.candidates += len(results)
         self.stats.forward_calls = self.calls
-        return [(p, h) for p, h in results if self._valid(h)]
+        valid = [(p, h) for p, h in results if self._valid(h)]
+        kept = [(p, h) for p, h in valid if self.admissible(h, parent)]
+        self.stats.refused += len(valid) - len(kept)
+        return kept
 
     def _valid(self, h: Hypothesis) -> bool:
         content = len(h.tokens) - (1 if h.tokens and h.tokens[-1] in self._eos else 0)
@@ -272,11 +281,21 @@ class Search:
 
     # ------------------------------------------------------------------ moving
 
+    def admissible(self, cand: Hypothesis, than: Hypothesis) -> bool:
+        """Whether ``cand`` may replace ``than`` at all, whatever either scores (the module docstring's rules).
+
+        :meth:`evaluate` returns only candidates admissible against their parent, so a strategy's best
+        candidate is never one these rules would throw away; :meth:`accept` checks again against the current
+        output (a strategy may evaluate from another parent).
+        """
+        return cand.ended or not than.ended
+
     def accept(self, proposal: Proposal, cand: Hypothesis) -> bool:
-        """Move to ``cand`` if it beats the current value by more than ``tolerance``. The one acceptance rule."""
+        """Move to ``cand`` if it is :meth:`admissible` and beats the current value by more than ``tolerance``.
+        The one acceptance rule."""
         cur = self.current
         assert cur is not None
-        if not cand.value > cur.value + self.config.tolerance:
+        if not (self.admissible(cand, cur) and cand.value > cur.value + self.config.tolerance):
             return False
         pos, old, new = changed_span(cur.tokens, cand.tokens)
         self.edits.append(Edit(proposal.move, pos, old, new, cur.value, cand.value, self.stats.steps))
@@ -350,4 +369,6 @@ def run_search(
         edits=list(search.edits),
         stats=stats,
         prompt_tokens=list(session.prompt),
+        ended=best.ended,
+        initial_ended=init.ended,
     )

@@ -85,6 +85,7 @@ class Hypothesis:
         value: the objective's value (higher is better).
         terms: the unweighted value of each objective term.
         text: the decoded text, when the objective or caller needed it.
+        ended: whether the output ends with an end-of-sequence token (it is *finished*; one without is cut).
     """
 
     tokens: tuple[int, ...]
@@ -92,6 +93,7 @@ class Hypothesis:
     value: float
     terms: dict[str, float]
     text: str | None = None
+    ended: bool = False
 
     @property
     def logprob(self) -> float:
@@ -141,6 +143,8 @@ class Stats:
         forward_calls: model forward calls.
         candidates: candidate sequences evaluated.
         pruned: re-decoded candidates abandoned early by the lookahead test (``prune_margin``).
+        refused: candidates set aside whatever their score: unfinished where the output they would replace is
+            finished. Counted per evaluation that returned them.
         steps: search steps (batched evaluations) taken.
         sweeps: completed passes over the positions.
         accepted: edits accepted.
@@ -153,6 +157,7 @@ class Stats:
     forward_calls: int = 0
     candidates: int = 0
     pruned: int = 0
+    refused: int = 0
     steps: int = 0
     sweeps: int = 0
     accepted: int = 0
@@ -172,6 +177,9 @@ class RefineResult:
         text: refined output text.
         score: objective value of the refined output.
         initial_tokens, initial_text, initial_score: the same for the output before refinement.
+        ended, initial_ended: whether the refined and the initial output are finished (end with EOS within the
+            length cap). A finished initial output is only ever replaced by a finished one; an unfinished
+            (cut) one may be replaced by any admissible output that scores better, finished or not.
         terms, initial_terms: unweighted objective terms after and before.
         edits: accepted edits, in order.
         stats: compute spent.
@@ -189,6 +197,8 @@ class RefineResult:
     edits: list[Edit]
     stats: Stats
     prompt_tokens: list[int] = field(default_factory=list)
+    ended: bool = False
+    initial_ended: bool = False
 
     @property
     def gain(self) -> float:
@@ -206,6 +216,8 @@ class RefineResult:
             "initial_text": self.initial_text,
             "initial_tokens": list(self.initial_tokens),
             "initial_score": self.initial_score,
+            "ended": self.ended,
+            "initial_ended": self.initial_ended,
             "gain": self.gain,
             "terms": dict(self.terms),
             "initial_terms": dict(self.initial_terms),
