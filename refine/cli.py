@@ -13,6 +13,7 @@ import sys
 from typing import Sequence
 
 from .api import DEFAULT_MAX_NEW_TOKENS
+from .degeneration import DEFAULT_N
 
 
 def _objective_arg(text: str):
@@ -51,6 +52,9 @@ def _add_run(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
                    help=f"cap on the answer's length (default {DEFAULT_MAX_NEW_TOKENS}); an answer that runs into "
                         "it is unfinished")
+    p.add_argument("--repeat-guard", type=int, default=DEFAULT_N,
+                   help=f"refuse edits that add repeated word n-grams of this size or repeated line patterns "
+                        f"(default {DEFAULT_N}; 0: off)")
     p.add_argument("--max-sweeps", type=int, default=3)
     p.add_argument("--max-forward-tokens", type=int, default=None)
     p.add_argument("--max-seconds", type=float, default=None)
@@ -102,6 +106,7 @@ def cmd_run(args) -> int:
         prune_margin=None if args.prune_margin < 0 else args.prune_margin,
         prune_keep=args.prune_keep,
         max_new_tokens=args.max_new_tokens,
+        repeat_guard=args.repeat_guard or None,
         seed=args.seed,
         budget=Budget(max_sweeps=args.max_sweeps, max_forward_tokens=args.max_forward_tokens,
                       max_seconds=args.max_seconds, patience=args.patience),

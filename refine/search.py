@@ -10,6 +10,9 @@ whatever it scores, in :meth:`Search.admissible`:
   replaced by one that also ends. A cut output (the initial one ran into the cap) may be
   replaced by any candidate that scores better, finished or cut; once a finished one is
   accepted, the rule above holds.
+- *no more degenerate*: with ``repeat_guard`` on, a candidate that repeats more word
+  n-grams or more line patterns than the output it would replace is refused
+  (:mod:`refine.degeneration`).
 
 :func:`run_search` drives a strategy until it converges or a budget limit is reached,
 and returns a :class:`~refine.types.RefineResult`.
@@ -24,6 +27,7 @@ import numpy as np
 
 from .backends.base import DecodeRequest, Session, TokenizerView
 from .config import RefineConfig
+from .degeneration import count_repeats
 from .errors import BudgetExhausted, ConfigError
 from .moves import MoveContext, Proposal, build_moves, rank_positions
 from .objectives import CandidateView, Objective
@@ -141,10 +145,16 @@ class Search:
     def _hypotheses(self, items: Sequence[tuple[tuple[int, ...], Scores]]) -> list[Hypothesis]:
         views = self._views(items)
         values, terms = self.objective.evaluate(views)
-        return [
-            Hypothesis(tokens=toks, scores=sc, value=float(v), terms=t, text=view.text, ended=view.ended)
-            for (toks, sc), v, t, view in zip(items, values, terms, views)
-        ]
+        n = self.config.repeat_guard
+        out = []
+        for (toks, sc), v, t, view in zip(items, values, terms, views):
+            text, repeats = view.text, None
+            if n is not None:
+                text = self.tokenizer.decode(toks) if text is None else text
+                repeats = count_repeats(text, n)
+            out.append(Hypothesis(tokens=toks, scores=sc, value=float(v), terms=t, text=text, ended=view.ended,
+                                  repeats=repeats))
+        return out
 
     def score_initial(self, tokens: Sequence[int]) -> Hypothesis:
         """Score the starting output; sets :attr:`current` and :attr:`initial`."""
@@ -285,10 +295,13 @@ class Search:
         """Whether ``cand`` may replace ``than`` at all, whatever either scores (the module docstring's rules).
 
         :meth:`evaluate` returns only candidates admissible against their parent, so a strategy's best
-        candidate is never one these rules would throw away; :meth:`accept` checks again against the current
+        candidate is never one the guard would throw away; :meth:`accept` checks again against the current
         output (a strategy may evaluate from another parent).
         """
-        return cand.ended or not than.ended
+        if than.ended and not cand.ended:
+            return False
+        guarded = cand.repeats is not None and than.repeats is not None
+        return not (guarded and cand.repeats.exceeds(than.repeats))
 
     def accept(self, proposal: Proposal, cand: Hypothesis) -> bool:
         """Move to ``cand`` if it is :meth:`admissible` and beats the current value by more than ``tolerance``.

@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .degeneration import Repeats
+
 
 @dataclass(frozen=True)
 class Scores:
@@ -84,8 +86,9 @@ class Hypothesis:
         scores: per-token model scores, aligned with ``tokens``.
         value: the objective's value (higher is better).
         terms: the unweighted value of each objective term.
-        text: the decoded text, when the objective or caller needed it.
+        text: the decoded text, when the objective, the repeat guard or the caller needed it.
         ended: whether the output ends with an end-of-sequence token (it is *finished*; one without is cut).
+        repeats: how repetitive its text is (when the repeat guard is on).
     """
 
     tokens: tuple[int, ...]
@@ -94,6 +97,7 @@ class Hypothesis:
     terms: dict[str, float]
     text: str | None = None
     ended: bool = False
+    repeats: Repeats | None = None
 
     @property
     def logprob(self) -> float:
@@ -144,7 +148,7 @@ class Stats:
         candidates: candidate sequences evaluated.
         pruned: re-decoded candidates abandoned early by the lookahead test (``prune_margin``).
         refused: candidates set aside whatever their score: unfinished where the output they would replace is
-            finished. Counted per evaluation that returned them.
+            finished, or more repetitive than it (``repeat_guard``). Counted per evaluation that returned them.
         steps: search steps (batched evaluations) taken.
         sweeps: completed passes over the positions.
         accepted: edits accepted.

@@ -304,15 +304,20 @@ def test_a_finished_answer_is_never_replaced_by_a_cut_one(endless_backend, strat
 
 
 def test_admissible_rules(endless_backend):
-    """What may replace what, whatever the scores: finished stays finished."""
+    """What may replace what, whatever the scores: finished stays finished; the guard compares repeat counts."""
+    from refine.degeneration import Repeats
     from refine.search import Search
     from refine.types import Hypothesis, Scores
 
-    def hyp(ended):
-        return Hypothesis((5, 1) if ended else (5,), Scores.empty(1), 0.0, {}, ended=ended)
+    def hyp(ended, repeats=None):
+        return Hypothesis((5, 1) if ended else (5,), Scores.empty(1), 0.0, {}, ended=ended, repeats=repeats)
 
     session = endless_backend.open([S], 4, 256)
     search = Search(session, endless_backend.tokenizer, RefineConfig(), 8)
     session.close()
     assert search.admissible(hyp(True), hyp(True)) and search.admissible(hyp(True), hyp(False))
     assert search.admissible(hyp(False), hyp(False)) and not search.admissible(hyp(False), hyp(True))
+    one, two = Repeats(1, 0), Repeats(2, 0)
+    assert search.admissible(hyp(True, one), hyp(True, two)) and search.admissible(hyp(True, one), hyp(True, one))
+    assert not search.admissible(hyp(True, two), hyp(True, one))
+    assert not search.admissible(hyp(False, one), hyp(True, two))  # unfinished, however clean
