@@ -28,13 +28,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from refine.config import RefineConfig
+from refine.degeneration import repeated_ngrams
 from refine.objectives import coverage
 
 from . import data, report
 from .bootstrap import paired_bootstrap
 from .common import degeneration, mean_se
 from .context import Context
-from .metrics import repeated_ngrams, slot_coverage
+from .metrics import slot_coverage
 from .rouge import KINDS as ROUGE_KINDS
 from .rouge import rouge
 

@@ -18,13 +18,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from refine.config import RefineConfig
+from refine.degeneration import repeated_ngrams
 
 from . import data, report
 from .bootstrap import paired_bootstrap
 from .common import degeneration, mean_se
 from .context import Context
 from .instructions import follows
-from .metrics import repeated_ngrams
 
 DATA_FILES = (data.IFEVAL,)
 TITLE = "IFEval: verifiable instructions, refined with the checkers as a reward"

@@ -4,7 +4,7 @@ All text metrics work on *words*: the lower-cased, accent-folded runs of ``[a-z0
 (``"Café Rouge!"`` -> ``["cafe", "rouge"]``).
 
 - :func:`repetition_rate`: share of token n-grams that repeat an earlier n-gram (degeneration).
-- :func:`repeated_ngrams`: word n-grams that repeat an earlier one (the reader's view of repetition).
+- Word n-gram repetition (what a reader sees) is the library's own count, :func:`refine.degeneration.repeated_ngrams`.
 - ROUGE is not here: :mod:`benchmarks.rouge` takes it from the maintained ``rouge-score`` package.
 - :func:`concept_coverage`: share of CommonGen concepts present as whole words (regular inflections allowed).
 - :func:`parse_mr`, :func:`slot_keywords`, :func:`slot_coverage`: E2E meaning representations and how many
@@ -45,24 +45,6 @@ def repetition_rate(tokens: Sequence[int], n: int = 3) -> float:
     if not grams:
         return 0.0
     return (len(grams) - len(set(grams))) / len(grams)
-
-
-def repeated_ngrams(text: str, n: int = 3) -> int:
-    """How many word n-grams of ``text`` repeat an earlier one (what a reader sees as repetition).
-
-    >>> repeated_ngrams("a pet is a pet is a pet")
-    3
-    >>> repeated_ngrams("The dog catches the frisbee.")
-    0
-    """
-    ws = words(text)
-    seen: set[tuple[str, ...]] = set()
-    repeats = 0
-    for i in range(len(ws) - n + 1):
-        gram = tuple(ws[i:i + n])
-        repeats += gram in seen
-        seen.add(gram)
-    return repeats
 
 
 def inflections(word: str) -> set[str]:

@@ -10,6 +10,12 @@ from .errors import InputError
 from .search import ProgressFn, run_search
 from .types import RefineResult
 
+#: how many tokens the greedy answer that :func:`refine` and ``refine run`` start from may have. Room for a
+#: short answer of a few paragraphs to end with EOS: an answer cut by the cap is unfinished, and refinement
+#: keeps finished answers finished (:meth:`refine.search.Search.admissible`) but cannot finish a cut one
+#: unless an edit happens to.
+DEFAULT_MAX_NEW_TOKENS = 128
+
 
 def _as_ids(x: Any, what: str) -> list[int] | None:
     """Token ids from a list/tuple/1-D tensor or array; None for text."""
@@ -106,7 +112,7 @@ def refine(
     tokenizer: Any = None,
     config: RefineConfig | dict | None = None,
     chat: bool | None = None,
-    max_new_tokens: int = 64,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     progress: ProgressFn | None = None,
     **options: Any,
 ) -> RefineResult:
@@ -115,7 +121,8 @@ def refine(
     Args:
         prompt: text (a chat template is applied when the tokenizer has one, unless ``chat=False``) or token ids.
         output: the answer to refine, as text (taken as a complete answer: EOS is appended) or token ids.
-            ``None``: decode one greedily first (``max_new_tokens`` at most).
+            ``None``: decode one greedily first (``max_new_tokens`` at most; one that runs into the cap is
+            unfinished, see :attr:`RefineResult.initial_ended <refine.types.RefineResult>`).
         model: ``None`` (the embedded SmolLM2-135M-Instruct), a local model folder or GGUF file, a transformers
             model (with ``tokenizer``), or a :class:`~refine.backends.base.Backend`.
         config: a :class:`RefineConfig` or dict of its fields; ``**options`` override single fields.

@@ -13,6 +13,8 @@ import sys
 from typing import Sequence
 
 from .about import DISTRIBUTION, __version__
+from .api import DEFAULT_MAX_NEW_TOKENS
+from .degeneration import DEFAULT_N
 from .errors import ConfigError
 
 
@@ -49,7 +51,12 @@ def _add_run(sub) -> None:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--max-positions", type=int, default=8, help="positions per sweep (0: all)")
     p.add_argument("--length", default="free", choices=["free", "keep_eos", "fixed"])
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                   help=f"cap on the answer's length (default {DEFAULT_MAX_NEW_TOKENS}); an answer that runs into "
+                        "it is unfinished")
+    p.add_argument("--repeat-guard", type=int, default=DEFAULT_N,
+                   help=f"refuse edits that add repeated word n-grams of this size or repeated line patterns "
+                        f"(default {DEFAULT_N}; 0: off)")
     p.add_argument("--max-sweeps", type=int, default=3)
     p.add_argument("--max-forward-tokens", type=int, default=None)
     p.add_argument("--max-seconds", type=float, default=None)
@@ -70,7 +77,8 @@ def _add_batch(sub) -> None:
     p.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="hf (default) or vllm (needs vLLM)")
     p.add_argument("--model", default=None, help="local model folder or .gguf file (default: SmolLM2-135M-Instruct)")
     p.add_argument("--refine", type=json.loads, default={}, help="JSON refine options for every prompt")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="output cap for every prompt (default 64)")
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                   help=f"output cap for every prompt (default {DEFAULT_MAX_NEW_TOKENS})")
     p.add_argument("--chunk", type=int, default=8, help="prompts whose initial answers are decoded together")
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     p.add_argument("--no-progress", action="store_true")
@@ -120,6 +128,10 @@ def _progress_bar(total: int | None, enabled: bool):
     return update, bar.close
 
 
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
 def cmd_run(args) -> int:
     import time
 
@@ -139,6 +151,7 @@ def cmd_run(args) -> int:
         prune_margin=None if args.prune_margin < 0 else args.prune_margin,
         prune_keep=args.prune_keep,
         max_new_tokens=args.max_new_tokens,
+        repeat_guard=args.repeat_guard or None,
         seed=args.seed,
         budget=Budget(max_sweeps=args.max_sweeps, max_forward_tokens=args.max_forward_tokens,
                       max_seconds=args.max_seconds, patience=args.patience),
@@ -175,6 +188,8 @@ def cmd_run(args) -> int:
     for name in result.terms:
         print(f"  {name:<8}: {result.initial_terms[name]:.4f} -> {result.terms[name]:.4f}")
     print(f"length    : {len(result.initial_tokens)} -> {len(result.tokens)} tokens")
+    print(f"finished  : {_yes(result.initial_ended)} -> {_yes(result.ended)}"
+          + ("" if result.initial_ended else f" (the answer ran into --max-new-tokens {args.max_new_tokens})"))
     for k, e in enumerate(result.edits, 1):
         old = "".join(tv.token_str(t) for t in e.old)
         new = "".join(tv.token_str(t) for t in e.new)
@@ -182,7 +197,7 @@ def cmd_run(args) -> int:
     if not result.edits:
         print("edits     : none (no candidate beat the initial output)")
     print(f"compute   : {st.forward_tokens} forward tokens in {st.forward_calls} calls, {st.candidates} candidates, "
-          f"{st.steps} steps, {st.sweeps} sweeps, {st.seconds:.1f} s (greedy decode {gen_s:.1f} s); "
+          f"{st.refused} refused, {st.steps} steps, {st.sweeps} sweeps, {st.seconds:.1f} s (greedy decode {gen_s:.1f} s); "
           f"stopped: {st.stop_reason}")
     return 0
 

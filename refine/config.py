@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping
 
+from .degeneration import DEFAULT_N
 from .errors import ConfigError
 from .objectives import Objective
 from .moves import MOVES
@@ -91,6 +92,10 @@ class RefineConfig:
         exclude_special: never propose special tokens (EOS excepted, see ``length``).
         require_roundtrip: drop candidates whose text does not re-tokenize to the same ids.
         tolerance: an edit is accepted only if it raises the objective by more than this.
+        repeat_guard: the degeneration guard: a candidate whose decoded text repeats more word n-grams of this
+            size, or more line patterns, than the output it would replace is refused whatever its score
+            (:mod:`refine.degeneration`). Small models score their own loops as fluent, so no objective term
+            alone rules them out. ``None`` turns the guard off.
         prune_margin: a re-decoded suffix stops early (every few tokens) when its partial output scores worse
             than the current output cut at the same length by more than this. A heuristic that only saves
             compute: accepted edits are always complete and exactly scored. ``None`` decodes every suffix to
@@ -122,6 +127,7 @@ class RefineConfig:
     exclude_special: bool = True
     require_roundtrip: bool = False
     tolerance: float = 1e-4
+    repeat_guard: int | None = DEFAULT_N
     prune_margin: float | None = 0.0
     prune_keep: int | None = None
     budget: Budget = field(default_factory=Budget)
@@ -175,6 +181,7 @@ class RefineConfig:
         if not (isinstance(self.tolerance, (int, float)) and math.isfinite(self.tolerance)
                 and self.tolerance >= 0):
             raise ConfigError(f"`tolerance` has to be a finite number >= 0, but is {self.tolerance!r}")
+        _positive_int("repeat_guard", self.repeat_guard, allow_none=True)
         if self.prune_margin is not None and not (isinstance(self.prune_margin, (int, float))
                                                    and math.isfinite(self.prune_margin)):
             raise ConfigError(f"`prune_margin` has to be a finite number or None, but is {self.prune_margin!r}")

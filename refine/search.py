@@ -3,7 +3,16 @@
 :class:`Search` owns the budget, the objective, the acceptance rule and the memo of
 evaluated candidates; strategies only decide *what* to evaluate next. One place for
 each piece of maths: objective values are computed in :meth:`Search.evaluate`,
-acceptance is decided in :meth:`Search.accept`.
+acceptance is decided in :meth:`Search.accept`, and what may replace an output at all,
+whatever it scores, in :meth:`Search.admissible`:
+
+- *finished stays finished*: an output that ends (EOS within the length cap) is only
+  replaced by one that also ends. A cut output (the initial one ran into the cap) may be
+  replaced by any candidate that scores better, finished or cut; once a finished one is
+  accepted, the rule above holds.
+- *no more degenerate*: with ``repeat_guard`` on, a candidate that repeats more word
+  n-grams or more line patterns than the output it would replace is refused
+  (:mod:`refine.degeneration`).
 
 :func:`run_search` drives a strategy until it converges or a budget limit is reached,
 and returns a :class:`~refine.types.RefineResult`.
@@ -18,6 +27,7 @@ import numpy as np
 
 from .backends.base import DecodeRequest, Session, TokenizerView
 from .config import RefineConfig
+from .degeneration import count_repeats
 from .errors import BudgetExhausted, ConfigError
 from .moves import MoveContext, Proposal, build_moves, rank_positions
 from .objectives import CandidateView, Objective
@@ -135,10 +145,16 @@ class Search:
     def _hypotheses(self, items: Sequence[tuple[tuple[int, ...], Scores]]) -> list[Hypothesis]:
         views = self._views(items)
         values, terms = self.objective.evaluate(views)
-        return [
-            Hypothesis(tokens=toks, scores=sc, value=float(v), terms=t, text=view.text)
-            for (toks, sc), v, t, view in zip(items, values, terms, views)
-        ]
+        n = self.config.repeat_guard
+        out = []
+        for (toks, sc), v, t, view in zip(items, values, terms, views):
+            text, repeats = view.text, None
+            if n is not None:
+                text = self.tokenizer.decode(toks) if text is None else text
+                repeats = count_repeats(text, n)
+            out.append(Hypothesis(tokens=toks, scores=sc, value=float(v), terms=t, text=text, ended=view.ended,
+                                  repeats=repeats))
+        return out
 
     def score_initial(self, tokens: Sequence[int]) -> Hypothesis:
         """Score the starting output; sets :attr:`current` and :attr:`initial`."""
@@ -202,7 +218,10 @@ class Search:
             results.extend(self._run(parent, fresh))
         self.stats.candidates += len(results)
         self.stats.forward_calls = self.calls
-        return [(p, h) for p, h in results if self._valid(h)]
+        valid = [(p, h) for p, h in results if self._valid(h)]
+        kept = [(p, h) for p, h in valid if self.admissible(h, parent)]
+        self.stats.refused += len(valid) - len(kept)
+        return kept
 
     def _valid(self, h: Hypothesis) -> bool:
         content = len(h.tokens) - (1 if h.tokens and h.tokens[-1] in self._eos else 0)
@@ -272,11 +291,24 @@ class Search:
 
     # ------------------------------------------------------------------ moving
 
+    def admissible(self, cand: Hypothesis, than: Hypothesis) -> bool:
+        """Whether ``cand`` may replace ``than`` at all, whatever either scores (the module docstring's rules).
+
+        :meth:`evaluate` returns only candidates admissible against their parent, so a strategy's best
+        candidate is never one the guard would throw away; :meth:`accept` checks again against the current
+        output (a strategy may evaluate from another parent).
+        """
+        if than.ended and not cand.ended:
+            return False
+        guarded = cand.repeats is not None and than.repeats is not None
+        return not (guarded and cand.repeats.exceeds(than.repeats))
+
     def accept(self, proposal: Proposal, cand: Hypothesis) -> bool:
-        """Move to ``cand`` if it beats the current value by more than ``tolerance``. The one acceptance rule."""
+        """Move to ``cand`` if it is :meth:`admissible` and beats the current value by more than ``tolerance``.
+        The one acceptance rule."""
         cur = self.current
         assert cur is not None
-        if not cand.value > cur.value + self.config.tolerance:
+        if not (self.admissible(cand, cur) and cand.value > cur.value + self.config.tolerance):
             return False
         pos, old, new = changed_span(cur.tokens, cand.tokens)
         self.edits.append(Edit(proposal.move, pos, old, new, cur.value, cand.value, self.stats.steps))
@@ -350,4 +382,6 @@ def run_search(
         edits=list(search.edits),
         stats=stats,
         prompt_tokens=list(session.prompt),
+        ended=best.ended,
+        initial_ended=init.ended,
     )

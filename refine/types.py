@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .degeneration import Repeats
+
 
 @dataclass(frozen=True)
 class Scores:
@@ -84,7 +86,9 @@ class Hypothesis:
         scores: per-token model scores, aligned with ``tokens``.
         value: the objective's value (higher is better).
         terms: the unweighted value of each objective term.
-        text: the decoded text, when the objective or caller needed it.
+        text: the decoded text, when the objective, the repeat guard or the caller needed it.
+        ended: whether the output ends with an end-of-sequence token (it is *finished*; one without is cut).
+        repeats: how repetitive its text is (when the repeat guard is on).
     """
 
     tokens: tuple[int, ...]
@@ -92,6 +96,8 @@ class Hypothesis:
     value: float
     terms: dict[str, float]
     text: str | None = None
+    ended: bool = False
+    repeats: Repeats | None = None
 
     @property
     def logprob(self) -> float:
@@ -141,6 +147,8 @@ class Stats:
         forward_calls: model forward calls.
         candidates: candidate sequences evaluated.
         pruned: re-decoded candidates abandoned early by the lookahead test (``prune_margin``).
+        refused: candidates set aside whatever their score: unfinished where the output they would replace is
+            finished, or more repetitive than it (``repeat_guard``). Counted per evaluation that returned them.
         steps: search steps (batched evaluations) taken.
         sweeps: completed passes over the positions.
         accepted: edits accepted.
@@ -153,6 +161,7 @@ class Stats:
     forward_calls: int = 0
     candidates: int = 0
     pruned: int = 0
+    refused: int = 0
     steps: int = 0
     sweeps: int = 0
     accepted: int = 0
@@ -172,6 +181,9 @@ class RefineResult:
         text: refined output text.
         score: objective value of the refined output.
         initial_tokens, initial_text, initial_score: the same for the output before refinement.
+        ended, initial_ended: whether the refined and the initial output are finished (end with EOS within the
+            length cap). A finished initial output is only ever replaced by a finished one; an unfinished
+            (cut) one may be replaced by any admissible output that scores better, finished or not.
         terms, initial_terms: unweighted objective terms after and before.
         edits: accepted edits, in order.
         stats: compute spent.
@@ -189,6 +201,8 @@ class RefineResult:
     edits: list[Edit]
     stats: Stats
     prompt_tokens: list[int] = field(default_factory=list)
+    ended: bool = False
+    initial_ended: bool = False
 
     @property
     def gain(self) -> float:
@@ -206,6 +220,8 @@ class RefineResult:
             "initial_text": self.initial_text,
             "initial_tokens": list(self.initial_tokens),
             "initial_score": self.initial_score,
+            "ended": self.ended,
+            "initial_ended": self.initial_ended,
             "gain": self.gain,
             "terms": dict(self.terms),
             "initial_terms": dict(self.initial_terms),

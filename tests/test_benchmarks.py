@@ -21,10 +21,11 @@ from benchmarks.cli import main as bench_main
 from benchmarks.common import ForwardCounter, Runner
 from benchmarks.bootstrap import paired_bootstrap
 from benchmarks.metrics import (
-    concept_coverage, fold, inflections, parse_mr, repeated_ngrams, repetition_rate, slot_coverage, slot_keywords,
+    concept_coverage, fold, inflections, parse_mr, repetition_rate, slot_coverage, slot_keywords,
     words,
 )
 from benchmarks.rouge import rouge
+from refine.degeneration import repeated_ngrams
 from benchmarks.summary import update_summary
 from benchmarks.search import METHODS as SEARCH_METHODS
 from benchmarks.search import samples_for

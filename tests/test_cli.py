@@ -24,13 +24,26 @@ def test_run_json(model_dir, capsys):
     assert d["score"] >= d["initial_score"]
     assert d["stats"]["forward_tokens"] > 0 and len(d["initial_tokens"]) <= 12
     assert d["config"]["objective"] == {"sum": {"weight": 1.0}}
+    # finished-ness is reported, and a finished answer stays finished (1 is <eos>)
+    assert d["initial_ended"] == (d["initial_tokens"][-1] == 1) and d["ended"] == (d["tokens"][-1] == 1)
+    assert d["ended"] or not d["initial_ended"]
+    assert d["config"]["repeat_guard"] == 3
+
+
+def test_repeat_guard_flag(model_dir, capsys):
+    assert main(["run", "the cat", "--model", str(model_dir), "--no-chat", "--max-new-tokens", "8",
+                 "--repeat-guard", "0", "--max-sweeps", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["repeat_guard"] is None
+    assert main(["run", "the cat", "--model", str(model_dir), "--no-chat", "--max-new-tokens", "8",
+                 "--repeat-guard", "2", "--max-sweeps", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["repeat_guard"] == 2
 
 
 def test_run_human_output_shows_diff_and_compute(model_dir, capsys):
     assert main(["run", "the cat", "--model", str(model_dir), "--no-chat", "--max-new-tokens", "12",
                  "--objective", "sum,length=0.5", "--moves", "regenerate,delete", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    for key in ("initial", "refined", "diff", "score", "compute", "forward tokens"):
+    for key in ("initial", "refined", "diff", "score", "finished", "compute", "forward tokens", "refused"):
         assert key in out
 
 

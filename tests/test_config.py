@@ -17,6 +17,8 @@ from refine.errors import ConfigError
         ({"length": "short"}, "length"),
         ({"length": "fixed", "moves": ("insert",)}, "moves"),
         ({"tolerance": -1}, "tolerance"),
+        ({"repeat_guard": 0}, "repeat_guard"),
+        ({"repeat_guard": 2.5}, "repeat_guard"),
         ({"budget": {"max_forward_tokens": 0}}, "budget.max_forward_tokens"),
         ({"budget": {"max_sweeps": 0}}, "budget.max_sweeps"),
         ({"budget": {"max_seconds": 0}}, "budget.max_seconds"),

@@ -99,3 +99,40 @@ def test_missing_model_package_names_the_command(monkeypatch):
 def test_cache_dir_env(tmp_path, monkeypatch):
     monkeypatch.setenv("REFINE_CACHE_DIR", str(tmp_path / "c"))
     assert models.cache_dir() == tmp_path / "c" and (tmp_path / "c").is_dir()
+
+
+@pytest.mark.parametrize("bos, eos", [(True, False), (False, True), (None, None)])
+def test_gguf_tokenizer_adds_bos_and_eos_as_the_file_says(tmp_path, bos, eos):
+    from refine.testing.tiny_gguf import BOS, EOS, write_tiny_gguf
+
+    path = write_tiny_gguf(tmp_path / "tiny.gguf", add_bos_token=bos, add_eos_token=eos)
+    assert models.gguf_special_tokens(path) == {k: v for k, v in (("add_bos_token", bos), ("add_eos_token", eos))
+                                                if v is not None}
+    _, tok = models.load_model(path, cache=tmp_path / "cache")
+    plain = tok.encode("hi there", add_special_tokens=False)
+    assert tok.decode(plain) == "hi there"
+    # None: the file says nothing, and the tokenizer class's default (no BOS, no EOS for byte-level BPE) stands
+    assert tok.encode("hi there") == [BOS] * bool(bos) + plain + [EOS] * bool(eos)
+    # folders converted before the metadata was read are not reused
+    assert models.converted_path(path, tmp_path / "cache").name.endswith(f"-c{models.CONVERSION}")
+
+
+def test_gguf_model_scores_a_text_after_its_bos(tmp_path, monkeypatch):
+    """Text scored without a chat template is conditioned on BOS when the GGUF says its tokenizer adds one."""
+    import torch
+
+    import refine
+    from refine.testing.tiny_gguf import BOS, EOS, write_tiny_gguf
+
+    monkeypatch.setenv("REFINE_CACHE_DIR", str(tmp_path / "cache"))
+    path = write_tiny_gguf(tmp_path / "tiny.gguf", add_bos_token=True)
+    res = refine.refine("hi there", "the end", model=str(path), chat=False, objective="sum", moves=("delete",),
+                        budget={"max_sweeps": 1})
+    model, tok = models.load_model(path)
+    prompt = [BOS] + tok.encode("hi there", add_special_tokens=False)
+    output = tok.encode("the end", add_special_tokens=False) + [EOS]
+    assert res.prompt_tokens == prompt and res.initial_tokens == output
+    with torch.no_grad():
+        lp = model(torch.tensor([prompt + output])).logits[0].log_softmax(-1)
+    expected = sum(lp[len(prompt) - 1 + t, o].item() for t, o in enumerate(output))
+    assert res.initial_score == pytest.approx(expected, abs=1e-4)

@@ -267,3 +267,57 @@ def test_best_first_pool_holds_the_best_outputs_seen(backend):
     finally:
         session.close()
     assert steps >= 2 and len(seen) > 6
+
+
+# Finished stays finished: from 'h' the model says 'a' (0.6), then a spread token (0.2), then EOS; or 'b' (0.4) and
+# then 'b' again and again (0.99 each), an answer that never ends. Per token, and even in sum over a short cap, the
+# endless one scores better: the case where a finished answer was once replaced by one cut mid-sentence.
+ENDLESS_TABLE = {
+    S: {A: 0.6, B: 0.4},
+    A: {t: 0.2 for t in range(13, 18)},
+    **{t: {1: 0.99, 20: 0.01} for t in range(13, 18)},
+    B: {B: 0.99},
+}
+
+
+@pytest.fixture(scope="module")
+def endless_backend(tok):
+    from refine.backends.hf import HFBackend
+    from refine.testing import BigramLM
+
+    return HFBackend(BigramLM(len(tok), ENDLESS_TABLE, eos_token_id=1), tok)
+
+
+@pytest.mark.parametrize("strategy", ["coordinate", "best_first"])
+@pytest.mark.parametrize("objective", ["mean", "sum"])
+def test_a_finished_answer_is_never_replaced_by_a_cut_one(endless_backend, strategy, objective):
+    greedy = generate_greedy(endless_backend, [S], 8)
+    assert greedy == [A, 13, 1]
+    cfg = {"objective": objective, "max_new_tokens": 8, "strategy": strategy, "max_positions": None}
+    res = refine_tokens(endless_backend, [S], greedy, cfg)
+    assert res.tokens == greedy and res.initial_ended and res.ended
+    assert res.stats.refused >= 1  # the endless 'b...' was evaluated, and refused
+    # the same edit from an answer that was itself cut (no EOS): cut against cut, the better score wins
+    cut = refine_tokens(endless_backend, [S], [A, 13], cfg)
+    assert not cut.initial_ended and not cut.ended
+    assert cut.tokens == [B] * 8 and cut.score > cut.initial_score
+
+
+def test_admissible_rules(endless_backend):
+    """What may replace what, whatever the scores: finished stays finished; the guard compares repeat counts."""
+    from refine.degeneration import Repeats
+    from refine.search import Search
+    from refine.types import Hypothesis, Scores
+
+    def hyp(ended, repeats=None):
+        return Hypothesis((5, 1) if ended else (5,), Scores.empty(1), 0.0, {}, ended=ended, repeats=repeats)
+
+    session = endless_backend.open([S], 4, 256)
+    search = Search(session, endless_backend.tokenizer, RefineConfig(), 8)
+    session.close()
+    assert search.admissible(hyp(True), hyp(True)) and search.admissible(hyp(True), hyp(False))
+    assert search.admissible(hyp(False), hyp(False)) and not search.admissible(hyp(False), hyp(True))
+    one, two = Repeats(1, 0), Repeats(2, 0)
+    assert search.admissible(hyp(True, one), hyp(True, two)) and search.admissible(hyp(True, one), hyp(True, one))
+    assert not search.admissible(hyp(True, two), hyp(True, one))
+    assert not search.admissible(hyp(False, one), hyp(True, two))  # unfinished, however clean

@@ -69,3 +69,12 @@ def test_hf_adapter_on_chat_prompts(smol):
         n = len(r.prompt_tokens)
         true = sum(lp[n - 1 + t, tok_id].item() for t, tok_id in enumerate(r.tokens))
         assert true == pytest.approx(r.score, abs=1e-3)
+
+
+def test_the_readme_demo_answer_ends_under_the_default_cap_and_stays_finished(smol):
+    import refine
+
+    *_, backend = smol
+    r = refine.refine("Give me two tips for sleeping well.", model=backend)
+    assert r.initial_ended and r.ended  # the greedy answer needs 65 tokens: a cap of 64 cut it
+    assert r.text.rstrip().endswith(".") and r.score >= r.initial_score

@@ -1,4 +1,7 @@
-"""Tiny models and tokenizers built in memory (no download), for tests, examples and benchmarks' smoke runs."""
+"""Tiny models and tokenizers built in memory (no download), for tests, examples and benchmarks' smoke runs.
+
+:mod:`refine.testing.tiny_gguf` writes a tiny GGUF file, for tests of GGUF loading.
+"""
 
 from .tiny import BigramLM, char_tokenizer, tiny_llama
 
