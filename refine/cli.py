@@ -34,7 +34,9 @@ def _add_run(sub) -> None:
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     p.add_argument("--objective", type=_objective_arg, default="mean,repetition=1",
                    help="term name, 'name=weight,...', or JSON (default: mean,repetition=1)")
-    p.add_argument("--moves", default="regenerate", help="comma-separated moves (regenerate,substitute,delete,insert)")
+    p.add_argument("--moves", default="regenerate",
+                   help="comma-separated moves (regenerate,regenerate_beam,substitute,delete,insert)")
+    p.add_argument("--regen-beam", type=int, default=4, help="beam width of the regenerate_beam move (default 4)")
     p.add_argument("--prune-margin", type=float, default=0.0,
                    help="stop re-decoding a suffix that falls this far behind (default 0; negative: never)")
     p.add_argument("--prune-keep", type=int, default=None,
@@ -88,6 +90,7 @@ def cmd_run(args) -> int:
         strategy_options=args.strategy_options,
         moves=args.moves,
         top_k=args.top_k,
+        regen_beam=args.regen_beam,
         positions=args.positions,
         max_positions=args.max_positions or None,
         length=args.length,

@@ -62,6 +62,7 @@ class RequestLimits:
         max_positions: refine's positions per sweep (``None``, every position, is over any cap).
         block_size: refine's positions evaluated in one batched step.
         regen_extra_tokens: how much longer a regenerated suffix may grow.
+        regen_beam: beam width of the ``regenerate_beam`` move (rows decoded per proposal).
         max_batch_tokens: refine's token positions per forward call (memory).
         max_sweeps: refine's ``budget.max_sweeps``.
         max_forward_tokens: refine's ``budget.max_forward_tokens`` (a request without one gets this).
@@ -78,6 +79,7 @@ class RequestLimits:
     max_positions: int = 64
     block_size: int = 64
     regen_extra_tokens: int = 64
+    regen_beam: int = 8
     max_batch_tokens: int = 16384
     max_sweeps: int = 8
     max_forward_tokens: int = 100_000
@@ -85,7 +87,8 @@ class RequestLimits:
     strategy_options: Mapping[str, int] = field(default_factory=lambda: {"pool": 16})
 
     #: caps on :class:`RefineConfig` fields, by field name
-    CONFIG_FIELDS = ("top_k", "topk_store", "max_positions", "block_size", "regen_extra_tokens", "max_batch_tokens")
+    CONFIG_FIELDS = ("top_k", "topk_store", "max_positions", "block_size", "regen_extra_tokens", "regen_beam",
+                     "max_batch_tokens")
     #: caps on :class:`~refine.config.Budget` fields that a request must not leave open
     BUDGET_FILLED = ("max_forward_tokens", "max_seconds")
 

@@ -74,6 +74,7 @@ class Search:
             max_output_tokens=max_output_tokens,
             exclude_special=config.exclude_special,
             require_roundtrip=config.require_roundtrip,
+            regen_beam=config.regen_beam,
         )
         self.max_output_tokens = max_output_tokens
         self.rng = np.random.default_rng(config.seed)
@@ -159,7 +160,7 @@ class Search:
 
     @staticmethod
     def _request(p: Proposal) -> DecodeRequest:
-        return DecodeRequest(p.tokens, p.max_new, p.min_new, p.force_eos)
+        return DecodeRequest(p.tokens, p.max_new, p.min_new, p.force_eos, p.beam, p.temperature, p.seed)
 
     def _cost(self, parent: Hypothesis, props: Sequence[Proposal]) -> int:
         scored = [p.tokens for p in props if not p.decode]

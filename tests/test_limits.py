@@ -6,10 +6,10 @@ from refine import ConfigError, RefineConfig
 from refine.limits import LimitError, RequestLimits
 
 LIMITS = RequestLimits(max_tokens=100, n=3, prompt_tokens=50, top_k=5, topk_store=20, max_positions=10,
-                       block_size=6, regen_extra_tokens=7, max_batch_tokens=1000, max_sweeps=2,
+                       block_size=6, regen_extra_tokens=7, regen_beam=3, max_batch_tokens=1000, max_sweeps=2,
                        max_forward_tokens=5000, max_seconds=3.0, strategy_options={"pool": 4})
 OK = dict(max_new_tokens=100, top_k=5, topk_store=20, max_positions=10, block_size=6, regen_extra_tokens=7,
-          max_batch_tokens=1000, budget={"max_sweeps": 2, "max_forward_tokens": 5000, "max_seconds": 3.0})
+          regen_beam=3, max_batch_tokens=1000, budget={"max_sweeps": 2, "max_forward_tokens": 5000, "max_seconds": 3.0})
 
 
 def test_options_at_the_caps_pass_unchanged():
@@ -24,6 +24,7 @@ def test_options_at_the_caps_pass_unchanged():
     ("max_positions", {"max_positions": None}),  # every position: over any cap
     ("block_size", {"block_size": 7}),
     ("regen_extra_tokens", {"regen_extra_tokens": 8}),
+    ("regen_beam", {"regen_beam": 4}),
     ("max_batch_tokens", {"max_batch_tokens": 1001}),
     ("max_new_tokens", {"max_new_tokens": 101}),
     ("max_new_tokens", {"max_new_tokens": None}),
