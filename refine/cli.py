@@ -41,9 +41,10 @@ def _add_run(sub) -> None:
                    help="stop re-decoding a suffix that falls this far behind (default 0; negative: never)")
     p.add_argument("--prune-keep", type=int, default=None,
                    help="spare the N best-ranked suffixes of a batch from --prune-margin (default: margin only)")
-    p.add_argument("--strategy", default="coordinate", help="coordinate | best_first | module:Class")
+    p.add_argument("--strategy", default="coordinate", help="coordinate | best_first | power | module:Class")
     p.add_argument("--strategy-options", type=json.loads, default={},
-                   help='JSON options of the strategy, e.g. \'{"pool": 4}\' for best_first')
+                   help='JSON options of the strategy, e.g. \'{"pool": 4}\' for best_first, '
+                        '\'{"alpha": 4, "blocks": 4, "steps": 10}\' for power')
     p.add_argument("--positions", default="margin", choices=["margin", "entropy", "left_to_right"])
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--max-positions", type=int, default=8, help="positions per sweep (0: all)")

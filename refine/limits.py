@@ -67,7 +67,8 @@ class RequestLimits:
         max_sweeps: refine's ``budget.max_sweeps``.
         max_forward_tokens: refine's ``budget.max_forward_tokens`` (a request without one gets this).
         max_seconds: refine's ``budget.max_seconds`` (a request without one gets this).
-        strategy_options: per strategy option, its cap; a request may set only the options listed here.
+        strategy_options: per cost-bearing strategy option, its cap; a request may set only the options listed
+            here and those in :attr:`UNCAPPED_STRATEGY_OPTIONS`.
     """
 
     body_bytes: int = 1 << 20
@@ -84,11 +85,14 @@ class RequestLimits:
     max_sweeps: int = 8
     max_forward_tokens: int = 100_000
     max_seconds: float = 60.0
-    strategy_options: Mapping[str, int] = field(default_factory=lambda: {"pool": 16})
+    strategy_options: Mapping[str, int] = field(
+        default_factory=lambda: {"pool": 16, "steps": 16, "blocks": 8, "chains": 8, "proposals": 8})
 
     #: caps on :class:`RefineConfig` fields, by field name
     CONFIG_FIELDS = ("top_k", "topk_store", "max_positions", "block_size", "regen_extra_tokens", "regen_beam",
                      "max_batch_tokens")
+    #: strategy options that bear no cost (the strategy validates them): a request may set them freely
+    UNCAPPED_STRATEGY_OPTIONS = ("alpha", "temperature", "cut", "target", "output")
     #: caps on :class:`~refine.config.Budget` fields that a request must not leave open
     BUDGET_FILLED = ("max_forward_tokens", "max_seconds")
 
@@ -151,6 +155,8 @@ class RequestLimits:
             elif value > cap:
                 raise LimitError(f"budget.{name}", value, cap)
         for name, value in config.strategy_options.items():
+            if name in self.UNCAPPED_STRATEGY_OPTIONS and name not in self.strategy_options:
+                continue
             cap = self.strategy_options.get(name)
             if cap is None:
                 raise ConfigError(f"`strategy_options.{name}` cannot be set on this server: it caps only "

@@ -85,6 +85,8 @@ class Hypothesis:
         value: the objective's value (higher is better).
         terms: the unweighted value of each objective term.
         text: the decoded text, when the objective or caller needed it.
+        sampled: for an output whose end was sampled (a proposal with ``temperature > 0``): the log-density of
+            each of its last ``len(sampled)`` tokens under the distribution it was drawn from; else ``None``.
     """
 
     tokens: tuple[int, ...]
@@ -92,6 +94,7 @@ class Hypothesis:
     value: float
     terms: dict[str, float]
     text: str | None = None
+    sampled: np.ndarray | None = None
 
     @property
     def logprob(self) -> float:
