@@ -5,8 +5,8 @@
 
 Without suite names the default suites run (search, downstream, scaling); ``moves`` and ``frontier`` run
 when named.
-Each writes ``results.json``, ``report.md`` and PNG plots into ``OUT/<suite>/``; OUT defaults to
-``benchmarks/results``
+Each writes ``results.json``, ``report.md`` and PNG plots (frontier also ``summary.json``) into ``OUT/<suite>/``;
+OUT defaults to ``benchmarks/results``
 (``benchmarks/results/quick`` with ``--quick``, so a smoke test never overwrites a full run).
 """
 
@@ -82,13 +82,15 @@ def use_vllm(args: argparse.Namespace) -> bool:
 
 
 def _write(module, results: dict, folder: Path) -> None:
-    from .report import REPORT, RESULTS, write_json
+    from .report import REPORT, RESULTS, SUMMARY, write_json
 
     folder.mkdir(parents=True, exist_ok=True)
     plots = module.plot(results, folder)
     results["plots"] = plots
     write_json(folder / RESULTS, results)
     (folder / REPORT).write_text(module.render(results, plots), encoding="utf-8")
+    if hasattr(module, "flat"):  # a suite's headline numbers under flat keys
+        write_json(folder / SUMMARY, module.flat(results))
 
 
 def run(args: argparse.Namespace) -> int:

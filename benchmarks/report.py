@@ -11,6 +11,7 @@ import numpy as np
 
 REPORT = "report.md"
 RESULTS = "results.json"
+SUMMARY = "summary.json"  # a suite's headline numbers under flat keys (suites that define ``flat``)
 
 
 def _plain(obj: Any) -> Any:
