@@ -5,8 +5,8 @@
 
 Without suite names the default suites run (search, downstream, scaling); ``moves`` and ``frontier`` run
 when named.
-Each writes ``results.json``, ``report.md`` and PNG plots into ``OUT/<suite>/``; OUT defaults to
-``benchmarks/results``
+Each writes ``results.json``, ``report.md`` and PNG plots (frontier also ``summary.json``) into ``OUT/<suite>/``;
+OUT defaults to ``benchmarks/results``
 (``benchmarks/results/quick`` with ``--quick``, so a smoke test never overwrites a full run).
 """
 

@@ -12,9 +12,14 @@ objective ``mean`` with the library defaults and with wider neighbourhoods, one 
 - ``no_prune``: every position, every suffix decoded to its end (``prune_margin=None``);
 - ``wide``: top-8 candidates at every position;
 - ``best_first``: the ``best_first`` strategy (pool of 4 outputs; it expands runners-up where coordinate descent
-  stops), up to 6 expansions of 8 positions each.
+  stops), up to 6 expansions of 8 positions each;
+- ``beam_regen``: the defaults with the ``regenerate_beam`` move (suffixes re-decoded by a beam of 4);
+- ``beam_regen_all``: the same at every position, in one batched block;
+- ``power``: the ``power`` strategy at the settings of Karan & Du (2025): alpha 4, the output grown in 4 blocks,
+  10 MH steps per block, one chain (32 tokens in the full run); the best output by the objective is kept.
 
-Greedy, beam-4 and beam-8 (``model.generate``) are the reference points. Every output is re-scored by the same
+Greedy, beam-4, beam-8, beam-16 (``model.generate``) and best-of-N (``N`` samples at temperature 1 in one batched
+``generate`` call, the best by mean log P) are the reference points. Every output is re-scored by the same
 teacher-forced scorer; time and forward tokens of a refinement include the greedy decode of Y0, as in ``search``.
 The point of the suite is the curve: how close each setting gets to beam-8 and at what multiple of its time.
 """
@@ -28,13 +33,15 @@ from pathlib import Path
 from refine.config import RefineConfig
 
 from . import data, report
-from .common import mean_se
+from .common import Output, mean_se
 from .context import Context
 
 #: the data files the suite reads
 DATA_FILES = (data.IFEVAL, data.GSM8K)
 TITLE = "Frontier: length-normalised log P against compute for refinement settings"
-BASELINES = ("greedy", "beam4", "beam8")
+BASELINES = ("greedy", "beam4", "beam8", "beam16", "bestofN")
+#: samples of the best-of-N baseline
+BEST_OF = 16
 #: per setting: the fields that differ from the library defaults (a ``budget`` entry updates the suite's budget)
 SETTINGS = {
     "default": {},
@@ -44,12 +51,18 @@ SETTINGS = {
     "no_prune": {"max_positions": None, "block_size": 32, "prune_margin": None},
     "wide": {"top_k": 8, "max_positions": None, "block_size": 32},
     "best_first": {"strategy": "best_first", "strategy_options": {"pool": 4}, "budget": {"max_sweeps": 6}},
+    "beam_regen": {"moves": ["regenerate_beam"], "regen_beam": 4},
+    "beam_regen_all": {"moves": ["regenerate_beam"], "regen_beam": 4, "max_positions": None, "block_size": 32},
+    "power": {"strategy": "power", "strategy_options": {"alpha": 4.0, "blocks": 4, "steps": 10}},
 }
-LABELS = {"greedy": "greedy", "beam4": "beam-4", "beam8": "beam-8", "default": "refine: defaults",
+LABELS = {"greedy": "greedy", "beam4": "beam-4", "beam8": "beam-8", "beam16": "beam-16",
+          "bestofN": f"best of {BEST_OF} samples", "default": "refine: defaults",
           "all_positions": "refine: all positions", "loose_prune": "refine: prune margin 0.2",
           "rank_prune": "refine: all positions, prune keeps best 8",
           "no_prune": "refine: all positions, no pruning",
-          "wide": "refine: top-8, all positions", "best_first": "refine: best-first, pool 4"}
+          "wide": "refine: top-8, all positions", "best_first": "refine: best-first, pool 4",
+          "beam_regen": "refine: beam-4 re-decoding", "beam_regen_all": "refine: beam-4 re-decoding, all positions",
+          "power": "power sampling (alpha 4, 4 blocks x 10 steps)"}
 
 
 @dataclass(frozen=True)
@@ -77,15 +90,23 @@ def configs(s: Sizes, seed: int) -> dict[str, RefineConfig]:
     return out
 
 
-def run_item(ctx: Context, item: data.Item, s: Sizes, cfgs: dict[str, RefineConfig]) -> dict | None:
+def best_of_n(ctx: Context, prompt: list[int], max_new_tokens: int, seed: int) -> Output:
+    """:data:`BEST_OF` samples at temperature 1 in one batched call; the best by mean log P."""
+    rows, stats, fc, seconds = ctx.runner.sample(prompt, max_new_tokens, BEST_OF, 1.0, seed)
+    best = int(stats[:, 1].argmax())
+    return Output(rows[best], fc.tokens, fc.calls, seconds, {"samples": BEST_OF})
+
+
+def run_item(ctx: Context, item: data.Item, s: Sizes, cfgs: dict[str, RefineConfig], index: int) -> dict | None:
     """Baselines and every setting on one prompt; ``None`` if the prompt does not fit the context window."""
     r = ctx.runner
     prompt = r.encode(item.prompt)
     if not ctx.fits(prompt, s.max_new_tokens):
         return None
     outs = {"greedy": r.greedy(prompt, s.max_new_tokens)}
-    for k in (4, 8):
+    for k in (4, 8, 16):
         outs[f"beam{k}"] = r.beam(prompt, s.max_new_tokens, k)
+    outs["bestofN"] = best_of_n(ctx, prompt, s.max_new_tokens, ctx.seed + index)
     for name, cfg in cfgs.items():
         outs[name], _ = r.refine(prompt, outs["greedy"], cfg)
     names = list(outs)
@@ -127,11 +148,26 @@ def run(ctx: Context) -> dict:
     s = replace(s, prompts=ctx.count(s.prompts))
     cfgs = configs(s, ctx.seed)
     loaders = {"instructions": (data.instruction_prompts, s.prompts, s.max_new_tokens)}
-    done, skipped = ctx.run_groups("frontier", loaders, lambda _, item, __: run_item(ctx, item, s, cfgs))
+    index = iter(range(1 << 30))  # the prompt's index seeds its best-of-N samples
+    done, skipped = ctx.run_groups("frontier", loaders, lambda _, item, __: run_item(ctx, item, s, cfgs, next(index)))
     items = done["instructions"]
     return {"suite": "frontier", "title": TITLE, "settings": asdict(s), "changes": SETTINGS,
             "configs": {k: c.to_dict() for k, c in cfgs.items()}, "items": items, "skipped": skipped,
             "summary": summarise(items)}
+
+
+#: summary.json keys this suite owns
+SUMMARY_PREFIXES = ("frontier.",)
+
+
+def headline(results: dict) -> dict[str, float]:
+    """The headline numbers under flat keys (``benchmarks/results/summary.json``): ``frontier.<quantity>.<method>`` for mean log P,
+    time and forward tokens against beam-8, per method."""
+    out = {}
+    for key in ("mean_logp", "time_vs_beam8", "tokens_vs_beam8"):
+        for m, row in results["summary"].items():
+            out[f"frontier.{key}.{m}"] = row[key]
+    return out
 
 
 def plot(results: dict, folder: Path) -> list[str]:

@@ -39,14 +39,17 @@ def _add_run(sub) -> None:
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     p.add_argument("--objective", type=_objective_arg, default="mean,repetition=1",
                    help="term name, 'name=weight,...', or JSON (default: mean,repetition=1)")
-    p.add_argument("--moves", default="regenerate", help="comma-separated moves (regenerate,substitute,delete,insert)")
+    p.add_argument("--moves", default="regenerate",
+                   help="comma-separated moves (regenerate,regenerate_beam,substitute,delete,insert)")
+    p.add_argument("--regen-beam", type=int, default=4, help="beam width of the regenerate_beam move (default 4)")
     p.add_argument("--prune-margin", type=float, default=0.0,
                    help="stop re-decoding a suffix that falls this far behind (default 0; negative: never)")
     p.add_argument("--prune-keep", type=int, default=None,
                    help="spare the N best-ranked suffixes of a batch from --prune-margin (default: margin only)")
-    p.add_argument("--strategy", default="coordinate", help="coordinate | best_first | module:Class")
+    p.add_argument("--strategy", default="coordinate", help="coordinate | best_first | power | module:Class")
     p.add_argument("--strategy-options", type=json.loads, default={},
-                   help='JSON options of the strategy, e.g. \'{"pool": 4}\' for best_first')
+                   help='JSON options of the strategy, e.g. \'{"pool": 4}\' for best_first, '
+                        '\'{"alpha": 4, "blocks": 4, "steps": 10}\' for power')
     p.add_argument("--positions", default="margin", choices=["margin", "entropy", "left_to_right"])
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--max-positions", type=int, default=8, help="positions per sweep (0: all)")
@@ -145,6 +148,7 @@ def cmd_run(args) -> int:
         strategy_options=args.strategy_options,
         moves=args.moves,
         top_k=args.top_k,
+        regen_beam=args.regen_beam,
         positions=args.positions,
         max_positions=args.max_positions or None,
         length=args.length,

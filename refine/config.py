@@ -87,6 +87,8 @@ class RefineConfig:
             by an edit; regenerated suffixes still end where the model ends them), ``"fixed"`` (the token count
             never changes: no insert/delete, regenerated suffixes keep the old length).
         regen_extra_tokens: a regenerated suffix may be this many tokens longer than the one it replaces.
+        regen_beam: beam width of the ``regenerate_beam`` move's re-decoding (each of its proposals decodes this
+            many rows per step).
         max_new_tokens: hard cap on the output length during refinement. ``None``: the model's context window.
         min_tokens: candidates with fewer content tokens (EOS excluded) are discarded.
         exclude_special: never propose special tokens (EOS excepted, see ``length``).
@@ -105,7 +107,8 @@ class RefineConfig:
             ``prune_keep`` best of the suffixes decoded together, as a beam of that width would keep it.
             Paths that pay for an unlikely token early and recover later survive. ``None``: margin only.
         budget: a :class:`Budget` or a dict of its fields.
-        seed: random seed (used by stochastic strategies; coordinate descent is deterministic).
+        seed: random seed of stochastic strategies (``power``: cut positions, acceptance draws, sampling seeds);
+            coordinate descent and best-first are deterministic.
         max_batch_tokens: memory limit: token positions per forward call (rows x length).
         topk_store: tokens kept per position from each forward (>= ``top_k``); extra ones absorb filtering.
         strategy_options: extra keyword options for the strategy.
@@ -122,6 +125,7 @@ class RefineConfig:
     block_size: int = 8
     length: str = "free"
     regen_extra_tokens: int = 16
+    regen_beam: int = 4
     max_new_tokens: int | None = None
     min_tokens: int = 1
     exclude_special: bool = True
@@ -175,6 +179,7 @@ class RefineConfig:
         if isinstance(self.regen_extra_tokens, bool) or not isinstance(self.regen_extra_tokens, int) \
                 or self.regen_extra_tokens < 0:
             raise ConfigError(f"`regen_extra_tokens` has to be an integer >= 0, but is {self.regen_extra_tokens!r}")
+        _positive_int("regen_beam", self.regen_beam)
         _positive_int("max_new_tokens", self.max_new_tokens, allow_none=True)
         if isinstance(self.min_tokens, bool) or not isinstance(self.min_tokens, int) or self.min_tokens < 0:
             raise ConfigError(f"`min_tokens` has to be an integer >= 0, but is {self.min_tokens!r}")

@@ -62,11 +62,13 @@ class RequestLimits:
         max_positions: refine's positions per sweep (``None``, every position, is over any cap).
         block_size: refine's positions evaluated in one batched step.
         regen_extra_tokens: how much longer a regenerated suffix may grow.
+        regen_beam: beam width of the ``regenerate_beam`` move (rows decoded per proposal).
         max_batch_tokens: refine's token positions per forward call (memory).
         max_sweeps: refine's ``budget.max_sweeps``.
         max_forward_tokens: refine's ``budget.max_forward_tokens`` (a request without one gets this).
         max_seconds: refine's ``budget.max_seconds`` (a request without one gets this).
-        strategy_options: per strategy option, its cap; a request may set only the options listed here.
+        strategy_options: per cost-bearing strategy option, its cap; a request may set only the options listed
+            here and those in :attr:`UNCAPPED_STRATEGY_OPTIONS`.
     """
 
     body_bytes: int = 1 << 20
@@ -78,14 +80,19 @@ class RequestLimits:
     max_positions: int = 64
     block_size: int = 64
     regen_extra_tokens: int = 64
+    regen_beam: int = 8
     max_batch_tokens: int = 16384
     max_sweeps: int = 8
     max_forward_tokens: int = 100_000
     max_seconds: float = 60.0
-    strategy_options: Mapping[str, int] = field(default_factory=lambda: {"pool": 16})
+    strategy_options: Mapping[str, int] = field(
+        default_factory=lambda: {"pool": 16, "steps": 16, "blocks": 8, "chains": 8, "proposals": 8})
 
     #: caps on :class:`RefineConfig` fields, by field name
-    CONFIG_FIELDS = ("top_k", "topk_store", "max_positions", "block_size", "regen_extra_tokens", "max_batch_tokens")
+    CONFIG_FIELDS = ("top_k", "topk_store", "max_positions", "block_size", "regen_extra_tokens", "regen_beam",
+                     "max_batch_tokens")
+    #: strategy options that bear no cost (the strategy validates them): a request may set them freely
+    UNCAPPED_STRATEGY_OPTIONS = ("alpha", "temperature", "cut", "target", "output")
     #: caps on :class:`~refine.config.Budget` fields that a request must not leave open
     BUDGET_FILLED = ("max_forward_tokens", "max_seconds")
 
@@ -148,6 +155,8 @@ class RequestLimits:
             elif value > cap:
                 raise LimitError(f"budget.{name}", value, cap)
         for name, value in config.strategy_options.items():
+            if name in self.UNCAPPED_STRATEGY_OPTIONS and name not in self.strategy_options:
+                continue
             cap = self.strategy_options.get(name)
             if cap is None:
                 raise ConfigError(f"`strategy_options.{name}` cannot be set on this server: it caps only "

@@ -6,6 +6,7 @@ returns :class:`Proposal` s. Candidate tokens come from the model's own top-k at
 
 - ``substitute``: replace ``y[i]`` by ``v``, suffix held fixed (proposing EOS truncates).
 - ``regenerate``: replace ``y[i]`` by ``v`` and re-decode the suffix greedily (bounded length).
+- ``regenerate_beam``: the same, the suffix re-decoded by a beam search of width ``regen_beam``.
 - ``delete``: drop ``y[i]``.
 - ``insert``: put ``v`` before ``y[i]``.
 
@@ -33,9 +34,11 @@ class Proposal:
         move: name of the move that made it.
         position: the edited position in the parent.
         tokens: for a scored proposal, the full candidate output; for a decode proposal, the fixed prefix
-            (ending with the edited token) to continue greedily.
+            (ending with the edited token) to continue.
         decode: whether the suffix is re-decoded.
         max_new, min_new, force_eos: decode bounds (see :class:`~refine.backends.base.DecodeRequest`).
+        beam, temperature, seed: how the suffix is decoded (greedy by default; see
+            :class:`~refine.backends.base.DecodeRequest`).
         prior: immediate change in log-probability at ``position`` (used to rank proposals when the budget
             cannot afford all of them).
     """
@@ -48,13 +51,17 @@ class Proposal:
     min_new: int = 0
     force_eos: bool = False
     prior: float = 0.0
+    beam: int = 1
+    temperature: float = 0.0
+    seed: int | None = None
 
     @property
     def key(self) -> tuple:
-        """Identifies the resulting candidate: equal keys give equal candidates (greedy decoding is deterministic)."""
+        """Identifies the resulting candidate: equal keys give equal candidates (greedy and beam decoding are
+        deterministic; a sample is fixed by its seed)."""
         if not self.decode:
             return (self.tokens,)
-        return (self.tokens, self.max_new, self.min_new, self.force_eos)
+        return (self.tokens, self.max_new, self.min_new, self.force_eos, self.beam, self.temperature, self.seed)
 
 
 @dataclass
@@ -68,6 +75,7 @@ class MoveContext:
     max_output_tokens: int
     exclude_special: bool = True
     require_roundtrip: bool = False
+    regen_beam: int = 4
 
     def __post_init__(self) -> None:
         self.eos_set = frozenset(self.tokenizer.eos_ids)
@@ -143,6 +151,10 @@ class Regenerate(Move):
     as long, with EOS kept last). At a final EOS this continues the answer instead of ending it.
     """
 
+    def beam(self, ctx: MoveContext) -> int:
+        """Beam width of the re-decoding (1: greedy)."""
+        return 1
+
     def propose(self, hyp, i, ctx):
         y = hyp.tokens
         if i >= len(y):
@@ -174,8 +186,22 @@ class Regenerate(Move):
                 out.append(Proposal(self.name, i, prefix, prior=lp - old_lp))
             else:
                 out.append(Proposal(self.name, i, prefix, decode=True, max_new=max_new, min_new=min_new,
-                                    force_eos=force_eos, prior=lp - old_lp))
+                                    force_eos=force_eos, prior=lp - old_lp, beam=self.beam(ctx)))
         return out
+
+
+@MOVES.register("regenerate_beam")
+class RegenerateBeam(Regenerate):
+    """``regenerate`` whose suffix is re-decoded by a beam search of width ``regen_beam`` instead of greedily.
+
+    A greedy suffix commits to each token; a beam keeps ``regen_beam`` partial suffixes, so one that pays for an
+    unlikely token early and recovers later survives. The beams of every proposal of a block decode together in
+    one batch per step; the best complete beam (by sum log P) is the candidate. With ``prune_margin`` set, the
+    lookahead test is asked about each proposal's best partial beam.
+    """
+
+    def beam(self, ctx: MoveContext) -> int:
+        return ctx.regen_beam
 
 
 @MOVES.register("delete")

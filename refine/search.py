@@ -20,6 +20,7 @@ and returns a :class:`~refine.types.RefineResult`.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable, Sequence
 
@@ -84,6 +85,7 @@ class Search:
             max_output_tokens=max_output_tokens,
             exclude_special=config.exclude_special,
             require_roundtrip=config.require_roundtrip,
+            regen_beam=config.regen_beam,
         )
         self.max_output_tokens = max_output_tokens
         self.rng = np.random.default_rng(config.seed)
@@ -175,7 +177,7 @@ class Search:
 
     @staticmethod
     def _request(p: Proposal) -> DecodeRequest:
-        return DecodeRequest(p.tokens, p.max_new, p.min_new, p.force_eos)
+        return DecodeRequest(p.tokens, p.max_new, p.min_new, p.force_eos, p.beam, p.temperature, p.seed)
 
     def _cost(self, parent: Hypothesis, props: Sequence[Proposal]) -> int:
         scored = [p.tokens for p in props if not p.decode]
@@ -185,13 +187,19 @@ class Search:
             cost += self.session.decode_cost(decoded, parent.tokens)
         return cost
 
-    def evaluate(self, proposals: Sequence[Proposal], parent: Hypothesis | None = None
-                 ) -> list[tuple[Proposal, Hypothesis]]:
+    def evaluate(self, proposals: Sequence[Proposal], parent: Hypothesis | None = None, prune: bool = True,
+                 admissible_only: bool = True) -> list[tuple[Proposal, Hypothesis]]:
         """Score ``proposals`` derived from ``parent`` (default: the current hypothesis), batched and within budget.
 
         All scored proposals go to the backend in one call, all re-decoded ones in another. Candidates seen
         before come from the memo at no cost. If the budget cannot afford all new ones, the most promising
-        (highest ``prior``) are kept; if it cannot afford one, :class:`BudgetExhausted`.
+        (highest ``prior``) are kept; if it cannot afford one, :class:`BudgetExhausted`. ``prune=False`` decodes
+        every suffix to its end whatever ``prune_margin`` says (a sampler must not drop proposals by outcome).
+        Candidates not :meth:`admissible` against ``parent`` are left out, unless ``admissible_only=False``: a
+        sampler's chain moves by its own rule (the relative rules would bias its kernel); only what becomes the
+        output is bound by them, through :meth:`accept`.
+
+        ``parent`` only saves compute: any output works (a proposal that shares less of it costs more tokens).
         """
         parent = self.current if parent is None else parent
         assert parent is not None, "score_initial() first"
@@ -215,10 +223,12 @@ class Search:
                 fresh.pop()
             if not fresh:
                 raise BudgetExhausted()
-            results.extend(self._run(parent, fresh))
+            results.extend(self._run(parent, fresh, prune))
         self.stats.candidates += len(results)
         self.stats.forward_calls = self.calls
         valid = [(p, h) for p, h in results if self._valid(h)]
+        if not admissible_only:
+            return valid
         kept = [(p, h) for p, h in valid if self.admissible(h, parent)]
         self.stats.refused += len(valid) - len(kept)
         return kept
@@ -227,10 +237,12 @@ class Search:
         content = len(h.tokens) - (1 if h.tokens and h.tokens[-1] in self._eos else 0)
         return content >= self.config.min_tokens and np.isfinite(h.value)
 
-    def _run(self, parent: Hypothesis, props: Sequence[Proposal]) -> list[tuple[Proposal, Hypothesis]]:
+    def _run(self, parent: Hypothesis, props: Sequence[Proposal], prune: bool = True
+             ) -> list[tuple[Proposal, Hypothesis]]:
         scored = [p for p in props if not p.decode]
         decoded = [p for p in props if p.decode]
         items: list[tuple[Proposal, tuple[int, ...], Scores]] = []
+        sampled: dict[int, np.ndarray] = {}  # item index -> log-densities of its sampled tokens
         if scored:
             for p, (start, sc) in zip(scored, self.session.score([p.tokens for p in scored], parent.tokens)):
                 items.append((p, p.tokens, Scores.concat([parent.scores.slice(0, start), sc])))
@@ -238,14 +250,17 @@ class Search:
             reqs = [self._request(p) for p in decoded]
             room = self.remaining_tokens()
             limit = None if room == float("inf") else room
-            outs = self.session.decode(reqs, parent.tokens, limit, self._pruner(parent))
+            outs = self.session.decode(reqs, parent.tokens, limit, self._pruner(parent) if prune else None)
             for p, (start, dec) in zip(decoded, outs):
                 if dec.pruned:
                     self._pruned.add(p.key)
                     self.stats.pruned += 1
                     continue
+                if dec.sample_logprobs is not None:
+                    sampled[len(items)] = dec.sample_logprobs
                 items.append((p, dec.tokens, Scores.concat([parent.scores.slice(0, start), dec.scores])))
         hyps = self._hypotheses([(toks, sc) for _, toks, sc in items])
+        hyps = [dataclasses.replace(h, sampled=sampled[j]) if j in sampled else h for j, h in enumerate(hyps)]
         out = []
         for (p, _, _), h in zip(items, hyps):
             self._memo[p.key] = h
@@ -332,7 +347,8 @@ def run_search(
     max_output_tokens: int,
     progress: ProgressFn | None = None,
 ) -> RefineResult:
-    """Refine ``output`` for ``session.prompt`` with ``config``; return the best output found."""
+    """Refine ``output`` for ``session.prompt`` with ``config``; return what the strategy returns (the best
+    output found, unless a sampler was asked for its sample)."""
     search = Search(session, tokenizer, config, max_output_tokens)
     init = search.score_initial(output)
     strategy_cls = STRATEGIES.get(config.strategy, field="strategy")
@@ -364,7 +380,7 @@ def run_search(
         if not more:
             stop = "converged"
             break
-    best = search.best()
+    best = strategy.result(search)
     stats = search.stats
     stats.forward_tokens = search.spent
     stats.forward_calls = search.calls

@@ -13,6 +13,7 @@ from .registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from .search import Search
+    from .types import Hypothesis
 
 
 class Strategy:
@@ -34,6 +35,10 @@ class Strategy:
 
     def step(self, search: "Search") -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def result(self, search: Search) -> Hypothesis:
+        """The output the refinement returns: by default the best one found (:meth:`Search.best`)."""
+        return search.best()
 
 
 STRATEGIES: Registry[Strategy] = Registry("strategy", Strategy)

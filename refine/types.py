@@ -89,6 +89,8 @@ class Hypothesis:
         text: the decoded text, when the objective, the repeat guard or the caller needed it.
         ended: whether the output ends with an end-of-sequence token (it is *finished*; one without is cut).
         repeats: how repetitive its text is (when the repeat guard is on).
+        sampled: for an output whose end was sampled (a proposal with ``temperature > 0``): the log-density of
+            each of its last ``len(sampled)`` tokens under the distribution it was drawn from; else ``None``.
     """
 
     tokens: tuple[int, ...]
@@ -98,6 +100,7 @@ class Hypothesis:
     text: str | None = None
     ended: bool = False
     repeats: Repeats | None = None
+    sampled: np.ndarray | None = None
 
     @property
     def logprob(self) -> float:

@@ -434,6 +434,10 @@ def test_quick_frontier(quick_run):
     summ = res["summary"]
     assert summ["beam8"]["time_vs_beam8"] == pytest.approx(1.0) and summ["beam8"]["wins_vs_beam8"] == 1.0
     assert sum(summ["default"]["stop_reasons"].values()) == 2
+    flat = json.loads((quick_run / "summary.json").read_text())
+    for m in set(BASELINES) | set(SETTINGS):
+        assert flat[f"frontier.mean_logp.{m}"] == pytest.approx(summ[m]["mean_logp"])
+        assert flat[f"frontier.time_vs_beam8.{m}"] == pytest.approx(summ[m]["time_vs_beam8"])
     report = (quick_run / "frontier" / "report.md").read_text()
     for text in ("Best setting", "beam-8", "refine: top-8, all positions", "python -m benchmarks"):
         assert text in report

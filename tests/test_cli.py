@@ -57,6 +57,22 @@ def test_run_best_first_with_rank_pruning(model_dir, capsys):
     assert d["config"]["prune_keep"] == 2
 
 
+def test_run_power_is_reproducible_and_beam_move_selectable(model_dir, capsys):
+    args = ["run", "the cat", "--model", str(model_dir), "--no-chat", "--max-new-tokens", "8", "--objective", "mean",
+            "--strategy", "power", "--strategy-options", '{"alpha": 2, "blocks": 2, "steps": 3}', "--json"]
+    runs = []
+    for seed in ("5", "5"):
+        assert main([*args, "--seed", seed]) == 0
+        runs.append(json.loads(capsys.readouterr().out))
+    assert runs[0]["tokens"] == runs[1]["tokens"] and runs[0]["score"] >= runs[0]["initial_score"]
+    assert runs[0]["config"]["strategy"] == "power" and runs[0]["config"]["seed"] == 5
+    assert main(["run", "the cat", "--model", str(model_dir), "--no-chat", "--max-new-tokens", "8",
+                 "--moves", "regenerate_beam", "--regen-beam", "3", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["config"]["moves"] == ["regenerate_beam"] and d["config"]["regen_beam"] == 3
+    assert d["score"] >= d["initial_score"]
+
+
 def test_bad_option_is_a_clean_error(model_dir, capsys):
     assert main(["run", "x", "--model", str(model_dir), "--moves", "teleport"]) == 2
     assert "moves" in capsys.readouterr().err

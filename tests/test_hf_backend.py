@@ -211,3 +211,76 @@ def test_drafting_never_changes_the_greedy_result(llama, backend, noise, cut, ed
         assert dec.tokens == req.tokens + _plain_greedy(llama, req.tokens, n)[len(req.tokens):]
     if tight:
         assert session.forward_tokens - before <= bound
+
+
+# ---------------------------------------------------------------------- beam and sampled re-decoding
+
+def test_beam_of_full_width_finds_the_best_short_continuation(llama, backend):
+    """Width = vocabulary over two tokens keeps every path: the result is the exact best by sum log P, found by
+    enumerating every complete continuation (EOS, or any two tokens); its scores are those of a plain forward."""
+    V = llama.config.vocab_size
+    session = backend.open(PROMPT, topk=4, max_batch_tokens=1 << 16)
+    ((start, dec),) = session.decode([DecodeRequest((5,), 2, beam=V)], (5, 6, 7))
+    lp, _ = full_logprobs(llama, PROMPT, dec.tokens)
+    np.testing.assert_allclose(dec.scores.logprobs, lp[start:], atol=1e-4)
+    rows = [(5, 1)] + [(5, a, b) for a in range(V) if a != 1 for b in range(V)]
+    totals = [float(sc.logprobs.sum()) for _, sc in session.score(rows)]
+    assert dec.tokens == rows[int(np.argmax(totals))]
+
+
+def test_beam_one_is_greedy_and_beam_recovers_what_greedy_misses(bigram_backend):
+    """On the bigram table where greedy takes 'a' (0.6) but 'b' (0.4) leads to the likelier output, a beam of 2
+    keeps 'b' and returns it; a beam of 1 is greedy."""
+    from tests.conftest import A, B, S
+
+    session = bigram_backend.open([S], topk=4, max_batch_tokens=4096)
+    (_, greedy), (_, one), (_, two) = session.decode(
+        [DecodeRequest((), 4), DecodeRequest((), 4, beam=1), DecodeRequest((), 4, beam=2)])
+    assert greedy.tokens[0] == A and one.tokens == greedy.tokens
+    assert two.tokens[0] == B and two.tokens[-1] == 1
+    assert two.scores.logprobs.sum() > greedy.scores.logprobs.sum()
+
+
+def test_beam_keeps_length_rules_and_cost_bound(llama, backend):
+    session = backend.open(PROMPT, topk=4, max_batch_tokens=64)  # small chunks
+    reqs = [DecodeRequest((5, 6), 5, beam=3), DecodeRequest((5,), 4, min_new=4, beam=2),
+            DecodeRequest((5, 9), 3, force_eos=True, beam=2), DecodeRequest((7,), 4)]
+    before = session.forward_tokens
+    bound = session.decode_cost(reqs, (5, 6, 7))
+    out = session.decode(reqs, (5, 6, 7))
+    assert 0 < session.forward_tokens - before <= bound
+    for req, (start, dec) in zip(reqs, out):
+        gen = dec.tokens[len(req.tokens):]
+        assert dec.tokens[: len(req.tokens)] == req.tokens and len(gen) <= req.max_new
+        assert 1 not in gen[: req.min_new - 1] if req.min_new else True
+        if req.force_eos:
+            assert dec.tokens[-1] == 1
+        lp, _ = full_logprobs(llama, PROMPT, dec.tokens)
+        np.testing.assert_allclose(dec.scores.logprobs, lp[start:], atol=1e-4)
+
+
+def test_sampled_decode_reports_its_proposal_density_and_follows_its_seed(llama, backend):
+    """Each drawn token's reported log-density is log softmax(logits / T) at it (from a plain forward); a seed
+    gives the same sample whatever it is batched with; different seeds give different samples."""
+    session = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+    T = 1.7
+    reqs = [DecodeRequest((5,), 8, temperature=T, seed=s) for s in range(6)]
+    out = session.decode(reqs + [DecodeRequest((9,), 5)], (5, 6))
+    for req, (start, dec) in zip(reqs, out):
+        gen = dec.tokens[1:]
+        assert len(dec.sample_logprobs) == len(gen)
+        lp, full = full_logprobs(llama, PROMPT, dec.tokens)
+        np.testing.assert_allclose(dec.scores.logprobs, lp[start:], atol=1e-4)
+        q = torch.log_softmax(full.double() / T, -1)  # (len, V): log p tempered and renormalised
+        np.testing.assert_allclose(dec.sample_logprobs, [float(q[1 + j, t]) for j, t in enumerate(gen)], atol=1e-4)
+    assert out[-1][1].sample_logprobs is None  # a greedy row alongside stays greedy
+    assert len({dec.tokens for _, dec in out[:6]}) > 1
+    ((_, again),) = session.decode([reqs[3]])
+    assert again.tokens == out[3][1].tokens
+
+
+def test_sampled_request_needs_a_seed():
+    with pytest.raises(ValueError, match="seed"):
+        DecodeRequest((), 3, temperature=1.0)
+    with pytest.raises(ValueError, match="beam"):
+        DecodeRequest((), 3, beam=0)

@@ -6,10 +6,11 @@ from refine import ConfigError, RefineConfig
 from refine.limits import LimitError, RequestLimits
 
 LIMITS = RequestLimits(max_tokens=100, n=3, prompt_tokens=50, top_k=5, topk_store=20, max_positions=10,
-                       block_size=6, regen_extra_tokens=7, max_batch_tokens=1000, max_sweeps=2,
-                       max_forward_tokens=5000, max_seconds=3.0, strategy_options={"pool": 4})
+                       block_size=6, regen_extra_tokens=7, regen_beam=3, max_batch_tokens=1000, max_sweeps=2,
+                       max_forward_tokens=5000, max_seconds=3.0,
+                       strategy_options={"pool": 4, "steps": 5, "blocks": 4, "chains": 2, "proposals": 3})
 OK = dict(max_new_tokens=100, top_k=5, topk_store=20, max_positions=10, block_size=6, regen_extra_tokens=7,
-          max_batch_tokens=1000, budget={"max_sweeps": 2, "max_forward_tokens": 5000, "max_seconds": 3.0})
+          regen_beam=3, max_batch_tokens=1000, budget={"max_sweeps": 2, "max_forward_tokens": 5000, "max_seconds": 3.0})
 
 
 def test_options_at_the_caps_pass_unchanged():
@@ -24,6 +25,7 @@ def test_options_at_the_caps_pass_unchanged():
     ("max_positions", {"max_positions": None}),  # every position: over any cap
     ("block_size", {"block_size": 7}),
     ("regen_extra_tokens", {"regen_extra_tokens": 8}),
+    ("regen_beam", {"regen_beam": 4}),
     ("max_batch_tokens", {"max_batch_tokens": 1001}),
     ("max_new_tokens", {"max_new_tokens": 101}),
     ("max_new_tokens", {"max_new_tokens": None}),
@@ -31,6 +33,10 @@ def test_options_at_the_caps_pass_unchanged():
     ("budget.max_forward_tokens", {"budget": {**OK["budget"], "max_forward_tokens": 5001}}),
     ("budget.max_seconds", {"budget": {**OK["budget"], "max_seconds": 3.5}}),
     ("strategy_options.pool", {"strategy": "best_first", "strategy_options": {"pool": 5}}),
+    ("strategy_options.steps", {"strategy": "power", "strategy_options": {"steps": 6}}),
+    ("strategy_options.blocks", {"strategy": "power", "strategy_options": {"blocks": 5}}),
+    ("strategy_options.chains", {"strategy": "power", "strategy_options": {"chains": 3}}),
+    ("strategy_options.proposals", {"strategy": "power", "strategy_options": {"proposals": 4}}),
 ])
 def test_each_refine_option_over_its_cap_is_refused_naming_option_and_cap(param, change):
     config = RefineConfig(**{**OK, **change})
@@ -83,3 +89,14 @@ def test_base_options_lower_library_defaults_to_the_caps():
     config = RefineConfig.from_dict({**base, "max_new_tokens": 64})
     assert low.check_refine(config) is config
     assert "top_k" not in RequestLimits().base_options()  # defaults within the caps stay as they are
+
+
+def test_power_options_within_caps_and_its_costless_options_pass():
+    """``power``'s cost-bearing options are capped; alpha, temperature, cut, target and output cost nothing more
+    and pass uncapped (the strategy validates them)."""
+    options = {"steps": 5, "blocks": 4, "chains": 2, "proposals": 3, "alpha": 8.0, "temperature": 0.5,
+               "cut": "entropy", "target": "objective", "output": "sample"}
+    config = RefineConfig(**{**OK, "strategy": "power", "strategy_options": options})
+    assert LIMITS.check_refine(config) is config
+    default = RequestLimits()
+    assert all(name in default.strategy_options for name in ("steps", "blocks", "chains", "proposals"))

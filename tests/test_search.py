@@ -31,8 +31,9 @@ def test_greedy_is_wrong_and_regenerate_fixes_it(bigram_backend):
 configs = st.fixed_dictionaries({
     "objective": st.sampled_from(["sum", "mean", {"gnmt": {"alpha": 0.8}}, {"mean": 1.0, "repetition": 0.5},
                                   {"sum": 1.0, "length": 0.7}]),
-    "moves": st.lists(st.sampled_from(["substitute", "regenerate", "delete", "insert"]), min_size=1, max_size=4,
-                      unique=True),
+    "moves": st.lists(st.sampled_from(["substitute", "regenerate", "regenerate_beam", "delete", "insert"]),
+                      min_size=1, max_size=4, unique=True),
+    "regen_beam": st.integers(1, 3),
     "top_k": st.integers(1, 3),
     "positions": st.sampled_from(["margin", "entropy", "left_to_right"]),
     "block_size": st.integers(1, 4),
@@ -280,6 +281,19 @@ ENDLESS_TABLE = {
 }
 
 
+# After 'b' the greedy choice 'c' (0.55) leads into a spread (0.2), the runner-up 'd' (0.45) to 'l' (0.95):
+# greedy re-decoding after swapping 'a' for 'b' finds b-c-?, worse than the greedy output; a beam of 2 finds b-d-l.
+C, D = 5, 6
+BEAM_TABLE = {
+    S: {A: 0.6, B: 0.4},
+    A: {t: 0.2 for t in range(13, 18)},
+    B: {C: 0.55, D: 0.45},
+    C: {t: 0.2 for t in range(13, 18)},
+    D: {X: 0.95, 13: 0.05},
+    **{t: {1: 0.99, 20: 0.01} for t in range(12, 18)},
+}
+
+
 @pytest.fixture(scope="module")
 def endless_backend(tok):
     from refine.backends.hf import HFBackend
@@ -321,3 +335,33 @@ def test_admissible_rules(endless_backend):
     assert search.admissible(hyp(True, one), hyp(True, two)) and search.admissible(hyp(True, one), hyp(True, one))
     assert not search.admissible(hyp(True, two), hyp(True, one))
     assert not search.admissible(hyp(False, one), hyp(True, two))  # unfinished, however clean
+
+
+@pytest.fixture(scope="module")
+def beam_backend(tok):
+    from refine.backends.hf import HFBackend
+    from refine.testing import BigramLM
+
+    return HFBackend(BigramLM(len(tok), BEAM_TABLE, eos_token_id=1), tok)
+
+
+@pytest.mark.parametrize("prune_margin", [None, 0.0])
+def test_regenerate_beam_finds_a_path_that_pays_early_and_recovers(beam_backend, prune_margin):
+    greedy = generate_greedy(beam_backend, [S], 6)
+    assert greedy == [A, 13, 1]
+    cfg = {"objective": "sum", "max_positions": None, "prune_margin": prune_margin, "budget": {"max_sweeps": 4}}
+    plain = refine_tokens(beam_backend, [S], greedy, {**cfg, "moves": ["regenerate"]})
+    assert plain.tokens == greedy  # b-c-? scores below the greedy output: rejected
+    beam = refine_tokens(beam_backend, [S], greedy, {**cfg, "moves": ["regenerate_beam"], "regen_beam": 2})
+    assert beam.tokens == [B, D, X, 1]
+    assert beam.score == pytest.approx(math.log(0.4 * 0.45 * 0.95 * 0.99), abs=1e-3)  # the table floors others at 1e-6
+    (edit,) = beam.edits
+    assert edit.move == "regenerate_beam" and edit.position == 0
+    one = refine_tokens(beam_backend, [S], greedy, {**cfg, "moves": ["regenerate_beam"], "regen_beam": 1})
+    assert one.tokens == plain.tokens and one.stats.forward_tokens == plain.stats.forward_tokens
+
+
+@pytest.mark.parametrize("width", [0, -2, 1.5, True])
+def test_regen_beam_is_validated(width):
+    with pytest.raises(ConfigError, match="regen_beam"):
+        RefineConfig(regen_beam=width)

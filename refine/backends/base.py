@@ -19,6 +19,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import numpy as np
+
 from ..types import Scores
 
 
@@ -49,19 +51,42 @@ class TokenizerView:
 
 @dataclass(frozen=True)
 class DecodeRequest:
-    """Greedy continuation of ``tokens`` (an output prefix that ends with the forced, edited token).
+    """Continuation of ``tokens`` (an output prefix that ends with the forced, edited token).
+
+    By default the continuation is greedy. ``beam > 1`` runs a beam search of that width instead and returns its
+    best complete beam by sum log P; ``temperature > 0`` samples each token from p^(1/temperature), renormalised,
+    with a generator seeded by ``seed`` (the same request gives the same sample whatever it is batched with).
 
     Attributes:
         tokens: the fixed output prefix; may be empty (decode from the prompt alone).
         max_new: at most this many tokens are generated after ``tokens``.
         min_new: EOS is not chosen before this many tokens are generated.
         force_eos: if generation reaches ``max_new``, the last generated token is EOS (scored, not sampled).
+        beam: beam width (1: greedy). Not combined with sampling.
+        temperature: 0 decodes deterministically; above 0 samples at this temperature.
+        seed: the sampling seed (required when ``temperature > 0``).
     """
 
     tokens: tuple[int, ...]
     max_new: int
     min_new: int = 0
     force_eos: bool = False
+    beam: int = 1
+    temperature: float = 0.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.beam < 1:
+            raise ValueError(f"`beam` has to be >= 1, but is {self.beam!r}")
+        if self.temperature < 0:
+            raise ValueError(f"`temperature` has to be >= 0, but is {self.temperature!r}")
+        if self.temperature > 0 and (self.beam > 1 or self.seed is None):
+            raise ValueError("a sampled request (`temperature` > 0) needs a `seed` and `beam=1`, "
+                             f"but has seed={self.seed!r}, beam={self.beam!r}")
+
+    @property
+    def sampled(self) -> bool:
+        return self.temperature > 0
 
 
 @dataclass(frozen=True)
@@ -73,6 +98,9 @@ class Decoded:
     scores: Scores
     #: decoding stopped early because the caller's ``prune`` callback rejected the partial continuation
     pruned: bool = False
+    #: for a sampled request: per generated token, its log-probability under the distribution it was drawn
+    #: from (a forced EOS: 0); ``None`` otherwise. The sum is the proposal's log-density.
+    sample_logprobs: np.ndarray | None = None
 
 
 #: ``prune(row, tokens, scores) -> bool``: called during decoding with a row's partial output and its scores
@@ -95,7 +123,7 @@ class Session(ABC):
     @abstractmethod
     def decode(self, requests: Sequence[DecodeRequest], base: Sequence[int] = (),
                limit: float | None = None, prune: PruneFn | None = None) -> list[tuple[int, Decoded]]:
-        """Greedy continuations: per request ``(start, Decoded)``; ``Decoded.scores`` covers
+        """Continuations (greedy, beam or sampled: see :class:`DecodeRequest`): per request ``(start, Decoded)``; ``Decoded.scores`` covers
         ``Decoded.tokens[start:]`` (the request's tokens from ``start`` on, then the generated ones), with
         ``tokens[:start] == base[:start]``.
 

@@ -1,4 +1,4 @@
-"""Hugging Face transformers backend: batched, KV-cached scoring and greedy re-decoding.
+"""Hugging Face transformers backend: batched, KV-cached scoring and re-decoding (greedy, beam or sampled).
 
 The session keeps one batch-1 KV cache of ``prompt + shared output prefix`` (minus its
 last token). A call crops or extends that cache to its shared prefix (forwarding only
@@ -314,13 +314,28 @@ class HFSession(Session):
 
     # ------------------------------------------------------------------ greedy decoding
 
+    @staticmethod
+    def _groups(requests) -> list[list[int]]:
+        """Request indices split by how they decode: greedy or sampled rows together, beam rows apart."""
+        plain = [i for i, r in enumerate(requests) if r.beam == 1]
+        beams = [i for i, r in enumerate(requests) if r.beam > 1]
+        return [g for g in (plain, beams) if g]
+
+    def _plan(self, requests, feds) -> list[tuple[list[int], int]]:
+        """Chunks of request indices, each with its plain worst-case cost (no drafts): a beam request counts
+        ``beam`` rows after its first step."""
+        out = []
+        for group in self._groups(requests):
+            widths = [len(feds[i]) * requests[i].beam for i in group]
+            for a, b in self._chunks(widths):
+                idx = group[a:b]
+                first = len(idx) * max(len(feds[i]) for i in idx)
+                out.append((idx, first + sum(requests[i].beam * max(requests[i].max_new - 1, 0) for i in idx)))
+        return out
+
     def decode_cost(self, requests, base=()):
         starts, lens, feds, chain = self._layout([tuple(r.tokens) for r in requests], tuple(base), decode=True)
-        widths = [len(f) for f in feds]
-        cost = self._ensure_cost(chain)
-        for a, b in self._chunks(widths):
-            cost += (b - a) * max(widths[a:b]) + sum(max(r.max_new - 1, 0) for r in requests[a:b])
-        return cost
+        return self._ensure_cost(chain) + sum(cost for _, cost in self._plan(requests, feds))
 
     #: generated tokens between two calls of the ``prune`` callback for a row
     prune_every = 4
@@ -331,27 +346,46 @@ class HFSession(Session):
         call0 = self.forward_tokens
         starts, lens, feds, chain = self._layout([tuple(r.tokens) for r in requests], base, decode=True)
         self._ensure(chain)
-        out: list[tuple[int, Decoded]] = []
-        chunks = self._chunks([len(f) for f in feds])
-        # drafting may spend what the plain worst case of the later chunks leaves of `limit`
-        plain = [(b - a) * max(len(f) for f in feds[a:b]) + sum(max(r.max_new - 1, 0) for r in requests[a:b])
-                 for a, b in chunks]
-        for k, (a, b) in enumerate(chunks):
-            room = None if limit is None else limit - (self.forward_tokens - call0) - sum(plain[k + 1:])
-            decs = self._decode_chunk(requests[a:b], starts[a:b], lens[a:b], feds[a:b], base, room,
-                                      None if prune is None else (lambda r, *x, a=a: prune(a + r, *x)))
-            out += list(zip(starts[a:b], decs))
-        return out
+        out: list[tuple[int, Decoded] | None] = [None] * len(requests)
+        plan = self._plan(requests, feds)
+        for k, (idx, _) in enumerate(plan):
+            # drafting may spend what the plain worst case of the later chunks leaves of `limit`
+            room = None if limit is None else limit - (self.forward_tokens - call0) - sum(c for _, c in plan[k + 1:])
+            rows = [requests[i] for i in idx], [starts[i] for i in idx], [lens[i] for i in idx], [feds[i] for i in idx]
+            row_prune = None if prune is None else (lambda r, *x, idx=idx: prune(idx[r], *x))
+            if rows[0][0].beam > 1:
+                decs = self._beam_chunk(*rows, row_prune)
+            else:
+                decs = self._decode_chunk(*rows, base, room, row_prune)
+            for i, dec in zip(idx, decs):
+                out[i] = (starts[i], dec)
+        return out  # type: ignore[return-value]
 
-    def _greedy(self, logp, n_new: int, req: DecodeRequest) -> int:
-        """The greedy choice from one step's log-probs under the request's length rules."""
+    def _allowed(self, logp, n_new: int, req: DecodeRequest):
+        """One step's log-probs ``(V,)`` under the request's length rules (EOS masked before ``min_new``), or
+        None where the rules force EOS."""
         eos_ids = self.backend.tokenizer.eos_ids
         if req.force_eos and n_new == req.max_new - 1:
-            return eos_ids[0]
+            return None
         if n_new < req.min_new:
             logp = logp.clone()
             logp[list(eos_ids)] = -float("inf")
-        return int(logp.argmax())
+        return logp
+
+    def _greedy(self, logp, n_new: int, req: DecodeRequest) -> int:
+        """The greedy choice from one step's log-probs under the request's length rules."""
+        allowed = self._allowed(logp, n_new, req)
+        return self.backend.tokenizer.eos_ids[0] if allowed is None else int(allowed.argmax())
+
+    def _sample(self, logp, n_new: int, req: DecodeRequest, gen) -> tuple[int, float]:
+        """A token drawn from ``softmax(logp / temperature)`` under the length rules, and its log-probability
+        under that distribution (a forced EOS: 0)."""
+        allowed = self._allowed(logp, n_new, req)
+        if allowed is None:
+            return self.backend.tokenizer.eos_ids[0], 0.0
+        q = torch.log_softmax(allowed.double() / req.temperature, -1)  # (V,)
+        t = int(torch.multinomial(q.exp(), 1, generator=gen))
+        return t, float(q[t])
 
     #: the fixed cost of one forward call, in forward tokens' worth of compute: on a CPU a small batch is
     #: bound by reading the weights (measured here for a 135M model: one token ~100 ms, each further token of
@@ -428,6 +462,17 @@ class HFSession(Session):
             if forced:
                 record(r, logits[r, cols[r] : W - 1], forced)
 
+        # sampled rows: a generator per row (seeded by its request) and the log-density of each drawn token
+        gens = [torch.Generator().manual_seed(int(r.seed)) if r.sampled else None for r in reqs]
+        drawn: list[list[float]] = [[] for _ in range(B)]
+
+        def choose(r: int, logp, n: int) -> int:
+            if gens[r] is None:
+                return self._greedy(logp, n, reqs[r])
+            t, lq = self._sample(logp, n, reqs[r], gens[r])
+            drawn[r].append(lq)
+            return t
+
         n_new = [0] * B
         hits = [[1.0, 2.0] for _ in range(B)]  # per row: accepted + 1, drafted + 2 (Laplace estimate)
         pruned: set[int] = set()
@@ -437,7 +482,7 @@ class HFSession(Session):
         alive = []
         for r, req in enumerate(reqs):  # first generated token, from the last column
             if req.max_new > 0:
-                t = self._greedy(torch.log_softmax(logits[r, -1].float(), -1), 0, req)
+                t = choose(r, torch.log_softmax(logits[r, -1].float(), -1), 0)
                 record(r, logits[r, -1:], [t])
                 toks[r].append(t)
                 n_new[r] = 1
@@ -452,6 +497,8 @@ class HFSession(Session):
             drafts = []
             for r in alive:
                 left = reqs[r].max_new - n_new[r] - 1 - (1 if reqs[r].force_eos else 0)
+                if reqs[r].sampled:
+                    left = 0  # drafts are verified against the greedy choice: a sampled row takes none
                 drafts.append(self._draft(toks[r], base, edit[r], min(dsize[r], max(left, 0))))
             width = self._width(drafts, [hits[r][0] / hits[r][1] for r in alive])
             drafts = [d[: width - 1] for d in drafts]
@@ -476,7 +523,7 @@ class HFSession(Session):
                 logp = torch.log_softmax(logits[j].float(), -1)  # (width, V)
                 new: list[int] = []
                 for c in range(len(d) + 1):
-                    t = self._greedy(logp[c], n_new[r], reqs[r])
+                    t = choose(r, logp[c], n_new[r])
                     new.append(t)
                     n_new[r] += 1
                     if t in eos_ids or n_new[r] >= reqs[r].max_new or c == len(d) or t != d[c]:
@@ -511,7 +558,106 @@ class HFSession(Session):
                 mask, cur = mask[keep], cur[keep]
             alive = [alive[j] for j in still]
 
-        return [Decoded(tuple(toks[r]), self._scores(rec[r]), pruned=r in pruned) for r in range(B)]
+        return [Decoded(tuple(toks[r]), self._scores(rec[r]), pruned=r in pruned,
+                        sample_logprobs=np.asarray(drawn[r], dtype=np.float64) if reqs[r].sampled else None)
+                for r in range(B)]
+
+    def _beam_chunk(self, reqs, starts, lens, feds, prune) -> list[Decoded]:
+        """Beam search for one chunk of requests, all beams of all requests in one batch per step.
+
+        Each request keeps at most ``beam`` unfinished beams, ranked by sum log P of the generated tokens; a beam
+        that ends (EOS, or ``max_new`` tokens) joins the request's finished list if it ranks among the ``beam``
+        best candidates of its step. A request stops when no beam is left or its best finished beam scores at
+        least its best unfinished one (log-probabilities only fall, so none could pass it). The result is the
+        best finished beam. ``prune`` is asked every :attr:`prune_every` tokens about each request's best
+        unfinished beam; a request it rejects stops (``pruned``).
+        """
+        dev = self.backend.device
+        eos_ids = set(self.backend.tokenizer.eos_ids)
+        B = len(reqs)
+        inp, mask, pos, cols = self._batch(lens, feds, left_pad=True)
+        W = inp.shape[1]
+        res = self._forward(inp, self._fork(B, max(lens)), attention_mask=mask, position_ids=pos)
+        cache, logits = res.past_key_values, res.logits  # (B, W, V)
+
+        forced: list[list[tuple]] = [[] for _ in range(B)]  # records of each request's forced tokens
+        for r, req in enumerate(reqs):
+            toks = list(req.tokens[starts[r]:])
+            if toks:
+                _, lp, tid, tlp, ent = self._summaries(logits[r, cols[r] : W - 1], torch.tensor(toks, device=dev))
+                lp, tid, tlp, ent = lp.double().tolist(), tid.cpu().numpy(), tlp.double().cpu().numpy(), ent.tolist()
+                forced[r] = [(lp[j], tid[j], tlp[j], ent[j]) for j in range(len(toks))]
+
+        # a beam: (score, generated tokens, their records); `alive[r]` pairs each with its row in the cache
+        done: list[list[tuple]] = [[] for _ in range(B)]
+        alive: list[list[tuple]] = [[((0.0, [], []), r)] if req.max_new > 0 else [] for r, req in enumerate(reqs)]
+        pruned: set[int] = set()
+        step_logits = logits[:, -1]  # (rows, V): the next-token distribution of each cached row
+        cur = pos[:, -1] + 1  # position of each row's next fed token
+        n = 0  # tokens generated so far by every unfinished beam
+        while any(alive):
+            logp_all, _, top_id, top_lp, ent = self._summaries(step_logits)
+            new_alive: list[list[tuple]] = [[] for _ in range(B)]
+            for r, req in enumerate(reqs):
+                if not alive[r]:
+                    continue
+                w = req.beam
+                cands = []  # (score, beam, row, token)
+                for beam, row in alive[r]:
+                    allowed = self._allowed(logp_all[row], n, req)
+                    if allowed is None:
+                        picks = [self.backend.tokenizer.eos_ids[0]]
+                    else:
+                        picks = torch.topk(allowed, w).indices.tolist()
+                    for t in picks:
+                        if allowed is None or allowed[t] > -float("inf"):
+                            cands.append((beam[0] + float(logp_all[row, t]), beam, row, t))
+                cands.sort(key=lambda c: -c[0])
+                for rank, (score, beam, row, t) in enumerate(cands[: 2 * w]):
+                    new = (score, beam[1] + [t], beam[2] + [(float(logp_all[row, t]), top_id[row].cpu().numpy(),
+                                                             top_lp[row].double().cpu().numpy(), float(ent[row]))])
+                    if t in eos_ids or n + 1 >= req.max_new:
+                        if rank < w:
+                            done[r].append(new)
+                    elif len(new_alive[r]) < w:
+                        new_alive[r].append((new, row))
+                best_done = max((d[0] for d in done[r]), default=-float("inf"))
+                if new_alive[r] and best_done >= new_alive[r][0][0][0]:
+                    new_alive[r] = []
+                if not done[r] and not new_alive[r]:  # every candidate was -inf: end the best beam as it is
+                    done[r].append(alive[r][0][0])
+            n += 1
+            for r in range(B):  # the lookahead test on each request's best unfinished beam
+                if prune is not None and new_alive[r] and n % self.prune_every == 0:
+                    beam = new_alive[r][0][0]
+                    if prune(r, tuple(reqs[r].tokens) + tuple(beam[1]), self._scores(forced[r] + beam[2])):
+                        pruned.add(r)
+                        new_alive[r] = []
+            alive = new_alive
+            flat = [(beam, row, r) for r in range(B) for beam, row in alive[r]]
+            if not flat:
+                break
+            keep = torch.tensor([row for _, row, _ in flat], device=dev, dtype=torch.long)
+            cache.batch_select_indices(keep)
+            mask, cur = mask[keep], cur[keep]
+            inp = torch.tensor([[beam[1][-1]] for beam, _, _ in flat], device=dev)
+            mask = torch.cat([mask, torch.ones((len(flat), 1), dtype=mask.dtype, device=dev)], dim=1)
+            res = self._forward(inp, cache, attention_mask=mask, position_ids=cur[:, None])
+            cache, step_logits = res.past_key_values, res.logits[:, -1]
+            cur = cur + 1
+            j = 0
+            for r in range(B):  # renumber: each beam now sits in its own row of the new batch
+                alive[r] = [(beam, j + k) for k, (beam, _) in enumerate(alive[r])]
+                j += len(alive[r])
+
+        out = []
+        for r, req in enumerate(reqs):
+            if r in pruned or not done[r]:
+                out.append(Decoded(tuple(req.tokens), self._scores(forced[r]), pruned=r in pruned))
+                continue
+            score, gen, recs = max(done[r], key=lambda d: d[0])
+            out.append(Decoded(tuple(req.tokens) + tuple(gen), self._scores(forced[r] + recs)))
+        return out
 
     def _scores(self, rows: list[tuple]) -> Scores:
         k = self.topk

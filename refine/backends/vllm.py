@@ -812,6 +812,13 @@ class VLLMSession(Session):
         requests = list(requests)
         if not requests:
             return []
+        odd = [r for r in requests if r.beam > 1 or r.sampled]
+        if odd:
+            raise InputError(
+                f"the vLLM backend re-decodes greedily only, but got a request with beam={odd[0].beam}, "
+                f"temperature={odd[0].temperature}: use the Hugging Face backend for the `regenerate_beam` move "
+                "and the `power` strategy"
+            )
         self._check_ids([r.tokens for r in requests])
         if not self.backend.can_decode:
             raise InputError(

@@ -3,5 +3,6 @@
 from ..strategy import Strategy
 from .best_first import BestFirst
 from .coordinate import CoordinateDescent
+from .power import PowerSampling
 
-__all__ = ["Strategy", "BestFirst", "CoordinateDescent"]
+__all__ = ["Strategy", "BestFirst", "CoordinateDescent", "PowerSampling"]

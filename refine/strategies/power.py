@@ -1,0 +1,270 @@
+"""Power sampling: Metropolis–Hastings on p(y|x)^alpha (Karan & Du 2025, "Reasoning with Sampling").
+
+The target is pi(y) ∝ p(y|x)^alpha (``target="logp"``) or exp(alpha * objective(y)) (``target="objective"``).
+One MH step from the chain's state y (length T):
+
+1. cut position t ~ w(.|y): uniform over 0..T-1, or proportional to the model's entropy at each position;
+2. suffix y'[t:] drawn token by token from p^(1/temperature), renormalised (default temperature 1/alpha, so the
+   proposal is p^alpha step by step), up to the block's length limit; y'[:t] = y[:t];
+3. accept with probability min(1, R),
+
+       R = pi(y') w(t|y') q(y[t:] | y[:t]) / (pi(y) w(t|y) q(y'[t:] | y[:t])),
+
+   where q(.|y[:t]) is the suffix proposal density. The reverse move cuts y' at the same t and redraws y[t:]:
+   its density is known without a forward pass, because every token of a state was itself drawn from the proposal
+   given the same prefix (the chain keeps the log-density of each token it drew). The cut terms matter whenever
+   y and y' differ in length (uniform: 1/T against 1/T') or in entropy profile.
+
+Block-wise (``blocks > 1``): the output grows ``ceil(max_new_tokens / blocks)`` tokens at a time; each block starts
+by extending the state with a draw from the proposal, then runs ``steps`` MH steps whose target is p^alpha over
+outputs cut at the block's length (cuts anywhere in the output so far). ``blocks=1`` draws one full output and runs
+``steps`` MH steps on it. The starting output handed to refine does not seed the chain (the reverse density of
+its tokens is unknown); it is the first "best so far".
+
+Batching (each evaluation is one batched decode):
+
+- ``chains`` independent chains step together; each is a valid MH chain;
+- ``proposals`` > 1 draws that many independent proposals from a chain's current state at once and offers them
+  to the MH test in order until one is accepted; the rest are discarded unseen. This is exactly sequential MH
+  (each accepted or rejected proposal was drawn from the state the chain was in, independently of the others):
+  the discarded draws are wasted compute, paid for by decoding them in one batch instead of one after another.
+  Each offered proposal counts as one of the block's ``steps``.
+
+``alpha=inf`` is greedy acceptance: a proposal is accepted only if it raises the target by more than
+``tolerance``; its proposal temperature defaults to 1 (sampling from p), since 1/alpha = 0 would re-decode the same
+greedy suffix.
+
+What it returns: ``output="best"`` (default) the best output by the refine objective among the starting output and
+every proposal evaluated, like every refine strategy (never worse than the start, and bound like every strategy by
+:meth:`~refine.search.Search.admissible`: finished stays finished, no more degenerate); ``output="sample"`` the
+final state of the first chain, a sample from the target (up to mixing), whatever its objective. The chains
+themselves move by the MH rule alone: the admissibility rules compare a candidate with the output it would
+replace, and applying them to the chain's moves would change the distribution it samples. Either way ``edits``
+lists the improvements of the best output seen. Stochastic: ``RefineConfig.seed`` fixes the cut positions, the
+acceptance draws and every sampling seed, so a run is reproducible.
+
+Its length is ``blocks x (1 + steps)`` evaluations per chain; ``budget.max_sweeps`` does not bound it (one sweep is
+counted when the schedule ends), the other budget limits do. Pruning is never applied to its proposals.
+
+Example:
+    >>> from refine import RefineConfig
+    >>> cfg = RefineConfig(strategy="power", max_new_tokens=32, seed=1,
+    ...                    strategy_options={"alpha": 4.0, "blocks": 4, "steps": 10})
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..moves import Proposal
+from ..search import Search
+from ..strategy import STRATEGIES, Strategy
+from ..types import Hypothesis
+
+CUTS = ("uniform", "entropy")
+TARGETS = ("logp", "objective")
+OUTPUTS = ("best", "sample")
+#: failed attempts to draw a valid first output for a chain before the strategy gives up
+MAX_INIT_TRIES = 8
+
+
+@dataclass(frozen=True)
+class ChainState:
+    """One chain's state: the output and, per token, its log-density under the proposal that drew it."""
+
+    hyp: Hypothesis
+    logq: np.ndarray  # (len(hyp.tokens),)
+
+
+def _number(name: str, value: Any, low: float, inf_ok: bool = False) -> float:
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float))
+          and (math.isfinite(value) or (inf_ok and value == math.inf)) and value > low)
+    if not ok:
+        extra = " (inf allowed)" if inf_ok else ""
+        raise ConfigError(f"`strategy_options.{name}` has to be a number > {low}{extra}, but is {value!r}")
+    return float(value)
+
+
+def _count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"`strategy_options.{name}` has to be an int >= 1, but is {value!r}")
+    return value
+
+
+def _choice(name: str, value: Any, options: tuple[str, ...]) -> str:
+    if value not in options:
+        raise ConfigError(f"`strategy_options.{name}` has to be one of {options}, but is {value!r}")
+    return value
+
+
+@STRATEGIES.register("power")
+class PowerSampling(Strategy):
+    """Metropolis–Hastings power sampling; see the module docstring for the maths and the options' meaning.
+
+    Args:
+        alpha: the power (> 0, ``inf`` for greedy acceptance).
+        steps: MH steps per block and chain.
+        blocks: blocks the output grows by (1: one full draw, then ``steps`` MH steps).
+        cut: ``"uniform"`` or ``"entropy"`` (positions weighted by the model's entropy there).
+        temperature: proposal temperature; ``None``: 1/alpha (1 when alpha is inf).
+        target: ``"logp"`` (p^alpha) or ``"objective"`` (exp(alpha * objective)).
+        chains: independent chains run side by side in each batch.
+        proposals: proposals drawn at once per chain and step, offered in order (see above).
+        output: ``"best"`` (best by objective) or ``"sample"`` (the first chain's final state).
+    """
+
+    def __init__(self, alpha: float = 4.0, steps: int = 10, blocks: int = 4, cut: str = "uniform",
+                 temperature: float | None = None, target: str = "logp", chains: int = 1, proposals: int = 1,
+                 output: str = "best") -> None:
+        if isinstance(alpha, str) and alpha.strip().lower() in ("inf", "infinity"):
+            alpha = math.inf
+        self.alpha = _number("alpha", alpha, 0.0, inf_ok=True)
+        self.steps = _count("steps", steps)
+        self.blocks = _count("blocks", blocks)
+        self.cut = _choice("cut", cut, CUTS)
+        self.temperature = (1.0 if self.alpha == math.inf else 1.0 / self.alpha) if temperature is None \
+            else _number("temperature", temperature, 0.0)
+        self.target = _choice("target", target, TARGETS)
+        self.chains = _count("chains", chains)
+        self.proposals = _count("proposals", proposals)
+        self.output = _choice("output", output, OUTPUTS)
+
+    # ------------------------------------------------------------------ the maths
+
+    def log_target(self, hyp: Hypothesis) -> float:
+        """log pi(y) / alpha, up to a constant: sum log p(y|x), or the objective's value."""
+        return hyp.logprob if self.target == "logp" else hyp.value
+
+    def cut_weights(self, hyp: Hypothesis) -> np.ndarray:
+        """w(t|y) for t = 0..len(y)-1 (sums to 1)."""
+        n = len(hyp.tokens)
+        if self.cut == "uniform":
+            return np.full(n, 1.0 / n)
+        h = np.maximum(np.asarray(hyp.scores.entropy, dtype=np.float64), 0.0) + 1e-3  # never exactly 0
+        return h / h.sum()
+
+    def log_accept(self, cur: ChainState, new: ChainState, t: int) -> float:
+        """log R of moving from ``cur`` to ``new``, which share the tokens before ``t`` (alpha finite)."""
+        gain = self.alpha * (self.log_target(new.hyp) - self.log_target(cur.hyp))
+        cuts = math.log(self.cut_weights(new.hyp)[t]) - math.log(self.cut_weights(cur.hyp)[t])
+        proposal = float(np.sum(cur.logq[t:])) - float(np.sum(new.logq[t:]))  # reverse minus forward density
+        return gain + cuts + proposal
+
+    def accepts(self, search: Search, cur: ChainState, new: ChainState, t: int) -> bool:
+        """The MH test (``alpha=inf``: the target must rise by more than ``tolerance``)."""
+        if self.alpha == math.inf:
+            return self.log_target(new.hyp) > self.log_target(cur.hyp) + search.config.tolerance
+        log_r = self.log_accept(cur, new, t)
+        return log_r >= 0 or math.log(search.rng.random()) < log_r
+
+    # ------------------------------------------------------------------ the schedule
+
+    def start(self, search: Search) -> None:
+        self._limit_total = search.max_output_tokens
+        self._block_len = math.ceil(self._limit_total / self.blocks)
+        self._block = 0
+        self._done = [0] * self.chains  # MH steps taken in the current block, per chain
+        self._tries = 0  # failed first draws
+        self._grown = False  # the current block's extensions are drawn
+        self.states: list[ChainState | None] = [None] * self.chains
+
+    def _limit(self) -> int:
+        """Length limit of the current block."""
+        return min(self._limit_total, (self._block + 1) * self._block_len)
+
+    def _draw(self, search: Search, prefix: tuple[int, ...], max_new: int) -> Proposal:
+        seed = int(search.rng.integers(2**62))
+        return Proposal("power", len(prefix), prefix, decode=True, max_new=max_new, temperature=self.temperature,
+                        seed=seed)
+
+    def _open(self, state: ChainState | None, limit: int, eos: frozenset[int]) -> bool:
+        """Whether a chain needs a draw before its MH steps: no state yet, or one that may grow to ``limit``."""
+        if state is None:
+            return True
+        toks = state.hyp.tokens
+        return len(toks) < limit and toks[-1] not in eos
+
+    def _keep_best(self, search: Search, results: list[tuple[Proposal, Hypothesis]]) -> None:
+        """Offer the best admissible proposal as the output (the chain itself ignores admissibility)."""
+        ok = [r for r in results if search.admissible(r[1], search.current)]
+        if ok:
+            search.accept(*max(ok, key=lambda r: r[1].value))
+
+    def step(self, search: Search) -> bool:
+        if self._block >= self.blocks:
+            search.stats.sweeps += 1
+            return False
+        limit = self._limit()
+        eos = frozenset(search.tokenizer.eos_ids)
+        parent = next((s.hyp for s in self.states if s is not None), search.current)
+
+        # 1. start of a block: extend every chain that can grow (or draw its first output)
+        grow = [c for c, s in enumerate(self.states) if self._done[c] == 0 and self._open(s, limit, eos)]
+        if grow and not self._grown:
+            props = {}
+            for c in grow:
+                prefix = () if self.states[c] is None else self.states[c].hyp.tokens
+                props[c] = self._draw(search, prefix, limit - len(prefix))
+            results = search.evaluate(list(props.values()), parent=parent, prune=False, admissible_only=False)
+            by_key = {p.key: h for p, h in results}
+            for c, p in props.items():
+                h = by_key.get(p.key)
+                if h is None:  # invalid (e.g. too short) or not afforded
+                    if self.states[c] is None:
+                        self._tries += 1
+                    continue
+                old = np.zeros(0) if self.states[c] is None else self.states[c].logq
+                assert h.sampled is not None and len(old) + len(h.sampled) == len(h.tokens)
+                self.states[c] = ChainState(h, np.concatenate([old, h.sampled]))
+            self._keep_best(search, results)
+            if any(s is None for s in self.states):
+                return self._tries < MAX_INIT_TRIES * self.chains
+            self._grown = True
+            return True
+
+        # 2. MH steps: `proposals` draws per chain from its current state, decoded in one batch
+        offers: dict[int, list[tuple[int, Proposal]]] = {}
+        for c, state in enumerate(self.states):
+            k = min(self.proposals, self.steps - self._done[c])
+            if state is None or k <= 0:
+                continue
+            w = self.cut_weights(state.hyp)
+            offers[c] = []
+            for _ in range(k):
+                t = int(search.rng.choice(len(w), p=w))
+                offers[c].append((t, self._draw(search, state.hyp.tokens[:t], limit - t)))
+        results = search.evaluate([p for offer in offers.values() for _, p in offer], parent=parent, prune=False,
+                                  admissible_only=False)
+        by_key = {p.key: h for p, h in results}
+        for c, offer in offers.items():
+            cur = self.states[c]
+            for t, p in offer:
+                self._done[c] += 1
+                h = by_key.get(p.key)  # None: outside the target's support (invalid) or not afforded: rejected
+                new = None if h is None else ChainState(h, np.concatenate([cur.logq[:t], h.sampled]))
+                moved = new is not None and self.accepts(search, cur, new, t)
+                if moved:
+                    self.states[c] = new
+                self.observe(c, self.states[c])
+                if moved:
+                    break  # later offers were drawn from the old state: discarded
+        self._keep_best(search, results)
+        if all(d >= self.steps for d, s in zip(self._done, self.states) if s is not None):
+            self._block += 1
+            self._done = [0] * self.chains
+            self._grown = False
+        return True
+
+    def observe(self, chain: int, state: ChainState) -> None:
+        """Called after every MH step with the chain's state then (moved or not): a hook for diagnostics. The
+        states at MH steps, not at evaluations, follow the chain (an evaluation may hold several steps)."""
+
+    def result(self, search: Search) -> Hypothesis:
+        if self.output == "sample" and self.states and self.states[0] is not None:
+            return self.states[0].hyp
+        return search.best()

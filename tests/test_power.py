@@ -1,0 +1,215 @@
+"""The ``power`` strategy: its MH chain samples p^alpha (checked against enumeration on a bigram model, and shown
+to fail when the ratio is wrong), a seed reproduces a run, and it never returns worse than its start."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from refine import RefineConfig
+from refine.api import generate_greedy, refine_tokens
+from refine.errors import ConfigError
+from refine.search import Search
+from refine.strategies.power import PowerSampling
+
+S, A, B, C, EOS = 10, 3, 4, 5, 1  # char ids: 'h' prompt, 'a', 'b', 'c', <eos>
+# a small language: after the prompt three letters, then letters or EOS (everything else has mass ~1e-6)
+TABLE = {S: {A: .5, B: .3, C: .2}, A: {A: .3, B: .3, EOS: .4}, B: {A: .5, C: .2, EOS: .3}, C: {EOS: .6, A: .4}}
+N = 3  # output cap: outputs end with EOS within 3 tokens, or are cut at 3
+
+
+@pytest.fixture(scope="module")
+def toy(tok):
+    from refine.backends.hf import HFBackend
+    from refine.testing import BigramLM
+
+    model = BigramLM(len(tok), TABLE, eos_token_id=EOS)
+    return HFBackend(model, tok), model.logit_table.double().softmax(-1).numpy()
+
+
+def power_law(P: np.ndarray, alpha: float) -> dict[tuple, float]:
+    """p^alpha normalised over every valid output (content >= 1 token; EOS-terminated within N, or N tokens),
+    by enumeration over the letters that carry mass."""
+    logs = {}
+    for n in range(1, N + 1):
+        for y in itertools.product([A, B, C, EOS], repeat=n):
+            if EOS in y[:-1] or (n < N and y[-1] != EOS) or y == (EOS,):
+                continue
+            prev, lp = S, 0.0
+            for t in y:
+                lp, prev = lp + math.log(P[prev, t]), t
+            logs[y] = alpha * lp
+    z = np.logaddexp.reduce(list(logs.values()))
+    return {y: math.exp(v - z) for y, v in logs.items()}
+
+
+def chain_visits(backend, options: dict, seed: int, burn: int = 20, strategy_cls=PowerSampling) -> dict:
+    """Run the strategy by hand and count the state of every chain at every MH step after ``burn``."""
+    cfg = RefineConfig(objective="sum", max_new_tokens=N, seed=seed, strategy="power", strategy_options=options)
+    counts: dict[tuple, int] = {}
+    seen = [0] * options.get("chains", 1)
+
+    class Recording(strategy_cls):
+        def observe(self, chain, state):
+            seen[chain] += 1
+            if seen[chain] > burn:
+                counts[state.hyp.tokens] = counts.get(state.hyp.tokens, 0) + 1
+
+    session = backend.open([S], cfg.topk_store, cfg.max_batch_tokens)
+    try:
+        search = Search(session, backend.tokenizer, cfg, N)
+        search.score_initial([A, EOS])
+        strategy = Recording(**options)
+        strategy.start(search)
+        while strategy.step(search):
+            pass
+    finally:
+        session.close()
+    return counts
+
+
+def total_variation(counts: dict, law: dict) -> float:
+    n = sum(counts.values())
+    keys = set(counts) | set(law)
+    return 0.5 * sum(abs(counts.get(k, 0) / n - law.get(k, 0.0)) for k in keys)
+
+
+# Measured on this toy (16 chains x 600 steps, burn-in 20): correct chains reach TV 0.010-0.033 over seeds, cuts
+# and proposals per step; with the cut-position terms dropped from the ratio, 0.09-0.10; with the proposal
+# densities dropped, ~0.35. The bound sits between.
+TV_BOUND = 0.06
+ALPHA = 2.0
+
+
+@pytest.mark.parametrize("cut, proposals", [("uniform", 1), ("entropy", 3)])
+def test_chain_samples_the_power_distribution(toy, cut, proposals):
+    backend, P = toy
+    opts = {"alpha": ALPHA, "steps": 600, "blocks": 1, "chains": 16, "cut": cut, "proposals": proposals}
+    counts = chain_visits(backend, opts, seed=1)
+    assert sum(counts.values()) == 16 * (600 - 20)  # every MH step observed, batched or not
+    assert total_variation(counts, power_law(P, ALPHA)) < TV_BOUND
+
+
+def test_a_wrong_acceptance_ratio_fails_the_distribution_check(toy):
+    """The same check on a chain whose ratio drops the cut-position terms (1/T' against 1/T) must fail: the
+    check above can fail."""
+    backend, P = toy
+
+    class NoCutTerms(PowerSampling):
+        def log_accept(self, cur, new, t):
+            cuts = math.log(self.cut_weights(new.hyp)[t]) - math.log(self.cut_weights(cur.hyp)[t])
+            return super().log_accept(cur, new, t) - cuts
+
+    opts = {"alpha": ALPHA, "steps": 600, "blocks": 1, "chains": 16}
+    counts = chain_visits(backend, opts, seed=1, strategy_cls=NoCutTerms)
+    assert total_variation(counts, power_law(P, ALPHA)) > TV_BOUND
+
+
+def test_log_accept_by_hand(toy):
+    """R for one move, term by term: target ratio, cut weights 1/T' over 1/T, reverse over forward density."""
+    from refine.strategies.power import ChainState
+    from refine.types import Hypothesis, Scores
+
+    def hyp(tokens, logprobs):
+        n = len(tokens)
+        return Hypothesis(tuple(tokens), Scores(np.array(logprobs), np.zeros((n, 1), int), np.zeros((n, 1)),
+                                                np.ones(n)), float(sum(logprobs)), {})
+
+    cur = ChainState(hyp([A, B, EOS], [-0.7, -1.2, -1.2]), np.array([-0.5, -0.9, -1.0]))
+    new = ChainState(hyp([A, EOS], [-0.7, -0.9]), np.array([-0.5, -0.4]))
+    st = PowerSampling(alpha=3.0)
+    expected = 3.0 * (-1.6 - -3.1) + (math.log(1 / 2) - math.log(1 / 3)) + (-1.9 - -0.4)
+    assert st.log_accept(cur, new, 1) == pytest.approx(expected)
+
+
+def test_seed_reproduces_a_run_and_seeds_differ(toy):
+    backend, _ = toy
+    cfg = {"objective": "sum", "max_new_tokens": N, "strategy": "power",
+           "strategy_options": {"alpha": 1.0, "steps": 6, "blocks": 1, "chains": 2, "output": "sample"}}
+    runs = {seed: [refine_tokens(backend, [S], [A, EOS], {**cfg, "seed": seed}) for _ in range(2)]
+            for seed in range(6)}
+    for a, b in runs.values():
+        assert a.tokens == b.tokens and a.stats.forward_tokens == b.stats.forward_tokens
+        assert [e.to_dict() for e in a.edits] == [e.to_dict() for e in b.edits]
+    assert len({tuple(r[0].tokens) for r in runs.values()}) > 1
+
+
+def test_never_worse_than_the_start_and_returns_the_best_seen(backend):
+    """``output="best"``: the returned output is the best by objective of the start and every evaluated proposal
+    that was admissible when it was evaluated; the chain's own state may be worse."""
+    prompt = [7, 8, 9]
+    start = generate_greedy(backend, prompt, 10)
+    for seed in range(3):
+        seen = []
+        cfg = RefineConfig(objective="mean", max_new_tokens=10, seed=seed, strategy="power",
+                           strategy_options={"alpha": 4.0, "blocks": 2, "steps": 3, "chains": 2, "proposals": 2})
+        session = backend.open(prompt, cfg.topk_store, cfg.max_batch_tokens)
+        try:
+            search = Search(session, backend.tokenizer, cfg, 10)
+            init = search.score_initial(start)
+            evaluate = search.evaluate
+
+            def recording(proposals, parent=None, prune=True, admissible_only=True, evaluate=evaluate, seen=seen):
+                results = evaluate(proposals, parent, prune, admissible_only)
+                # what may become the output: candidates admissible against the output of the moment
+                seen.extend(h.value for _, h in results if search.admissible(h, search.current))
+                return results
+
+            search.evaluate = recording
+            strategy = PowerSampling(**cfg.strategy_options)
+            strategy.start(search)
+            while strategy.step(search):
+                pass
+            best = strategy.result(search)
+        finally:
+            session.close()
+        assert best.value >= init.value
+        assert best.value == pytest.approx(max(seen + [init.value]))
+        assert len(seen) > 0
+
+
+def test_alpha_inf_accepts_only_improvements(backend):
+    moves = []
+
+    class Watch(PowerSampling):
+        def observe(self, chain, state):
+            moves.append(self.log_target(state.hyp))
+
+    prompt = [7, 8, 9]
+    cfg = RefineConfig(objective="sum", max_new_tokens=8, seed=3, strategy="power",
+                       strategy_options={"alpha": "inf", "blocks": 1, "steps": 12})
+    session = backend.open(prompt, cfg.topk_store, cfg.max_batch_tokens)
+    try:
+        search = Search(session, backend.tokenizer, cfg, 8)
+        search.score_initial(generate_greedy(backend, prompt, 8))
+        strategy = Watch(**cfg.strategy_options)
+        assert strategy.alpha == math.inf and strategy.temperature == 1.0
+        strategy.start(search)
+        while strategy.step(search):
+            pass
+    finally:
+        session.close()
+    assert len(moves) == 12 and all(b >= a for a, b in itertools.pairwise(moves))
+
+
+def test_run_through_the_api_counts_every_token(backend):
+    prompt = [7, 8, 9]
+    start = generate_greedy(backend, prompt, 12)
+    res = refine_tokens(backend, prompt, start, {"objective": "mean", "max_new_tokens": 12, "strategy": "power",
+                                                 "strategy_options": {"blocks": 3, "steps": 2, "chains": 2},
+                                                 "budget": {"max_forward_tokens": 400}})
+    assert res.score >= res.initial_score
+    assert 0 < res.stats.forward_tokens <= 400
+    assert res.stats.stop_reason in ("converged", "max_forward_tokens")
+
+
+@pytest.mark.parametrize("options, field", [
+    ({"alpha": 0}, "alpha"), ({"alpha": -1.0}, "alpha"), ({"alpha": "big"}, "alpha"),
+    ({"steps": 0}, "steps"), ({"blocks": 1.5}, "blocks"), ({"chains": True}, "chains"),
+    ({"proposals": 0}, "proposals"), ({"cut": "margin"}, "cut"), ({"target": "mean"}, "target"),
+    ({"output": "all"}, "output"), ({"temperature": 0.0}, "temperature"), ({"width": 2}, "strategy_options"),
+])
+def test_bad_options_name_the_field(options, field):
+    with pytest.raises(ConfigError, match=field):
+        RefineConfig(strategy="power", strategy_options=options)
