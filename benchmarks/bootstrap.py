@@ -61,3 +61,13 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, resamples: int =
     tail = (1 - level) / 2
     lo, hi = np.quantile(means, [tail, 1 - tail])
     return Interval(float(x.mean()), float(lo), float(hi), level, len(x))
+
+
+def versus(items: Sequence[dict], method: str, baselines: Sequence[str], keys: Sequence[str],
+           resamples: int = 10_000) -> dict[str, dict[str, dict]]:
+    """``{baseline: {key: interval of method − baseline}}`` over per-item records ``items[i]["methods"][m][key]``."""
+    return {
+        b: {k: paired_bootstrap([it["methods"][method][k] for it in items], [it["methods"][b][k] for it in items],
+                                resamples=resamples, seed=0).to_dict() for k in keys}
+        for b in baselines
+    }

@@ -336,3 +336,19 @@ def mean_se(values: Sequence[float]) -> tuple[float, float]:
     arr = np.asarray(values, dtype=float)
     se = float(arr.std(ddof=1) / math.sqrt(len(arr))) if len(arr) > 1 else 0.0
     return float(arr.mean()), se
+
+
+def method_rows(items: Sequence[dict], methods: Sequence[str], numbers: Sequence[str]) -> dict[str, dict]:
+    """Per method over the items: mean and s.e. of each of ``numbers``, degeneration against greedy, and wall time
+    relative to greedy's."""
+    greedy = [it["methods"]["greedy"] for it in items]
+    rows = {}
+    for m in methods:
+        recs = [it["methods"][m] for it in items]
+        row: dict[str, Any] = {}
+        for key in numbers:
+            row[key], row[key + "_se"] = mean_se([float(x[key]) for x in recs])
+        row["degeneration"] = degeneration(recs, greedy)
+        row["time_vs_greedy"] = sum(x["seconds"] for x in recs) / sum(g["seconds"] for g in greedy)
+        rows[m] = row
+    return rows

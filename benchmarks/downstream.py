@@ -32,8 +32,8 @@ from refine.degeneration import repeated_ngrams
 from refine.objectives import coverage
 
 from . import data, report
-from .bootstrap import paired_bootstrap
-from .common import degeneration, mean_se
+from .bootstrap import versus
+from .common import method_rows
 from .context import Context
 from .metrics import slot_coverage
 from .rouge import KINDS as ROUGE_KINDS
@@ -116,21 +116,8 @@ def run_item(ctx: Context, judge, task: str, item: data.Item, s: Settings, max_n
 
 def summarise(items: list[dict], s: Settings) -> dict:
     """Per-method means (± s.e.), degeneration against greedy, and refine − baseline bootstrap intervals."""
-    greedy = [it["methods"]["greedy"] for it in items]
-    methods = {}
-    for m in METHODS:
-        recs = [it["methods"][m] for it in items]
-        row = {}
-        for key in NUMBERS:
-            row[key], row[key + "_se"] = mean_se([float(x[key]) for x in recs])
-        row["degeneration"] = degeneration(recs, greedy)
-        row["time_vs_greedy"] = sum(x["seconds"] for x in recs) / sum(g["seconds"] for g in greedy)
-        methods[m] = row
-    intervals = {
-        b: {k: paired_bootstrap([it["methods"]["refine"][k] for it in items], [it["methods"][b][k] for it in items],
-                                resamples=s.bootstrap_resamples, seed=0).to_dict() for k in COMPARED}
-        for b in BASELINES
-    }
+    methods = method_rows(items, METHODS, NUMBERS)
+    intervals = versus(items, "refine", BASELINES, COMPARED, s.bootstrap_resamples)
     changed = [it for it in items if it["methods"]["refine"]["tokens"] != it["methods"]["greedy"]["tokens"]]
     return {"items": len(items), "methods": methods, "refine_vs": intervals, "changed_by_refine": len(changed)}
 

@@ -21,8 +21,8 @@ from refine.config import RefineConfig
 from refine.degeneration import repeated_ngrams
 
 from . import data, report
-from .bootstrap import paired_bootstrap
-from .common import degeneration, mean_se
+from .bootstrap import versus
+from .common import method_rows
 from .context import Context
 from .instructions import follows
 
@@ -97,23 +97,11 @@ def run_item(ctx: Context, judge, item: data.Item, s: Settings, max_new_tokens: 
 
 
 def summarise(items: list[dict], s: Settings) -> dict:
-    greedy = [it["methods"]["greedy"] for it in items]
-    methods = {}
-    for m in METHODS:
-        recs = [it["methods"][m] for it in items]
-        row = {}
-        for key in NUMBERS:
-            row[key], row[key + "_se"] = mean_se([float(x[key]) for x in recs])
-        passed = [p for x in recs for p in x["passed"]]
+    methods = method_rows(items, METHODS, NUMBERS)
+    for m, row in methods.items():
+        passed = [p for it in items for p in it["methods"][m]["passed"]]
         row["instruction_acc"] = sum(passed) / len(passed)
-        row["degeneration"] = degeneration(recs, greedy)
-        row["time_vs_greedy"] = sum(x["seconds"] for x in recs) / sum(g["seconds"] for g in greedy)
-        methods[m] = row
-    intervals = {
-        b: {k: paired_bootstrap([it["methods"]["refine"][k] for it in items], [it["methods"][b][k] for it in items],
-                                resamples=s.bootstrap_resamples, seed=0).to_dict() for k in COMPARED}
-        for b in BASELINES
-    }
+    intervals = versus(items, "refine", BASELINES, COMPARED, s.bootstrap_resamples)
     per_instruction: dict[str, dict[str, list[int]]] = {}
     for it in items:
         for j, iid in enumerate(it["instructions"]):

@@ -16,6 +16,15 @@ def llama():
 
 
 @pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, llama, tok):
+    """The tiny Llama and its tokenizer saved as a model folder (what `--model` takes)."""
+    d = tmp_path_factory.mktemp("tiny")
+    llama.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
 def backend(llama, tok):
     from refine.backends.hf import HFBackend
 

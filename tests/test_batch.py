@@ -14,14 +14,6 @@ from refine.cli import main
 from refine.errors import InputError
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, llama, tok):
-    d = tmp_path_factory.mktemp("tiny")
-    llama.save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
-
-
 def write_prompts(path, n):
     words = ["the cat", "a dog", "red sun", "big sea", "old man", "hot tea", "blue sky", "wet fog"]
     with open(path, "w") as f:

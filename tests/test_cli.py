@@ -4,17 +4,8 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 from refine.cli import main
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, llama, tok):
-    d = tmp_path_factory.mktemp("tiny")
-    llama.save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
 
 
 def test_run_json(model_dir, capsys):
