@@ -403,6 +403,19 @@ def test_refine_llm_chat_equals_generate_on_the_templated_prompt(llm, vb):
     assert len(two) == 2 and list(two[0].outputs[0].token_ids) == list(a.token_ids)
 
 
+def test_beam_and_sampled_redecoding_are_refused_by_name(vb, prompts, greedy):
+    from refine.errors import InputError
+
+    session = vb.open(prompts[0], K, 4096)
+    for req in (DecodeRequest(tuple(greedy[0][:3]), 8, beam=2), DecodeRequest((), 8, temperature=1.0, seed=0)):
+        with pytest.raises(InputError, match="re-decodes greedily only"):
+            session.decode([req])
+    with pytest.raises(InputError, match="regenerate_beam"):
+        from refine.api import refine_tokens
+
+        refine_tokens(vb, prompts[0], greedy[0], {"moves": ["regenerate_beam"], "budget": {"max_sweeps": 1}})
+
+
 def test_methods_that_cannot_refine_refuse_refine_options(llm, vb):
     from vllm.sampling_params import BeamSearchParams
 
