@@ -83,3 +83,10 @@ def test_base_options_lower_library_defaults_to_the_caps():
     config = RefineConfig.from_dict({**base, "max_new_tokens": 64})
     assert low.check_refine(config) is config
     assert "top_k" not in RequestLimits().base_options()  # defaults within the caps stay as they are
+
+
+@pytest.mark.parametrize("scorer", ["/etc/passwd", "judge-model", "~/.cache/x.gguf"])
+def test_a_scorer_is_refused_whatever_it_names(scorer):
+    with pytest.raises(ConfigError, match=r"^`scorer` cannot be set on this server"):
+        LIMITS.check_refine(RefineConfig(**OK, scorer=scorer))
+
