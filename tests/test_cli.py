@@ -67,17 +67,6 @@ def test_console_script_installed():
     assert r.returncode == 0 and "run" in r.stdout
 
 
-@pytest.fixture(scope="module")
-def scorer_dir(tmp_path_factory):
-    from refine.testing import other_char_tokenizer, tiny_llama
-
-    tok2 = other_char_tokenizer()
-    d = tmp_path_factory.mktemp("judge")
-    tiny_llama(seed=7, vocab_size=len(tok2)).save_pretrained(d)
-    tok2.save_pretrained(d)
-    return d
-
-
 def test_run_with_a_scorer(model_dir, scorer_dir, capsys):
     args = ["run", "the cat", "--model", str(model_dir), "--scorer", str(scorer_dir), "--no-chat",
             "--max-new-tokens", "8", "--max-sweeps", "1", "--max-positions", "2"]
