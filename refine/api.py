@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, MutableMapping, Sequence
 
 from .backends.base import Backend, DecodeRequest
 from .config import RefineConfig
 from .errors import InputError
+from .scorer import Scorer
 from .search import ProgressFn, run_search
 from .types import RefineResult
 
@@ -57,6 +58,39 @@ def resolve_backend(model: Any = None, tokenizer: Any = None) -> Backend:
     return HFBackend(model, tokenizer)
 
 
+def resolve_scorer(config: RefineConfig, loaded: MutableMapping[str, Backend] | None = None) -> RefineConfig:
+    """``config`` with its ``scorer`` path loaded as a :class:`Backend` (a Backend or None: ``config`` itself).
+
+    ``loaded``: a path -> backend dict shared by the calls of one batch, so that each path is loaded once.
+    """
+    if not isinstance(config.scorer, str):
+        return config
+    if loaded is None:
+        loaded = {}
+    if config.scorer not in loaded:
+        loaded[config.scorer] = resolve_backend(config.scorer)
+    return config.replace(scorer=loaded[config.scorer])
+
+
+def scorer_prompt_ids(scorer: Backend, generator: Backend, prompt_ids: Sequence[int],
+                      prompt: str | Sequence[int] | None = None, chat: bool | None = None) -> list[int]:
+    """The prompt in the scorer's ids.
+
+    ``prompt``: text goes through the scorer's :meth:`~Backend.encode_prompt` with ``chat`` (its chat template
+    where it has one, unless ``chat=False``; its BOS where its tokenizer adds one); ids are taken as they are.
+    ``None``: the generator's ``prompt_ids`` decoded to text with special tokens dropped (a chat template's
+    markers included), then encoded as plain text by the scorer (``chat=False``: the text already holds the
+    conversation).
+    """
+    if prompt is None:
+        return scorer.encode_prompt(generator.tokenizer.decode(list(prompt_ids)), False)
+    ids = _as_ids(prompt, "scorer_prompt")
+    if ids is None:
+        return scorer.encode_prompt(prompt, chat)  # type: ignore[arg-type]
+    check_ids(ids, scorer.tokenizer.vocab_size, "scorer_prompt")
+    return ids
+
+
 def generate_greedy(backend: Backend, prompt_ids: Sequence[int], max_new_tokens: int, topk: int = 16,
                     max_batch_tokens: int = 4096) -> list[int]:
     """Greedy decoding through the backend's own decoder (what refinement starts from by default)."""
@@ -79,9 +113,15 @@ def refine_tokens(
     output_ids: Sequence[int],
     config: RefineConfig | dict | None = None,
     progress: ProgressFn | None = None,
+    scorer_prompt: str | Sequence[int] | None = None,
+    chat: bool | None = None,
 ) -> RefineResult:
-    """Refine ``output_ids`` (a decoded answer to ``prompt_ids``) with ``backend``. The caller's lists are not modified."""
-    config = RefineConfig.from_dict(config)
+    """Refine ``output_ids`` (a decoded answer to ``prompt_ids``) with ``backend``. The caller's lists are not modified.
+
+    With ``config.scorer`` set, ``scorer_prompt`` and ``chat`` say how the scorer sees the prompt
+    (:func:`scorer_prompt_ids`; default: ``prompt_ids`` decoded to text).
+    """
+    config = resolve_scorer(RefineConfig.from_dict(config))
     prompt_ids, output_ids = list(prompt_ids), list(output_ids)
     vocab = backend.tokenizer.vocab_size
     if not prompt_ids:
@@ -97,11 +137,17 @@ def refine_tokens(
             f"the output may have at most {limit} tokens (context window {backend.max_length}"
             + (f", max_new_tokens {config.max_new_tokens}" if config.max_new_tokens else "") + ")"
         )
+    scorer = None
+    if config.scorer is not None:
+        ids = scorer_prompt_ids(config.scorer, backend, prompt_ids, scorer_prompt, chat)
+        scorer = Scorer(config.scorer, ids, backend.tokenizer, config.max_batch_tokens)
     session = backend.open(prompt_ids, config.topk_store, config.max_batch_tokens)
     try:
-        return run_search(session, backend.tokenizer, output_ids, config, limit, progress)
+        return run_search(session, backend.tokenizer, output_ids, config, limit, progress, scorer)
     finally:
         session.close()
+        if scorer is not None:
+            scorer.close()
 
 
 def refine(
@@ -125,6 +171,8 @@ def refine(
             unfinished, see :attr:`RefineResult.initial_ended <refine.types.RefineResult>`).
         model: ``None`` (the embedded SmolLM2-135M-Instruct), a local model folder or GGUF file, a transformers
             model (with ``tokenizer``), or a :class:`~refine.backends.base.Backend`.
+        scorer (an option): a second model that judges the edits ``model`` proposes (``RefineConfig.scorer``);
+            a text prompt reaches it through its own chat template (same ``chat``), ids decoded to text.
         config: a :class:`RefineConfig` or dict of its fields; ``**options`` override single fields.
         progress: called with the :class:`~refine.search.Search` after every step.
 
@@ -150,4 +198,5 @@ def refine(
         output_ids = _as_ids(output, "output")
         if output_ids is None:
             output_ids = backend.tokenizer.encode(output) + [backend.tokenizer.eos]
-    return refine_tokens(backend, prompt_ids, output_ids, config, progress)
+    return refine_tokens(backend, prompt_ids, output_ids, config, progress,
+                         scorer_prompt=prompt if isinstance(prompt, str) else None, chat=chat)

@@ -6,6 +6,9 @@
 - :func:`vllm_refiner`: a ``vllm.LLM``. The chunk's initial answers are one ``llm.generate`` call,
   which vLLM schedules as one continuous batch; then each prompt is refined on a
   :class:`~refine.backends.vllm.VLLMBackend`.
+
+A ``scorer`` path in the options is loaded once for the whole batch, and sees each prompt's text through its
+own chat template (as ``refine run --scorer`` does).
 """
 
 from __future__ import annotations
@@ -29,14 +32,17 @@ def item_config(base: Mapping[str, Any], item: BatchItem, max_new_tokens: int) -
 
 def hf_refiner(backend, base: Mapping[str, Any], max_new_tokens: int, chat: bool | None = None) -> Refiner:
     """Refine on an :class:`~refine.backends.hf.HFBackend` (or any backend), prompt by prompt."""
-    from .api import generate_greedy, refine_tokens
+    from .api import generate_greedy, refine_tokens, resolve_scorer
+
+    loaded: dict[str, Any] = {}  # scorer path -> backend, for the whole batch
 
     def run(items: list[BatchItem]) -> Iterator[tuple[BatchItem, dict[str, Any]]]:
         for item in items:
-            config = item_config(base, item, max_new_tokens)
+            config = resolve_scorer(item_config(base, item, max_new_tokens), loaded)
             prompt = backend.encode_prompt(item.prompt, chat)
             output = generate_greedy(backend, prompt, max_new_tokens, config.topk_store, config.max_batch_tokens)
-            yield item, refine_tokens(backend, prompt, output, config).to_dict()
+            yield item, refine_tokens(backend, prompt, output, config, scorer_prompt=item.prompt,
+                                      chat=chat).to_dict()
 
     return run
 
@@ -45,16 +51,20 @@ def vllm_refiner(llm, backend, base: Mapping[str, Any], max_new_tokens: int, cha
     """Initial answers of a chunk in one ``llm.generate`` call, then each refined on ``backend``."""
     from vllm import SamplingParams
 
-    from .api import refine_tokens
+    from .api import refine_tokens, resolve_scorer
+
+    loaded: dict[str, Any] = {}  # scorer path -> backend, for the whole batch
 
     def run(items: list[BatchItem]) -> Iterator[tuple[BatchItem, dict[str, Any]]]:
         configs = [item_config(base, item, max_new_tokens) for item in items]  # errors before decoding
+        configs = [resolve_scorer(c, loaded) for c in configs]
         prompts = [backend.encode_prompt(item.prompt, chat) for item in items]
         params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens,
                                 stop_token_ids=list(backend.tokenizer.eos_ids), detokenize=False)
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         for item, config, prompt, out in zip(items, configs, prompts, outs):
             output = list(out.outputs[0].token_ids)
-            yield item, refine_tokens(backend, prompt, output, config).to_dict()
+            yield item, refine_tokens(backend, prompt, output, config, scorer_prompt=item.prompt,
+                                      chat=chat).to_dict()
 
     return run

@@ -36,6 +36,9 @@ def _add_run(sub) -> None:
     p.add_argument("prompt", help="the prompt (a chat template is applied if the model has one)")
     p.add_argument("--output", help="refine this answer instead of decoding one greedily")
     p.add_argument("--model", default=None, help="local model folder or .gguf file (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--scorer", default=None,
+                   help="a second model (local folder or .gguf file) that judges the edits --model proposes; "
+                        "both models' forward tokens count in the budget (default: --model scores itself)")
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     p.add_argument("--objective", type=_objective_arg, default="mean,repetition=1",
                    help="term name, 'name=weight,...', or JSON (default: mean,repetition=1)")
@@ -83,6 +86,9 @@ def _add_batch(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
                    help=f"output cap for every prompt (default {DEFAULT_MAX_NEW_TOKENS})")
     p.add_argument("--chunk", type=int, default=8, help="prompts whose initial answers are decoded together")
+    p.add_argument("--scorer", default=None,
+                   help="a second model (local folder or .gguf file) that judges the edits --model proposes; "
+                        "both models' forward tokens count in the budget (default: --model scores itself)")
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_batch)
@@ -138,7 +144,7 @@ def _yes(flag: bool) -> str:
 def cmd_run(args) -> int:
     import time
 
-    from .api import generate_greedy, refine_tokens, resolve_backend
+    from .api import generate_greedy, refine_tokens, resolve_backend, resolve_scorer
     from .config import Budget, RefineConfig
     from .diff import token_diff
 
@@ -157,11 +163,13 @@ def cmd_run(args) -> int:
         max_new_tokens=args.max_new_tokens,
         repeat_guard=args.repeat_guard or None,
         seed=args.seed,
+        scorer=args.scorer,
         budget=Budget(max_sweeps=args.max_sweeps, max_forward_tokens=args.max_forward_tokens,
                       max_seconds=args.max_seconds, patience=args.patience),
     )
     t0 = time.perf_counter()
     backend = resolve_backend(args.model)
+    config = resolve_scorer(config)
     load_s = time.perf_counter() - t0
     prompt_ids = backend.encode_prompt(args.prompt, chat=False if args.no_chat else None)
     t1 = time.perf_counter()
@@ -172,19 +180,23 @@ def cmd_run(args) -> int:
     gen_s = time.perf_counter() - t1
     callback, close = _progress_bar(args.max_forward_tokens, not args.no_progress and not args.json)
     try:
-        result = refine_tokens(backend, prompt_ids, output_ids, config, callback)
+        result = refine_tokens(backend, prompt_ids, output_ids, config, callback, scorer_prompt=args.prompt,
+                               chat=False if args.no_chat else None)
     finally:
         close()
     if args.json:
         d = result.to_dict()
         d["config"] = config.to_dict()
+        if args.scorer is not None:
+            d["config"]["scorer"] = args.scorer
         d["timing"] = {"load_s": load_s, "greedy_s": gen_s, "refine_s": result.stats.seconds}
         print(json.dumps(d, indent=2))
         return 0
     tv = backend.tokenizer
     color = sys.stdout.isatty()
     st = result.stats
-    print(f"objective : {config.objective_fn.describe()}")
+    print(f"objective : {config.objective_fn.describe()}"
+          + ("" if args.scorer is None else f" (scored by {args.scorer})"))
     print(f"initial   : {result.initial_text!r}")
     print(f"refined   : {result.text!r}")
     print(f"diff      : {token_diff(result.initial_tokens, result.tokens, tv.token_str, color)}")
@@ -203,6 +215,8 @@ def cmd_run(args) -> int:
     print(f"compute   : {st.forward_tokens} forward tokens in {st.forward_calls} calls, {st.candidates} candidates, "
           f"{st.refused} refused, {st.steps} steps, {st.sweeps} sweeps, {st.seconds:.1f} s (greedy decode {gen_s:.1f} s); "
           f"stopped: {st.stop_reason}")
+    if args.scorer is not None:
+        print(f"scorer    : {st.scorer_forward_tokens} of those forward tokens in {st.scorer_forward_calls} calls")
     return 0
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping
 
+from .backends.base import Backend
 from .degeneration import DEFAULT_N
 from .errors import ConfigError
 from .objectives import Objective
@@ -112,6 +114,13 @@ class RefineConfig:
         max_batch_tokens: memory limit: token positions per forward call (rows x length).
         topk_store: tokens kept per position from each forward (>= ``top_k``); extra ones absorb filtering.
         strategy_options: extra keyword options for the strategy.
+        scorer: a second model that computes the objective's terms while the proposals (top-k tokens, margins,
+            re-decodings) stay the generator's: a local model folder or ``.gguf`` path (loaded with
+            transformers through :mod:`refine.models`) or a :class:`~refine.backends.base.Backend`. The
+            candidate's text is re-tokenized with the scorer's tokenizer (its EOS appended when the candidate
+            ended), so token-level terms count the scorer's tokens; ``prune_margin`` is ignored (the
+            generator's partial scores do not predict the scorer's). Both models' forward tokens count in the
+            budget and in the statistics (:mod:`refine.scorer`). ``None``: the generator scores itself.
     """
 
     objective: Any = field(default_factory=lambda: {"mean": 1.0, "repetition": 1.0})
@@ -139,6 +148,7 @@ class RefineConfig:
     max_batch_tokens: int = 4096
     topk_store: int = 16
     strategy_options: dict[str, Any] = field(default_factory=dict)
+    scorer: Any = None
 
     def __post_init__(self) -> None:
         # normalise
@@ -194,6 +204,12 @@ class RefineConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"`seed` has to be an integer, but is {self.seed!r}")
         _positive_int("max_batch_tokens", self.max_batch_tokens)
+        if isinstance(self.scorer, os.PathLike):
+            self.scorer = os.fspath(self.scorer)
+        if not (self.scorer is None or isinstance(self.scorer, Backend)
+                or (isinstance(self.scorer, str) and self.scorer.strip())):
+            raise ConfigError(f"`scorer` has to be a local model folder or .gguf path, or a refine Backend "
+                              f"(refine.backends.hf.HFBackend(model, tokenizer)), or None, but is {self.scorer!r}")
         if not isinstance(self.strategy_options, Mapping):
             raise ConfigError(f"`strategy_options` has to be a dict, but is {self.strategy_options!r}")
         try:  # a strategy checks its options on construction; build one now so a bad option fails here
@@ -224,6 +240,8 @@ class RefineConfig:
         d["moves"] = list(self.moves)
         d["objective"] = self.objective_obj.to_spec()
         d["reward"] = None if self.reward is None else getattr(self.reward, "__name__", repr(self.reward))
+        if isinstance(self.scorer, Backend):  # a loaded model appears by its backend's name
+            d["scorer"] = getattr(self.scorer, "name", type(self.scorer).__name__)
         return d
 
     def replace(self, **changes: Any) -> "RefineConfig":

@@ -5,6 +5,9 @@ Every option that costs compute or memory has a cap. A request over a cap is ref
 the option, its value and the cap; nothing is clipped silently. Budget limits a request leaves
 open (``max_forward_tokens``, ``max_seconds``) are set to the cap, so every refinement ends.
 
+Some options are refused outright, whatever their value: ``scorer`` names a model to load from the
+server's disk (or a Python object), which a request must never choose.
+
 The caps are the serving operator's choice (``refine serve --cap-<name> N``); the defaults are
 safe for a small model on a CPU.
 
@@ -136,8 +139,19 @@ class RequestLimits:
         if prompt_tokens > self.prompt_tokens:
             raise LimitError("prompt", prompt_tokens, self.prompt_tokens, " tokens")
 
+    #: :class:`RefineConfig` fields no request may set, whatever their value
+    REFUSED_FIELDS = ("scorer",)
+
     def check_refine(self, config: RefineConfig) -> RefineConfig:
-        """Check a request's refine options; return them with open budget limits set to the caps."""
+        """Check a request's refine options; return them with open budget limits set to the caps.
+
+        Fails closed on :attr:`REFUSED_FIELDS`: a config that sets one is refused, whoever set it (a server's own
+        defaults included: serving with a scorer is not supported).
+        """
+        for name in self.REFUSED_FIELDS:
+            if getattr(config, name) is not None:
+                raise ConfigError(f"`{name}` cannot be set on this server (it would load a model from the server's "
+                                  f"disk): refine with a scorer through the library or `refine run --scorer`")
         for name in self.CONFIG_FIELDS:
             value, cap = getattr(config, name), getattr(self, name)
             if value is None or value > cap:

@@ -14,6 +14,11 @@ whatever it scores, in :meth:`Search.admissible`:
   n-grams or more line patterns than the output it would replace is refused
   (:mod:`refine.degeneration`).
 
+With a second model as scorer (:class:`~refine.scorer.Scorer`), proposals still come from
+the generator's session while the objective's terms read the scorer's tokens and
+log-probabilities; the budget and the statistics count both models' forward tokens, and
+each model's batch is checked against the budget before it runs.
+
 :func:`run_search` drives a strategy until it converges or a budget limit is reached,
 and returns a :class:`~refine.types.RefineResult`.
 """
@@ -29,9 +34,10 @@ import numpy as np
 from .backends.base import DecodeRequest, Session, TokenizerView
 from .config import RefineConfig
 from .degeneration import count_repeats
-from .errors import BudgetExhausted, ConfigError
+from .errors import BudgetExhausted, ConfigError, InputError
 from .moves import MoveContext, Proposal, build_moves, rank_positions
 from .objectives import CandidateView, Objective
+from .scorer import Scorer
 from .strategy import STRATEGIES, Strategy
 from .types import Edit, Hypothesis, RefineResult, Scores, Stats
 
@@ -69,13 +75,16 @@ class Search:
         tokenizer: TokenizerView,
         config: RefineConfig,
         max_output_tokens: int,
+        scorer: Scorer | None = None,
     ) -> None:
         self.session = session
         self.tokenizer = tokenizer
         self.config = config
         self.budget = config.budget
+        #: the second model that computes the objective's terms (None: the generator's own scores)
+        self.scorer = scorer
         self.objective: Objective = config.objective_fn
-        self.objective.bind(tokenizer)
+        self.objective.bind(tokenizer if scorer is None else scorer.tokenizer)
         self.moves = build_moves(config.moves)
         self.move_context = MoveContext(
             tokenizer=tokenizer,
@@ -99,17 +108,32 @@ class Search:
         self._eos = frozenset(tokenizer.eos_ids)
         self._base_tokens = session.forward_tokens
         self._base_calls = session.forward_calls
+        self._base_scorer = (0, 0) if scorer is None else (scorer.forward_tokens, scorer.forward_calls)
 
     # ------------------------------------------------------------------ budget
 
     @property
+    def scorer_spent(self) -> int:
+        """Forward tokens the scorer model spent in this search (0 without one)."""
+        return 0 if self.scorer is None else self.scorer.forward_tokens - self._base_scorer[0]
+
+    @property
+    def scorer_calls(self) -> int:
+        return 0 if self.scorer is None else self.scorer.forward_calls - self._base_scorer[1]
+
+    @property
     def spent(self) -> int:
-        """Forward tokens spent by this search (the session may have spent some before it)."""
-        return self.session.forward_tokens - self._base_tokens
+        """Forward tokens spent by this search, both models together (the sessions may have spent some before)."""
+        return self.session.forward_tokens - self._base_tokens + self.scorer_spent
 
     @property
     def calls(self) -> int:
-        return self.session.forward_calls - self._base_calls
+        return self.session.forward_calls - self._base_calls + self.scorer_calls
+
+    def _count(self) -> None:
+        self.stats.forward_calls = self.calls
+        self.stats.scorer_forward_tokens = self.scorer_spent
+        self.stats.scorer_forward_calls = self.scorer_calls
 
     def remaining_tokens(self) -> float:
         cap = self.budget.max_forward_tokens
@@ -132,20 +156,40 @@ class Search:
 
     # ------------------------------------------------------------------ scoring
 
-    def _views(self, items: Sequence[tuple[tuple[int, ...], Scores]]) -> list[CandidateView]:
+    def _ended(self, toks: tuple[int, ...]) -> bool:
+        return bool(toks) and toks[-1] in self._eos
+
+    def _scorer_rows(self, seqs: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        assert self.scorer is not None
+        return [self.scorer.tokens(t, self._ended(t)) for t in seqs]
+
+    def _scorer_base(self, parent: Hypothesis | None) -> tuple[int, ...]:
+        return () if parent is None or self.scorer is None else self.scorer.tokens(parent.tokens, parent.ended)
+
+    def _views(self, items: Sequence[tuple[tuple[int, ...], Scores]], parent: Hypothesis | None = None
+               ) -> list[CandidateView]:
+        """What the objective sees of each candidate: the generator's tokens and log-probs, or with a scorer
+        the scorer's tokens and log-probs (scored here, in one batch; the caller has checked the cost)."""
+        if self.scorer is not None:
+            seqs = [toks for toks, _ in items]
+            rows = self._scorer_rows(seqs)
+            lps = self.scorer.logprobs(rows, self._scorer_base(parent))
+            return [CandidateView(tokens=row, logprobs=lp, text=self.tokenizer.decode(toks), ended=self._ended(toks))
+                    for toks, row, lp in zip(seqs, rows, lps)]
         need_text = self.objective.needs_text
         return [
             CandidateView(
                 tokens=toks,
                 logprobs=sc.logprobs,
                 text=self.tokenizer.decode(toks) if need_text else None,
-                ended=bool(toks) and toks[-1] in self._eos,
+                ended=self._ended(toks),
             )
             for toks, sc in items
         ]
 
-    def _hypotheses(self, items: Sequence[tuple[tuple[int, ...], Scores]]) -> list[Hypothesis]:
-        views = self._views(items)
+    def _hypotheses(self, items: Sequence[tuple[tuple[int, ...], Scores]], parent: Hypothesis | None = None
+                    ) -> list[Hypothesis]:
+        views = self._views(items, parent)
         values, terms = self.objective.evaluate(views)
         n = self.config.repeat_guard
         out = []
@@ -162,6 +206,12 @@ class Search:
         """Score the starting output; sets :attr:`current` and :attr:`initial`."""
         tokens = tuple(int(t) for t in tokens)
         cost = self.session.score_cost([tokens])
+        if self.scorer is not None:
+            (row,) = self._scorer_rows([tokens])
+            if not self.scorer.scorable(row):
+                raise InputError(f"the scorer cannot score the initial output ({len(row)} tokens in the scorer's "
+                                 f"tokens; it takes 1 to {self.scorer.room} after its prompt)")
+            cost += self.scorer.cost([row])
         if cost > self.remaining_tokens():
             raise ConfigError(
                 f"`budget.max_forward_tokens`={self.budget.max_forward_tokens} cannot even score the initial "
@@ -169,8 +219,8 @@ class Search:
             )
         ((start, sc),) = self.session.score([tokens])
         assert start == 0
-        self.stats.forward_calls = self.calls
         (hyp,) = self._hypotheses([(tokens, sc)])
+        self._count()
         self.current = self.initial = hyp
         self._memo[(tokens,)] = hyp
         return hyp
@@ -180,11 +230,16 @@ class Search:
         return DecodeRequest(p.tokens, p.max_new, p.min_new, p.force_eos, p.beam, p.temperature, p.seed)
 
     def _cost(self, parent: Hypothesis, props: Sequence[Proposal]) -> int:
+        """Forward tokens evaluating ``props`` costs at most: the generator's scoring and decoding, and the
+        scorer's scoring of the scored proposals (a re-decoded one's text is known only after decoding: its
+        scorer cost is checked then, in :meth:`_run`)."""
         scored = [p.tokens for p in props if not p.decode]
         decoded = [self._request(p) for p in props if p.decode]
         cost = self.session.score_cost(scored, parent.tokens) if scored else 0
         if decoded:
             cost += self.session.decode_cost(decoded, parent.tokens)
+        if self.scorer is not None and scored:
+            cost += self.scorer.cost(self._scorer_rows(scored), self._scorer_base(parent))
         return cost
 
     def evaluate(self, proposals: Sequence[Proposal], parent: Hypothesis | None = None, prune: bool = True,
@@ -225,7 +280,7 @@ class Search:
                 raise BudgetExhausted()
             results.extend(self._run(parent, fresh, prune))
         self.stats.candidates += len(results)
-        self.stats.forward_calls = self.calls
+        self._count()
         valid = [(p, h) for p, h in results if self._valid(h)]
         if not admissible_only:
             return valid
@@ -242,14 +297,16 @@ class Search:
         scored = [p for p in props if not p.decode]
         decoded = [p for p in props if p.decode]
         items: list[tuple[Proposal, tuple[int, ...], Scores]] = []
-        sampled: dict[int, np.ndarray] = {}  # item index -> log-densities of its sampled tokens
+        sampled: dict[tuple, np.ndarray] = {}  # proposal key -> log-densities of its sampled tokens
         if scored:
             for p, (start, sc) in zip(scored, self.session.score([p.tokens for p in scored], parent.tokens)):
                 items.append((p, p.tokens, Scores.concat([parent.scores.slice(0, start), sc])))
         if decoded:
             reqs = [self._request(p) for p in decoded]
             room = self.remaining_tokens()
-            limit = None if room == float("inf") else room
+            limit = None if room == float("inf") else room - self._scorer_reserve(parent, len(decoded))
+            if limit is not None:
+                limit = max(limit, self.session.decode_cost(reqs, parent.tokens))
             outs = self.session.decode(reqs, parent.tokens, limit, self._pruner(parent) if prune else None)
             for p, (start, dec) in zip(decoded, outs):
                 if dec.pruned:
@@ -257,15 +314,43 @@ class Search:
                     self.stats.pruned += 1
                     continue
                 if dec.sample_logprobs is not None:
-                    sampled[len(items)] = dec.sample_logprobs
+                    sampled[p.key] = dec.sample_logprobs
                 items.append((p, dec.tokens, Scores.concat([parent.scores.slice(0, start), dec.scores])))
-        hyps = self._hypotheses([(toks, sc) for _, toks, sc in items])
-        hyps = [dataclasses.replace(h, sampled=sampled[j]) if j in sampled else h for j, h in enumerate(hyps)]
+        if self.scorer is not None:
+            items = self._affordable(parent, items)  # may drop and reorder items
+        hyps = self._hypotheses([(toks, sc) for _, toks, sc in items], parent)
+        hyps = [dataclasses.replace(h, sampled=sampled[p.key]) if p.key in sampled else h
+                for (p, _, _), h in zip(items, hyps)]
         out = []
         for (p, _, _), h in zip(items, hyps):
             self._memo[p.key] = h
             out.append((p, h))
         return out
+
+    def _scorer_reserve(self, parent: Hypothesis, rows: int) -> int:
+        """What scoring ``rows`` re-decoded candidates with the scorer may cost, estimated as that many copies of
+        the parent (0 without a scorer): kept out of the room a generator's decode call may speculate with."""
+        if self.scorer is None or rows == 0:
+            return 0
+        row = self._scorer_base(parent)
+        return self.scorer.session.score_cost([row] * rows) if self.scorer.scorable(row) else 0
+
+    def _affordable(self, parent: Hypothesis, items: list) -> list:
+        """The candidates whose scoring by the scorer fits the budget, most promising (highest prior) first.
+
+        Re-decoded candidates dropped here were paid for by the generator; they are not tried again. If none
+        fits, :class:`BudgetExhausted`.
+        """
+        assert self.scorer is not None
+        items = sorted(items, key=lambda it: -it[0].prior)  # stable: ties keep proposal order
+        base = self._scorer_base(parent)
+        n = len(items)
+        while items and self.scorer.cost(self._scorer_rows([t for _, t, _ in items]), base) > self.remaining_tokens():
+            p = items.pop()[0]
+            self._pruned.add(p.key)
+        if n and not items:
+            raise BudgetExhausted()
+        return items
 
     def _pruner(self, parent: Hypothesis):
         """The lookahead test for re-decoded suffixes: stop one whose partial output scores worse than the
@@ -274,11 +359,13 @@ class Search:
         lead as of its latest check; stopped rows drop out).
 
         Heuristic by design: it only decides what to finish decoding; accepted candidates are always complete
-        and exactly scored. Off when ``prune_margin`` is None or the objective reads text.
+        and exactly scored. Off when ``prune_margin`` is None, when the objective reads text, and with a scorer
+        (the generator's partial scores say nothing about what the scorer will prefer: the lookahead would
+        drop exactly the continuations the scorer is there to find).
         """
         margin = self.config.prune_margin
         keep = self.config.prune_keep
-        if margin is None or self.objective.needs_text:
+        if margin is None or self.objective.needs_text or self.scorer is not None:
             return None
         par_lp = parent.scores.logprobs
         leads: dict[int, float] = {}  # row -> lead over the parent at its latest check (rows not stopped)
@@ -346,10 +433,14 @@ def run_search(
     config: RefineConfig,
     max_output_tokens: int,
     progress: ProgressFn | None = None,
+    scorer: Scorer | None = None,
 ) -> RefineResult:
     """Refine ``output`` for ``session.prompt`` with ``config``; return what the strategy returns (the best
-    output found, unless a sampler was asked for its sample)."""
-    search = Search(session, tokenizer, config, max_output_tokens)
+    output found, unless a sampler was asked for its sample).
+
+    ``scorer``: a second model that computes the objective (:mod:`refine.scorer`); None: the generator's scores.
+    """
+    search = Search(session, tokenizer, config, max_output_tokens, scorer)
     init = search.score_initial(output)
     strategy_cls = STRATEGIES.get(config.strategy, field="strategy")
     strategy: Strategy = strategy_cls(**config.strategy_options)
@@ -382,8 +473,8 @@ def run_search(
             break
     best = strategy.result(search)
     stats = search.stats
+    search._count()
     stats.forward_tokens = search.spent
-    stats.forward_calls = search.calls
     stats.seconds = search.elapsed()
     stats.stop_reason = stop
     return RefineResult(

@@ -146,8 +146,10 @@ class Stats:
 
     Attributes:
         forward_tokens: token positions run through the model (batch rows x input length, padding included),
-            rejected candidates included.
-        forward_calls: model forward calls.
+            rejected candidates included; with a scorer (``RefineConfig.scorer``), both models together.
+        forward_calls: model forward calls (both models with a scorer).
+        scorer_forward_tokens: the scorer model's share of ``forward_tokens`` (0 without a scorer).
+        scorer_forward_calls: the scorer model's share of ``forward_calls``.
         candidates: candidate sequences evaluated.
         pruned: re-decoded candidates abandoned early by the lookahead test (``prune_margin``).
         refused: candidates set aside whatever their score: unfinished where the output they would replace is
@@ -162,6 +164,8 @@ class Stats:
 
     forward_tokens: int = 0
     forward_calls: int = 0
+    scorer_forward_tokens: int = 0
+    scorer_forward_calls: int = 0
     candidates: int = 0
     pruned: int = 0
     refused: int = 0

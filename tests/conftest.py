@@ -49,5 +49,17 @@ def bigram_backend(tok):
     return HFBackend(model, tok)
 
 
+@pytest.fixture(scope="session")
+def scorer_dir(tmp_path_factory):
+    """A second tiny model with another tokenizer (refine.testing.other_char_tokenizer), saved as a folder."""
+    from refine.testing import other_char_tokenizer
+
+    tok2 = other_char_tokenizer()
+    d = tmp_path_factory.mktemp("judge")
+    tiny_llama(seed=7, vocab_size=len(tok2)).save_pretrained(d)
+    tok2.save_pretrained(d)
+    return d
+
+
 def has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None

@@ -97,6 +97,32 @@ def test_cli_batch_refines_every_prompt(model_dir, tmp_path, capsys):
     assert "set for the whole batch" in capsys.readouterr().err
 
 
+
+def test_batch_with_a_scorer_loads_it_once_and_matches_refine_run(model_dir, scorer_dir, tmp_path, capsys,
+                                                                   monkeypatch):
+    import refine.api
+
+    loads = []
+    real = refine.api.resolve_backend
+
+    def counting(model=None, tokenizer=None):
+        loads.append(model)
+        return real(model, tokenizer)
+
+    monkeypatch.setattr(refine.api, "resolve_backend", counting)
+    src = write_prompts(tmp_path / "in.jsonl", 3)
+    out = tmp_path / "out.jsonl"
+    opts = json.dumps({"objective": "sum", "scorer": str(scorer_dir), "budget": {"max_sweeps": 1}})
+    assert main(["batch", "--input", str(src), "--output", str(out), "--model", str(model_dir), "--no-chat",
+                 "--max-new-tokens", "10", "--refine", opts, "--no-progress"]) == 0
+    assert loads.count(str(scorer_dir)) == 1
+    recs = read_records(out)
+    assert len(recs) == 3 and all(r["stats"]["scorer_forward_tokens"] > 0 for r in recs)
+    assert main(["run", "the cat 0", "--model", str(model_dir), "--scorer", str(scorer_dir), "--no-chat",
+                 "--max-new-tokens", "10", "--objective", "sum", "--max-sweeps", "1", "--json"]) == 0
+    single = json.loads(capsys.readouterr().out)
+    assert single["tokens"] == recs[0]["tokens"] and single["score"] == pytest.approx(recs[0]["score"])
+
 def test_kill_9_then_resume_loses_and_duplicates_nothing(model_dir, tmp_path):
     n = 24
     src = write_prompts(tmp_path / "in.jsonl", n)

@@ -72,3 +72,15 @@ def test_bad_option_is_a_clean_error(model_dir, capsys):
 def test_console_script_installed():
     r = subprocess.run([sys.executable, "-m", "refine.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "run" in r.stdout
+
+
+def test_run_with_a_scorer(model_dir, scorer_dir, capsys):
+    args = ["run", "the cat", "--model", str(model_dir), "--scorer", str(scorer_dir), "--no-chat",
+            "--max-new-tokens", "8", "--max-sweeps", "1", "--max-positions", "2"]
+    assert main(args + ["--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["config"]["scorer"] == str(scorer_dir)
+    assert 0 < d["stats"]["scorer_forward_tokens"] < d["stats"]["forward_tokens"]
+    assert main(args + ["--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"(scored by {scorer_dir})" in out and "scorer    :" in out

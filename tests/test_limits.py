@@ -100,3 +100,10 @@ def test_power_options_within_caps_and_its_costless_options_pass():
     assert LIMITS.check_refine(config) is config
     default = RequestLimits()
     assert all(name in default.strategy_options for name in ("steps", "blocks", "chains", "proposals"))
+
+
+@pytest.mark.parametrize("scorer", ["/etc/passwd", "judge-model", "~/.cache/x.gguf"])
+def test_a_scorer_is_refused_whatever_it_names(scorer):
+    with pytest.raises(ConfigError, match=r"^`scorer` cannot be set on this server"):
+        LIMITS.check_refine(RefineConfig(**OK, scorer=scorer))
+

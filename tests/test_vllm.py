@@ -450,6 +450,52 @@ def test_batch_on_vllm_equals_refine_llm(llm, vb, tmp_path):
         assert recs[item.id]["initial_tokens"] == o.outputs[0].refine.initial_tokens
 
 
+def test_a_request_naming_a_scorer_is_refused_before_anything_is_loaded(monkeypatch):
+    import refine.api
+    import refine.models
+    from refine.integrations.vllm import request_config
+    from refine.limits import RequestLimits
+
+    def never(*a, **k):
+        raise AssertionError("a request's scorer was loaded")
+
+    monkeypatch.setattr(refine.models, "load_model", never)
+    monkeypatch.setattr(refine.api, "resolve_backend", never)
+
+    class Params:  # the parts of vllm.SamplingParams that request_config reads
+        max_tokens = 16
+        extra_args = {"refine_scorer": "/some/model"}
+
+    limits = RequestLimits()
+    with pytest.raises(ConfigError, match="`scorer` cannot be set on this server"):
+        request_config(Params(), limits=limits, plugins=[])
+    Params.extra_args = {"refine": {"scorer": "/some/model"}}
+    with pytest.raises(ConfigError, match="`scorer` cannot be set on this server"):
+        request_config(Params(), limits=limits, plugins=[])
+
+def test_a_second_model_scores_what_the_engine_proposes(llm, vb, hf):
+    """The engine proposes; an fp32 transformers copy of the model, seeing the prompt as plain text, scores."""
+    from refine.api import scorer_prompt_ids
+    from refine.backends.hf import HFBackend
+    from refine.integrations.vllm import RefineLLM
+
+    judge = HFBackend(*hf)
+    ids = vb.encode_prompt(QUESTIONS[0], None)
+    rllm = RefineLLM(llm, refine={**REFINE, "objective": "sum", "max_positions": 2, "moves": ("substitute",),
+                                  "scorer": judge}, backend=vb)
+    (o,) = rllm.generate([{"prompt_token_ids": ids}], SamplingParams(temperature=0, max_tokens=12), use_tqdm=False)
+    r = o.outputs[0].refine
+    assert 0 < r.stats.scorer_forward_tokens < r.stats.forward_tokens
+    prompt = scorer_prompt_ids(judge, vb, ids)
+    assert "<|im_start|>" not in vb.hf_tokenizer.decode(prompt)  # the chat markers' special tokens are dropped
+    for tokens, value in ((r.tokens, r.terms["sum"]), (r.initial_tokens, r.initial_terms["sum"])):
+        row = judge.tokenizer.encode(vb.tokenizer.decode(tokens))
+        if tokens[-1] in vb.tokenizer.eos_ids:
+            row.append(judge.tokenizer.eos)
+        lp, *_ = hf_reference(hf, prompt, row)
+        assert value == pytest.approx(float(lp.sum()), abs=TOL)
+
+
 def test_hf_and_vllm_refinements_agree(vb, hf, prompts, greedy):
     """The same prompt and answer refined through both backends: same initial score, same accepted edits."""
     from refine.api import refine_tokens

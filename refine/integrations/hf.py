@@ -22,7 +22,7 @@ from ..errors import InputError, require
 torch = require("torch", "torch==2.13.0")
 require("transformers", "transformers")
 
-from ..api import refine_tokens  # noqa: E402
+from ..api import refine_tokens, resolve_scorer  # noqa: E402
 from ..backends.hf import HFBackend  # noqa: E402
 from ..config import RefineConfig  # noqa: E402
 from ..types import RefineResult  # noqa: E402
@@ -104,7 +104,8 @@ def _assemble(input_ids, results: Sequence[RefineResult], prompt_rows, pad_id: i
 
 
 def _config_for(refine: RefineConfig | dict | None, max_new_tokens: int | None) -> RefineConfig:
-    config = RefineConfig.from_dict(refine)
+    """The rows' config: ``max_new_tokens`` from generate's when unset, a ``scorer`` path loaded once for all rows."""
+    config = resolve_scorer(RefineConfig.from_dict(refine))
     if config.max_new_tokens is None and max_new_tokens:
         config = config.replace(max_new_tokens=int(max_new_tokens))
     return config
@@ -133,7 +134,9 @@ def generate(
         model: a decoder-only transformers model.
         input_ids, attention_mask: as for ``model.generate`` (left-padded batches).
         tokenizer: the model's tokenizer.
-        refine: :class:`RefineConfig` or dict. ``max_new_tokens`` defaults to generate's.
+        refine: :class:`RefineConfig` or dict. ``max_new_tokens`` defaults to generate's. With ``"scorer"`` (a
+            path or a Backend) a second model judges the edits; it sees each prompt as the prompt ids decoded to
+            text (:func:`refine.api.scorer_prompt_ids`).
         **generate_kwargs: passed to ``model.generate`` (``num_beams``, ``do_sample``, ``num_return_sequences``...).
 
     Example:

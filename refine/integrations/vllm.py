@@ -28,6 +28,11 @@ and the copied ``RequestOutput`` has ``original`` (the unrefined ``RequestOutput
 Unless the options set ``max_new_tokens``, a refined output is kept within the request's ``max_tokens``.
 Bad options raise :class:`~refine.errors.ConfigError` (naming the option) before anything is generated.
 
+A second model as scorer (``"scorer"``: a path, loaded once per :func:`generate` call, or a
+:class:`~refine.backends.base.Backend` such as an ``HFBackend``) judges the edits the engine proposes; it sees
+each prompt as the prompt ids decoded to text (:func:`refine.api.scorer_prompt_ids`). A request checked against
+:class:`~refine.limits.RequestLimits` (the server) may not name one.
+
 Refinement runs on the same engine: start it with :func:`refine.backends.vllm.make_llm` (or pass
 ``logits_processors=[ForcedTokensProcessor]``) so that scoring reuses the prefix cache and the
 ``regenerate`` move can decode.
@@ -167,7 +172,7 @@ def generate(
         >>> out = generate(llm, ["Name three colors."], sp)                      # doctest: +SKIP
         >>> out[0].outputs[0].text, out[0].outputs[0].refine.gain                # doctest: +SKIP
     """
-    from ..api import refine_tokens
+    from ..api import refine_tokens, resolve_scorer
 
     n_prompts = 1 if isinstance(prompts, (str, dict)) else len(prompts)
     if sampling_params is None:
@@ -180,6 +185,8 @@ def generate(
         per = [sampling_params] * n_prompts
     configs = [request_config(p, defaults=defaults, plugins=plugins, limits=limits)
                for p in per]  # ConfigError here, before generating anything
+    loaded: dict[str, Any] = {}  # a scorer path named by several requests is loaded once
+    configs = [None if c is None else resolve_scorer(c, loaded) for c in configs]
     outputs = llm.generate(prompts, sampling_params, **generate_kwargs)
     if not any(c is not None for c in configs):
         return outputs
@@ -244,7 +251,8 @@ class RefineLLM:
         llm: an engine; ``None``: :func:`make_llm` ``(model, **make_llm_kwargs)``.
         model: model folder for :func:`make_llm` (``None``: refine's default model).
         refine: default refine options applied to *every* request (a request's own options override them);
-            ``None``: only requests with ``extra_args`` refine options are refined.
+            ``None``: only requests with ``extra_args`` refine options are refined. A ``"scorer"`` path is loaded
+            here, once.
         plugins: import paths that requests' options may name; ``None``: any (requests written by trusted code).
             A service that takes requests from clients passes the list it trusts (usually empty).
         limits: caps every request's refine options must respect (:class:`~refine.limits.RequestLimits`).
@@ -277,6 +285,10 @@ class RefineLLM:
             config = RefineConfig.from_dict(merge_options(base, self.defaults))
             if limits is not None:
                 limits.check_refine(config if config.max_new_tokens else config.replace(max_new_tokens=1))
+            if isinstance(config.scorer, str):  # a scorer path is loaded once, here
+                from ..api import resolve_scorer
+
+                self.defaults["scorer"] = resolve_scorer(config).scorer
         self.llm = llm if llm is not None else make_llm(model, **make_llm_kwargs)
         self.backend = backend if backend is not None else VLLMBackend(self.llm)
 

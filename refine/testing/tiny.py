@@ -1,6 +1,8 @@
 """In-memory test models.
 
 - :func:`char_tokenizer`: a character-level fast tokenizer over a small alphabet.
+- :func:`other_char_tokenizer`: another character-level tokenizer with different ids, specials in another order
+  and a BOS that prompts get (what a second model with its own tokenizer looks like).
 - :func:`tiny_llama`: a randomly initialised 2-layer Llama built from a config.
 - :class:`BigramLM`: a causal LM whose next-token distribution depends only on the current token, given as
   an explicit table, so tests can state exact probabilities (and build cases where greedy decoding is wrong).
@@ -37,6 +39,29 @@ def char_tokenizer():
         tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", padding_side="left"
     )
     return tok
+
+
+OTHER_SPECIALS = ["<s>", "</s>", "<unk>", "<pad>"]
+OTHER_ALPHABET = ALPHABET[::-1] + list("0123456789")
+
+
+def other_char_tokenizer():
+    """A character-level tokenizer unlike :func:`char_tokenizer`: ids 0-3 are ``<s> </s> <unk> <pad>``, then the
+    alphabet reversed and the digits; ``encode`` with special tokens puts ``<s>`` (BOS) first.
+
+    >>> tok = other_char_tokenizer()
+    >>> tok("ab").input_ids, tok.eos_token_id
+    ([0, 34, 33], 1)
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    vocab = {tok: i for i, tok in enumerate(OTHER_SPECIALS + OTHER_ALPHABET)}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", padding_side="left")
 
 
 def tiny_llama(seed: int = 0, vocab_size: int = len(SPECIALS) + len(ALPHABET), layers: int = 2) -> LlamaForCausalLM:
