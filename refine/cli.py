@@ -18,6 +18,10 @@ from .degeneration import DEFAULT_N
 from .errors import ConfigError
 
 
+SCORER_HELP = ("a second model (local folder or .gguf file) that judges the edits --model proposes; "
+               "both models' forward tokens count in the budget (default: --model scores itself)")
+
+
 def _objective_arg(text: str):
     """``mean`` | ``sum,length=0.3`` | a JSON object."""
     text = text.strip()
@@ -36,9 +40,7 @@ def _add_run(sub) -> None:
     p.add_argument("prompt", help="the prompt (a chat template is applied if the model has one)")
     p.add_argument("--output", help="refine this answer instead of decoding one greedily")
     p.add_argument("--model", default=None, help="local model folder or .gguf file (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--scorer", default=None,
-                   help="a second model (local folder or .gguf file) that judges the edits --model proposes; "
-                        "both models' forward tokens count in the budget (default: --model scores itself)")
+    p.add_argument("--scorer", default=None, help=SCORER_HELP)
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     p.add_argument("--objective", type=_objective_arg, default="mean,repetition=1",
                    help="term name, 'name=weight,...', or JSON (default: mean,repetition=1)")
@@ -86,9 +88,7 @@ def _add_batch(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
                    help=f"output cap for every prompt (default {DEFAULT_MAX_NEW_TOKENS})")
     p.add_argument("--chunk", type=int, default=8, help="prompts whose initial answers are decoded together")
-    p.add_argument("--scorer", default=None,
-                   help="a second model (local folder or .gguf file) that judges the edits --model proposes; "
-                        "both models' forward tokens count in the budget (default: --model scores itself)")
+    p.add_argument("--scorer", default=None, help=SCORER_HELP)
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_batch)
@@ -101,18 +101,19 @@ def cmd_batch(args) -> int:
 
     if not isinstance(args.refine, dict):
         raise ConfigError("--refine must be a JSON object of refine options")
-    RefineConfig.from_dict({**args.refine, "max_new_tokens": args.max_new_tokens})  # bad options fail first
+    base = dict(args.refine) if args.scorer is None else {**args.refine, "scorer": args.scorer}
+    RefineConfig.from_dict({**base, "max_new_tokens": args.max_new_tokens})  # bad options fail first
     items = read_items(args.input)
     chat = False if args.no_chat else None
     if args.engine == "vllm":
         from .backends.vllm import VLLMBackend, make_llm
 
         llm = make_llm(args.model)
-        refiner = vllm_refiner(llm, VLLMBackend(llm), args.refine, args.max_new_tokens, chat)
+        refiner = vllm_refiner(llm, VLLMBackend(llm), base, args.max_new_tokens, chat)
     else:
         from .api import resolve_backend
 
-        refiner = hf_refiner(resolve_backend(args.model), args.refine, args.max_new_tokens, chat)
+        refiner = hf_refiner(resolve_backend(args.model), base, args.max_new_tokens, chat)
     written, skipped = run_batch(items, args.output, refiner, args.chunk, not args.no_progress)
     print(f"refine batch: {written} refined, {skipped} already in {args.output}, {len(items)} in all",
           file=sys.stderr)

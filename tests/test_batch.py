@@ -97,7 +97,6 @@ def test_cli_batch_refines_every_prompt(model_dir, tmp_path, capsys):
     assert "set for the whole batch" in capsys.readouterr().err
 
 
-
 def test_batch_with_a_scorer_loads_it_once_and_matches_refine_run(model_dir, scorer_dir, tmp_path, capsys,
                                                                    monkeypatch):
     import refine.api
@@ -122,6 +121,14 @@ def test_batch_with_a_scorer_loads_it_once_and_matches_refine_run(model_dir, sco
                  "--max-new-tokens", "10", "--objective", "sum", "--max-sweeps", "1", "--json"]) == 0
     single = json.loads(capsys.readouterr().out)
     assert single["tokens"] == recs[0]["tokens"] and single["score"] == pytest.approx(recs[0]["score"])
+    # the --scorer flag is the same as the option
+    flagged = tmp_path / "flagged.jsonl"
+    assert main(["batch", "--input", str(src), "--output", str(flagged), "--model", str(model_dir), "--no-chat",
+                 "--max-new-tokens", "10", "--refine", '{"objective": "sum", "budget": {"max_sweeps": 1}}',
+                 "--scorer", str(scorer_dir), "--no-progress"]) == 0
+    assert [r["tokens"] for r in read_records(flagged)] == [r["tokens"] for r in recs]
+    assert all(r["stats"]["scorer_forward_tokens"] > 0 for r in read_records(flagged))
+
 
 def test_kill_9_then_resume_loses_and_duplicates_nothing(model_dir, tmp_path):
     n = 24
