@@ -76,6 +76,9 @@ class Scorer:
                              f"({backend.max_length}); shorten the prompt")
         self.session: Session = backend.open(self.prompt, 1, max_batch_tokens)
         self._memo: dict[tuple[int, ...], np.ndarray] = {}
+        #: the scorer's tokens of each generator candidate seen (re-tokenizing is asked for again and again: the
+        #: parent for every batch, the candidates while the budget check trims a batch)
+        self._rows: dict[tuple[tuple[int, ...], bool], tuple[int, ...]] = {}
         #: scorable rows answered without a forward of their own (from the memo, or repeated within a call)
         self.reused = 0
 
@@ -89,10 +92,13 @@ class Scorer:
 
     def tokens(self, generator_tokens: Sequence[int], ended: bool) -> tuple[int, ...]:
         """The scorer's token ids of a generator candidate (see the module docstring)."""
-        ids = list(self.tokenizer.encode(self.source.decode(list(generator_tokens))))
-        if ended:
-            ids.append(self.tokenizer.eos)
-        return tuple(int(t) for t in ids)
+        key = (tuple(generator_tokens), ended)
+        if key not in self._rows:
+            ids = list(self.tokenizer.encode(self.source.decode(list(generator_tokens))))
+            if ended:
+                ids.append(self.tokenizer.eos)
+            self._rows[key] = tuple(int(t) for t in ids)
+        return self._rows[key]
 
     def scorable(self, row: tuple[int, ...]) -> bool:
         return 0 < len(row) <= self.room

@@ -265,7 +265,7 @@ class Search:
             if p.key in seen:
                 continue
             seen.add(p.key)
-            content = len(p.tokens) - (1 if p.tokens and p.tokens[-1] in self._eos else 0)
+            content = len(p.tokens) - self._ended(p.tokens)
             if not p.decode and (content < self.config.min_tokens or len(p.tokens) > self.max_output_tokens):
                 continue
             if p.key in self._memo:
@@ -289,7 +289,7 @@ class Search:
         return kept
 
     def _valid(self, h: Hypothesis) -> bool:
-        content = len(h.tokens) - (1 if h.tokens and h.tokens[-1] in self._eos else 0)
+        content = len(h.tokens) - self._ended(h.tokens)
         return content >= self.config.min_tokens and np.isfinite(h.value)
 
     def _run(self, parent: Hypothesis, props: Sequence[Proposal], prune: bool = True

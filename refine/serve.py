@@ -150,6 +150,7 @@ def build_app(rllm: Any, model_name: str, limits: RequestLimits | None = None, a
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
 
+    from .backends.hf import conversation_ids
     from .serve_metrics import ServerMetrics
 
     limits = limits or rllm.limits or RequestLimits()
@@ -182,13 +183,10 @@ def build_app(rllm: Any, model_name: str, limits: RequestLimits | None = None, a
                 raise RequestError("`messages` has to be a non-empty list of {\"role\": ..., \"content\": ...} "
                                    "objects with string values", "messages")
             try:
-                ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-            except Exception as exc:  # the template rejects the conversation (roles, order)
+                return [conversation_ids(tokenizer, messages)]
+            except Exception as exc:  # the template rejects the conversation (roles, order), or there is none
                 raise RequestError(f"`messages` cannot be formatted with the model's chat template: {exc}",
                                    "messages") from exc
-            if hasattr(ids, "keys"):
-                ids = ids["input_ids"]
-            return [list(ids)]
         prompt = body.get("prompt")
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p for p in prompts):
