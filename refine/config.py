@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from types import MappingProxyType
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping
 
@@ -20,7 +21,7 @@ from .errors import ConfigError
 from .objectives import Objective
 from .moves import MOVES
 from .registry import only_plugins
-from .strategy import STRATEGIES
+from .strategy import STRATEGIES, Strategy
 
 LENGTH_MODES = ("free", "keep_eos", "fixed")
 POSITION_ORDERS = ("margin", "entropy", "left_to_right")
@@ -34,7 +35,7 @@ def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
                           f"but is {value!r}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Budget:
     """Limits on one refinement. The search stops at the first limit reached and returns the best output so far.
 
@@ -63,12 +64,15 @@ class Budget:
                     or not math.isfinite(self.max_seconds) or self.max_seconds <= 0:
                 raise ConfigError(f"`budget.max_seconds` has to be a positive number or None, "
                                   f"but is {self.max_seconds!r}")
-            self.max_seconds = float(self.max_seconds)
+            object.__setattr__(self, "max_seconds", float(self.max_seconds))
 
 
-@dataclass
+@dataclass(frozen=True)
 class RefineConfig:
-    """Options of a refinement.
+    """Options of a refinement. Immutable: :meth:`replace` gives a validated copy with changes.
+
+    The config only describes a refinement; each search builds its own objective and strategy from it
+    (:meth:`build_objective`, :meth:`build_strategy`), so nothing a search binds or mutates lives here.
 
     Attributes:
         objective: what to maximise: a term name (``"mean"``, ``"sum"``, ``"gnmt"``), a dict
@@ -151,20 +155,27 @@ class RefineConfig:
     scorer: Any = None
 
     def __post_init__(self) -> None:
-        # normalise
+        def normalise(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
         if isinstance(self.budget, Mapping):
             unknown = set(self.budget) - {f.name for f in dataclasses.fields(Budget)}
             if unknown:
                 raise ConfigError(f"`budget` has unknown fields {sorted(unknown)}; "
                                   f"valid: {[f.name for f in dataclasses.fields(Budget)]}")
-            self.budget = Budget(**self.budget)
+            normalise("budget", Budget(**self.budget))
         if isinstance(self.moves, str):
-            self.moves = tuple(m.strip() for m in self.moves.split(",") if m.strip())
-        self.moves = tuple(self.moves)
+            normalise("moves", tuple(m.strip() for m in self.moves.split(",") if m.strip()))
+        normalise("moves", tuple(self.moves))
+        if isinstance(self.scorer, os.PathLike):
+            normalise("scorer", os.fspath(self.scorer))
+        if not isinstance(self.strategy_options, Mapping):
+            raise ConfigError(f"`strategy_options` has to be a dict, but is {self.strategy_options!r}")
+        normalise("strategy_options", MappingProxyType(dict(self.strategy_options)))  # read-only view
         # verify
         if not isinstance(self.budget, Budget):
             raise ConfigError(f"`budget` has to be a refine.Budget or a dict, but is {self.budget!r}")
-        self.objective_obj = self.build_objective()
+        self.build_objective()  # a bad objective or reward fails here
         if not self.moves:
             raise ConfigError("`moves` has to name at least one move, e.g. ('regenerate', 'substitute')")
         if len(set(self.moves)) != len(self.moves):
@@ -204,21 +215,23 @@ class RefineConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"`seed` has to be an integer, but is {self.seed!r}")
         _positive_int("max_batch_tokens", self.max_batch_tokens)
-        if isinstance(self.scorer, os.PathLike):
-            self.scorer = os.fspath(self.scorer)
         if not (self.scorer is None or isinstance(self.scorer, Backend)
                 or (isinstance(self.scorer, str) and self.scorer.strip())):
             raise ConfigError(f"`scorer` has to be a local model folder or .gguf path, or a refine Backend "
                               f"(refine.backends.hf.HFBackend(model, tokenizer)), or None, but is {self.scorer!r}")
-        if not isinstance(self.strategy_options, Mapping):
-            raise ConfigError(f"`strategy_options` has to be a dict, but is {self.strategy_options!r}")
-        try:  # a strategy checks its options on construction; build one now so a bad option fails here
-            STRATEGIES.get(self.strategy, field="strategy")(**self.strategy_options)
+        self.build_strategy()  # a strategy checks its options on construction: a bad option fails here
+
+    def build_strategy(self) -> Strategy:
+        """A new strategy object for one search (strategies keep per-search state)."""
+        cls = STRATEGIES.get(self.strategy, field="strategy")
+        try:
+            return cls(**self.strategy_options)
         except TypeError as exc:
             raise ConfigError(f"`strategy_options` {dict(self.strategy_options)} do not fit strategy "
                               f"{self.strategy!r}: {exc}") from exc
 
     def build_objective(self) -> Objective:
+        """A new objective for one search (a search binds it to its tokenizer)."""
         obj = Objective.from_spec(self.objective)
         if self.reward is not None:
             from .objectives import Reward
@@ -230,15 +243,16 @@ class RefineConfig:
 
     @property
     def objective_fn(self) -> Objective:
-        """The objective built from ``objective`` (and ``reward``)."""
-        return self.objective_obj
+        """A new objective built from ``objective`` (and ``reward``); same as :meth:`build_objective`."""
+        return self.build_objective()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly description (callables appear by name)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["budget"] = dataclasses.asdict(self.budget)
         d["moves"] = list(self.moves)
-        d["objective"] = self.objective_obj.to_spec()
+        d["objective"] = self.build_objective().to_spec()
+        d["strategy_options"] = dict(self.strategy_options)
         d["reward"] = None if self.reward is None else getattr(self.reward, "__name__", repr(self.reward))
         if isinstance(self.scorer, Backend):  # a loaded model appears by its backend's name
             d["scorer"] = getattr(self.scorer, "name", type(self.scorer).__name__)

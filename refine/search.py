@@ -38,7 +38,7 @@ from .errors import BudgetExhausted, ConfigError, InputError
 from .moves import MoveContext, Proposal, build_moves, rank_positions
 from .objectives import CandidateView, Objective
 from .scorer import Scorer
-from .strategy import STRATEGIES, Strategy
+from .strategy import Strategy
 from .types import Edit, Hypothesis, RefineResult, Scores, Stats
 
 
@@ -83,8 +83,10 @@ class Search:
         self.budget = config.budget
         #: the second model that computes the objective's terms (None: the generator's own scores)
         self.scorer = scorer
-        self.objective: Objective = config.objective_fn
+        #: this search's own objective and strategy, built from the (immutable) config once per search
+        self.objective: Objective = config.build_objective()
         self.objective.bind(tokenizer if scorer is None else scorer.tokenizer)
+        self.strategy: Strategy = config.build_strategy()
         self.moves = build_moves(config.moves)
         self.move_context = MoveContext(
             tokenizer=tokenizer,
@@ -141,6 +143,11 @@ class Search:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self._t0
+
+    def end_sweep(self) -> None:
+        """A strategy calls this when it has finished one pass over the positions (its own notion of a sweep).
+        The driver stops the search once ``budget.max_sweeps`` sweeps are done; strategies never check it."""
+        self.stats.sweeps += 1
 
     # ------------------------------------------------------------------ proposing
 
@@ -258,6 +265,7 @@ class Search:
         """
         parent = self.current if parent is None else parent
         assert parent is not None, "score_initial() first"
+        self.stats.steps += 1
         seen: set[tuple] = set()
         fresh: list[Proposal] = []
         results: list[tuple[Proposal, Hypothesis]] = []
@@ -422,8 +430,70 @@ class Search:
         assert self.current is not None
         return self.current
 
+    # ------------------------------------------------------------------ driving
 
-ProgressFn = Callable[[Search], None]
+    def run(self, progress: "ProgressFn | None" = None) -> RefineResult:
+        """Drive :attr:`strategy` until it converges or a budget limit is reached (after :meth:`score_initial`).
+
+        The one place the budget's step-level limits are checked (``max_seconds``, ``max_sweeps``,
+        ``patience``; ``max_forward_tokens`` is enforced inside :meth:`evaluate`) and the one writer of
+        :attr:`stats`, with :meth:`evaluate`, :meth:`accept` and :meth:`end_sweep`.
+        """
+        init = self.initial
+        assert init is not None, "score_initial() first"
+        strategy = self.strategy
+        strategy.start(self)
+        budget = self.budget
+        idle = 0
+        stop = "converged"
+        while True:
+            if budget.max_seconds is not None and self.elapsed() >= budget.max_seconds:
+                stop = "max_seconds"
+                break
+            if self.stats.sweeps >= budget.max_sweeps:
+                stop = "max_sweeps"
+                break
+            if budget.patience is not None and idle >= budget.patience:
+                stop = "patience"
+                break
+            accepted, steps = self.stats.accepted, self.stats.steps
+            try:
+                more = strategy.step(self)
+            except BudgetExhausted:
+                stop = "max_forward_tokens"
+                break
+            if self.stats.accepted > accepted:
+                idle = 0
+            else:
+                idle += self.stats.steps - steps
+            if progress is not None:
+                progress(self)
+            if not more:
+                break
+        best = strategy.result(self)
+        self._count()
+        self.stats.forward_tokens = self.spent
+        self.stats.seconds = self.elapsed()
+        self.stats.stop_reason = stop
+        decode = self.tokenizer.decode
+        return RefineResult(
+            tokens=list(best.tokens),
+            text=decode(best.tokens),
+            score=best.value,
+            initial_tokens=list(init.tokens),
+            initial_text=decode(init.tokens),
+            initial_score=init.value,
+            terms=dict(best.terms),
+            initial_terms=dict(init.terms),
+            edits=list(self.edits),
+            stats=self.stats,
+            prompt_tokens=list(self.session.prompt),
+            ended=best.ended,
+            initial_ended=init.ended,
+        )
+
+
+ProgressFn = Callable[["Search"], None]
 
 
 def run_search(
@@ -441,54 +511,5 @@ def run_search(
     ``scorer``: a second model that computes the objective (:mod:`refine.scorer`); None: the generator's scores.
     """
     search = Search(session, tokenizer, config, max_output_tokens, scorer)
-    init = search.score_initial(output)
-    strategy_cls = STRATEGIES.get(config.strategy, field="strategy")
-    strategy: Strategy = strategy_cls(**config.strategy_options)
-    strategy.start(search)
-    budget = config.budget
-    idle = 0
-    stop = "converged"
-    while True:
-        if budget.max_seconds is not None and search.elapsed() >= budget.max_seconds:
-            stop = "max_seconds"
-            break
-        if search.stats.sweeps >= budget.max_sweeps:
-            stop = "max_sweeps"
-            break
-        if budget.patience is not None and idle >= budget.patience:
-            stop = "patience"
-            break
-        accepted_before = search.stats.accepted
-        try:
-            more = strategy.step(search)
-        except BudgetExhausted:
-            stop = "max_forward_tokens"
-            break
-        search.stats.steps += 1
-        idle = 0 if search.stats.accepted > accepted_before else idle + 1
-        if progress is not None:
-            progress(search)
-        if not more:
-            stop = "converged"
-            break
-    best = strategy.result(search)
-    stats = search.stats
-    search._count()
-    stats.forward_tokens = search.spent
-    stats.seconds = search.elapsed()
-    stats.stop_reason = stop
-    return RefineResult(
-        tokens=list(best.tokens),
-        text=tokenizer.decode(best.tokens),
-        score=best.value,
-        initial_tokens=list(init.tokens),
-        initial_text=tokenizer.decode(init.tokens),
-        initial_score=init.value,
-        terms=dict(best.terms),
-        initial_terms=dict(init.terms),
-        edits=list(search.edits),
-        stats=stats,
-        prompt_tokens=list(session.prompt),
-        ended=best.ended,
-        initial_ended=init.ended,
-    )
+    search.score_initial(output)
+    return search.run(progress)

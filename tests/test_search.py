@@ -365,3 +365,63 @@ def test_regenerate_beam_finds_a_path_that_pays_early_and_recovers(beam_backend,
 def test_regen_beam_is_validated(width):
     with pytest.raises(ConfigError, match="regen_beam"):
         RefineConfig(regen_beam=width)
+
+
+# ---------------------------------------------------------------- one owner for search state
+
+
+def test_config_is_immutable_and_each_search_builds_its_own_objective_and_strategy(backend):
+    import dataclasses
+
+    from refine.backends.base import Session  # noqa: F401  (the interface the search reads)
+    from refine.search import Search
+
+    cfg = RefineConfig(objective="sum", strategy_options={})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.top_k = 5
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.budget.max_sweeps = 9
+    with pytest.raises(TypeError):
+        cfg.strategy_options["pool"] = 2
+    assert cfg.replace(top_k=5).top_k == 5 and cfg.top_k == 3
+    prompt = [7, 8]
+    session = backend.open(prompt, cfg.topk_store, cfg.max_batch_tokens)
+    a = Search(session, backend.tokenizer, cfg, 8)
+    b = Search(session, backend.tokenizer, cfg, 8)
+    assert a.objective is not b.objective and a.strategy is not b.strategy
+    assert cfg.build_objective() is not cfg.build_objective()
+
+
+@pytest.mark.parametrize("strategy", ["coordinate", "best_first"])
+@pytest.mark.parametrize("sweeps", [1, 2])
+def test_max_sweeps_is_enforced_by_the_driver_alone(bigram_backend, strategy, sweeps):
+    out = generate_greedy(bigram_backend, [X], 6)
+    res = refine_tokens(bigram_backend, [X], out, {"strategy": strategy, "objective": "sum", "max_positions": 1,
+                                                   "block_size": 1, "budget": {"max_sweeps": sweeps}})
+    assert res.stats.sweeps <= sweeps
+    assert res.stats.stop_reason in ("max_sweeps", "converged")
+    if res.stats.stop_reason == "max_sweeps":
+        assert res.stats.sweeps == sweeps
+    elif strategy == "coordinate":  # converged: its last sweep accepted nothing
+        assert res.stats.sweeps < sweeps or not res.edits
+    # one step per batched evaluation: every accepted edit's step is one of them
+    assert all(1 <= e.step <= res.stats.steps for e in res.edits)
+
+
+def test_strategies_never_write_search_stats():
+    """Only refine.search writes Stats: no strategy module assigns to (or augments) an attribute of ``stats``."""
+    import ast
+    import pathlib
+
+    import refine.strategies
+
+    folder = pathlib.Path(refine.strategies.__file__).parent
+    offenders = []
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else \
+                [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+            for t in targets:
+                if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Attribute) and t.value.attr == "stats":
+                    offenders.append(f"{path.name}:{node.lineno}")
+    assert not offenders, offenders

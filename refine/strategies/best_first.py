@@ -51,14 +51,14 @@ class BestFirst(Strategy):
             if node.queue is None:
                 node.queue = search.sweep_positions(node.hyp)
             block, node.queue = node.queue[: cfg.block_size], node.queue[cfg.block_size :]
-            if not node.queue:
-                search.stats.sweeps += 1
             hyp = node.hyp
             proposals = search.propose(hyp, block)
+            if not node.queue:
+                search.end_sweep()
+                if not proposals:
+                    return True  # the driver checks max_sweeps before the next step
             if proposals:
                 break
-            if not node.queue and search.stats.sweeps >= cfg.budget.max_sweeps:
-                return True  # the driver reports max_sweeps
         results = search.evaluate(proposals, parent=hyp)
         if results:
             search.accept(*max(results, key=lambda r: r[1].value))

@@ -29,13 +29,12 @@ class CoordinateDescent(Strategy):
         cfg = search.config
         while True:
             if not self._queue:
-                # sweep finished
-                search.stats.sweeps += 1
+                # sweep finished: converged without an accepted edit; else the driver decides whether another runs
+                search.end_sweep()
                 if not self._improved:
                     return False
-                if search.stats.sweeps >= cfg.budget.max_sweeps:
-                    return True  # the driver reports max_sweeps
                 self._new_sweep(search)
+                return True
             block, self._queue = self._queue[: cfg.block_size], self._queue[cfg.block_size :]
             proposals = search.propose(search.current, block)
             if proposals:

@@ -197,7 +197,7 @@ class PowerSampling(Strategy):
 
     def step(self, search: Search) -> bool:
         if self._block >= self.blocks:
-            search.stats.sweeps += 1
+            search.end_sweep()
             return False
         limit = self._limit()
         eos = frozenset(search.tokenizer.eos_ids)
