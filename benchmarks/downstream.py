@@ -16,7 +16,8 @@ Methods per item, all capped at the same number of new tokens:
   the library's default objective terms plus the task's coverage term, library defaults otherwise.
 
 Headline metric: the **good-output rate**: the constraint is met, the output is finished (ended
-with EOS within the cap) and it repeats no word trigram. Beside it: coverage, the share finished,
+with EOS within the cap), it repeats no word trigram and it reads as prose, not a list
+(:func:`benchmarks.metrics.reads_as_list`: "Dance, kid, room." or ``key: value`` lines are lists). Beside it: coverage, the share finished,
 ROUGE-1/2/L (``rouge-score``), the scorer's mean log P per token, and an **independent judge**'s
 (:mod:`benchmarks.judge`: a model that took no part in the search). Paired bootstrap intervals
 (:mod:`benchmarks.bootstrap`) compare refine with each baseline on the same items.
@@ -35,7 +36,7 @@ from . import data, report
 from .bootstrap import versus
 from .common import method_rows
 from .context import Context
-from .metrics import slot_coverage
+from .metrics import reads_as_list, slot_coverage
 from .rouge import KINDS as ROUGE_KINDS
 from .rouge import rouge
 
@@ -51,7 +52,7 @@ TASKS = ("commongen", "e2e")
 #: differ in which concepts they use
 TEMPERATURE = 0.8
 #: per-item numbers summarised for every method
-NUMBERS = ["good", "constraint", "coverage", "ended", "repeats", *ROUGE_KINDS, "mean_logp", "judge_logp",
+NUMBERS = ["good", "constraint", "coverage", "ended", "repeats", "prose", *ROUGE_KINDS, "mean_logp", "judge_logp",
            "length", "forward_tokens", "seconds"]
 #: the numbers compared by paired bootstrap (refine − baseline)
 COMPARED = ["good", "coverage", "judge_logp"]
@@ -89,8 +90,9 @@ def task_metrics(task: str, item: data.Item, text: str, ended: bool) -> dict[str
     cov = coverage(list(item.words), text) if task == "commongen" else slot_coverage(item.slots, text)
     repeats = repeated_ngrams(text, 3)
     constraint = float(cov == 1.0)
-    return {"coverage": cov, "constraint": constraint, "repeats": float(repeats > 0),
-            "good": float(constraint == 1.0 and ended and repeats == 0), **rouge(text, item.references)}
+    prose = not reads_as_list(text, list(item.words) if task == "commongen" else ())
+    return {"coverage": cov, "constraint": constraint, "repeats": float(repeats > 0), "prose": float(prose),
+            "good": float(constraint == 1.0 and ended and repeats == 0 and prose), **rouge(text, item.references)}
 
 
 def run_item(ctx: Context, judge, task: str, item: data.Item, s: Settings, max_new_tokens: int) -> dict | None:
@@ -182,7 +184,7 @@ def run(ctx: Context) -> dict:
 def plot(results: dict, folder: Path) -> list[str]:
     """Per task: good-output rate with its parts per method, and the judge's log P per method (± s.e.)."""
     files = []
-    parts = ["good", "constraint", "ended", "repeats"]
+    parts = ["good", "constraint", "ended", "repeats", "prose"]
     for task in TASKS:
         if task not in results["summary"]:
             continue
@@ -195,7 +197,7 @@ def plot(results: dict, folder: Path) -> list[str]:
                    label=LABELS[m])
             ax2.bar(j, ms[m]["judge_logp"], yerr=ms[m]["judge_logp_se"], capsize=3, color=f"C{j}")
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(parts))],
-                      ["good output", "constraint met", "finished", "repeats a trigram"])
+                      ["good output", "constraint met", "finished", "repeats a trigram", "reads as prose"])
         ax.set_ylim(0, 1.05)
         ax.set_title(f"{task}: share of outputs ({results['summary'][task]['items']} items)")
         ax.legend(fontsize=7)
@@ -209,13 +211,13 @@ def _task_section(results: dict, task: str) -> list[str]:
     summ = results["summary"][task]
     ms = summ["methods"]
     items = [it for it in results["items"] if it["task"] == task]
-    head = ["method", "good output", "constraint met", "coverage", "finished", "repeats a trigram",
+    head = ["method", "good output", "constraint met", "coverage", "finished", "repeats a trigram", "prose",
             *ROUGE_KINDS, "scorer log P", "judge log P", "length", "forward tokens", "seconds", "time / greedy"]
     rows = []
     for m in METHODS:
         r = ms[m]
         rows.append((LABELS[m], report.pm(r["good"], r["good_se"]), r["constraint"], r["coverage"], r["ended"],
-                     r["repeats"], *[r[k] for k in ROUGE_KINDS], report.pm(r["mean_logp"], r["mean_logp_se"]),
+                     r["repeats"], r["prose"], *[r[k] for k in ROUGE_KINDS], report.pm(r["mean_logp"], r["mean_logp_se"]),
                      report.pm(r["judge_logp"], r["judge_logp_se"]), f"{r['length']:.1f}",
                      round(r["forward_tokens"]), f"{r['seconds']:.2f}", f"{r['time_vs_greedy']:.2f}"))
     parts = [f"## {task} ({len(items)} items)", "", report.table(head, rows), ""]
@@ -242,8 +244,10 @@ def render(results: dict, plots: list[str]) -> str:
              f"- **E2E** test, first {s['e2e_items']} meaning representations, prompt listing the slots, outputs <= "
              f"{s['e2e_tokens']} tokens. Constraint: every slot realised (each keyword of its value appears as a "
              "word; familyFriendly is keyed by \"family\", polarity unchecked).",
-             "- **Good output** = constraint met, finished (ended with EOS within the cap), and no repeated word "
-             "trigram. ROUGE-1/2/L F1 against the best reference, from `rouge-score` (Porter stemming).",
+             "- **Good output** = constraint met, finished (ended with EOS within the cap), no repeated word "
+             "trigram, and prose rather than a list (`benchmarks.metrics.reads_as_list`: three or more short "
+             "comma-separated segments such as \"Dance, kid, room.\", `key: value` or bulleted lines, or for "
+             "CommonGen the concepts alone without any other word). ROUGE-1/2/L F1 against the best reference, from `rouge-score` (Porter stemming).",
              f"- Methods: greedy, beam-8 (`model.generate`); best-of-8 and best-of-16 (samples at temperature "
              f"{results['temperature']}, one batch each, reranked by the refinement's own objective at no extra "
              f"forward pass); greedy+refine with objective `{cfg['objective']}` (the library's default terms plus "

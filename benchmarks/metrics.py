@@ -7,6 +7,7 @@ All text metrics work on *words*: the lower-cased, accent-folded runs of ``[a-z0
 - Word n-gram repetition (what a reader sees) is the library's own count, :func:`refine.degeneration.repeated_ngrams`.
 - ROUGE is not here: :mod:`benchmarks.rouge` takes it from the maintained ``rouge-score`` package.
 - :func:`concept_coverage`: share of CommonGen concepts present as whole words (regular inflections allowed).
+- :func:`reads_as_list`: whether an output is a list of words or ``key: value`` lines rather than prose.
 - :func:`parse_mr`, :func:`slot_keywords`, :func:`slot_coverage`: E2E meaning representations and how many
   of their slot values an output realises.
 """
@@ -115,3 +116,39 @@ def slot_coverage(slots: Sequence[tuple[str, str]], text: str) -> float:
     present = set(words(text))
     hits = sum(all(k in present for k in slot_keywords(s, v)) for s, v in slots)
     return hits / len(slots)
+
+
+_SEGMENTS = re.compile(r"[,;\n]+")
+_KEY_VALUE = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])?\s*[\w ]{1,30}:\s*\S")
+_BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+\S")
+
+
+def reads_as_list(text: str, concepts: Sequence[str] = ()) -> bool:
+    """Whether ``text`` is a list rather than prose: what a reader would not accept as "a sentence".
+
+    A list is any of:
+
+    - two or more non-empty lines, at least half of them ``key: value`` pairs or bullet / numbered items;
+    - three or more comma-, semicolon- or line-separated segments, at least two thirds of them of at most two
+      words ("Dance, kid, room.");
+    - with ``concepts`` given: no word besides the concepts (as matched by :func:`refine.objectives.coverage`,
+      a word starting with a concept), i.e. the concepts strung together without a single other word
+      ("Dog frisbee catch.").
+
+    >>> reads_as_list("Dance, kid, room."), reads_as_list("A kid dances in the room.")
+    (True, False)
+    >>> reads_as_list("Name: The Eagle\\nFood: Japanese"), reads_as_list("dog frisbee catch", ["dog", "catch", "frisbee"])
+    (True, True)
+    """
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if len(lines) >= 2 and sum(bool(_KEY_VALUE.match(ln) or _BULLET.match(ln)) for ln in lines) * 2 >= len(lines):
+        return True
+    segments = [seg for seg in _SEGMENTS.split(text) if words(seg)]
+    if len(segments) >= 3 and sum(len(words(seg)) <= 2 for seg in segments) * 3 >= 2 * len(segments):
+        return True
+    if concepts:
+        stems = [fold(c).strip() for c in concepts if c.strip()]
+        others = [w for w in words(text) if not any(w.startswith(c) for c in stems)]
+        if not others:
+            return True
+    return False

@@ -21,7 +21,7 @@ from benchmarks.cli import main as bench_main
 from benchmarks.common import ForwardCounter, Runner
 from benchmarks.bootstrap import paired_bootstrap
 from benchmarks.metrics import (
-    concept_coverage, fold, inflections, parse_mr, repetition_rate, slot_coverage, slot_keywords,
+    concept_coverage, fold, reads_as_list, inflections, parse_mr, repetition_rate, slot_coverage, slot_keywords,
     words,
 )
 from benchmarks.rouge import rouge
@@ -111,6 +111,21 @@ def test_update_summary_owns_its_prefixes(tmp_path):
         update_summary(path, ["commongen."], {"commongen.x": float("nan")})
     with pytest.raises(ValueError, match="outside"):
         update_summary(path, ["commongen."], {"frontier.x": 1.0})
+
+
+@pytest.mark.parametrize("text, concepts, is_list", [
+    ("Dance, kid, room.", (), True),  # a word list the coverage term alone would reward
+    ("Axe, bullseye, hit, target, throw.", (), True),
+    ("Name: The Eagle\nFood: Japanese\nArea: riverside", (), True),
+    ("- dog\n- frisbee", (), True),
+    ("Dog frisbee catch.", ("dog", "frisbee", "catch"), True),
+    ("A kid dances in the room.", ("kid", "dance", "room"), False),
+    ("The Eagle, a coffee shop near Burger King, serves Japanese food.", (), False),
+    ("In the room, kids dance, sing and laugh.", (), False),  # 3 segments, one of them short: prose
+    ("", (), False),
+])
+def test_reads_as_list(text, concepts, is_list):
+    assert reads_as_list(text, concepts) is is_list
 
 
 def test_concept_coverage_is_whole_word():
