@@ -3,7 +3,7 @@
     python -m benchmarks [suite ...] [--quick] [--out DIR] [--data-dir DIR] [--model PATH]
                          [--seed N] [--threads N] [--limit N] [--vllm | --no-vllm] [--no-progress]
 
-Without suite names the default suites run (search, downstream, scaling); ``moves`` and ``frontier`` run
+Without suite names the default suites run (search, downstream, scaling); ``ifeval``, ``moves``, ``frontier`` and ``serve`` run
 when named.
 Each writes ``results.json``, ``report.md`` and PNG plots (frontier also ``summary.json``) into ``OUT/<suite>/``;
 OUT defaults to ``benchmarks/results``
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-SUITES = ("search", "downstream", "ifeval", "scaling", "moves", "frontier")
+SUITES = ("search", "downstream", "ifeval", "scaling", "moves", "frontier", "serve")
 #: what runs without suite names (the ~26-minute full run); ``moves`` and ``frontier`` are asked for by name
 DEFAULT_SUITES = ("search", "downstream", "scaling")
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"

@@ -83,6 +83,11 @@ def _jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def read_jsonl(folder: Path, name: str) -> list[dict]:
+    """The rows of the JSON-lines file ``name`` in ``folder`` (read in place)."""
+    return _jsonl(_file(folder, name))
+
+
 def instruction_prompts(folder: Path, n: int) -> list[Item]:
     """``n`` real instruction prompts: IFEval and GSM8K interleaved two to one, each in file order.
 

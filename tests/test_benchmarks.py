@@ -530,3 +530,31 @@ def test_search_vllm_column(tmp_path):
     assert rec["mean_logp"] >= res["items"][0]["methods"]["greedy"]["mean_logp"] - 1e-3
     assert rec["same_output_as_hf"] == (rec["tokens"] == hf["tokens"])
     assert "Refinement through vLLM vs through HF" in (tmp_path / "search" / "report.md").read_text()
+
+
+def test_serve_plan_and_summary():
+    """The serve suite's request list, bodies and per-level summary (no server needed)."""
+    import json as _json
+
+    from benchmarks import serve
+
+    kinds = [k for k, _ in serve.plan(serve.FULL, 0)]
+    assert kinds == [k for k, _ in serve.plan(serve.FULL, 0)] and kinds != [k for k, _ in serve.plan(serve.FULL, 1)]
+    assert kinds.count("disconnect") == kinds.count("bad") == 6 and kinds.count("plain") == kinds.count("refined")
+    bad = [serve.body("bad", "Hi", serve.FULL, i) for i in range(3)]
+    with pytest.raises(ValueError):
+        _json.loads(bad[0])
+    assert _json.loads(bad[1])["max_tokens"] > serve.CAPS["max-tokens"]
+    assert "vllm_xargs" in _json.loads(serve.body("refined", "Hi", serve.FULL, 0))
+    assert "vllm_xargs" not in _json.loads(serve.body("plain", "Hi", serve.FULL, 0))
+    recs = [{"kind": "plain", "status": 200, "text": "a", "tokens": 3, "seconds": 1.0},
+            {"kind": "refined", "status": 200, "text": "b", "tokens": 4, "seconds": 2.0},
+            {"kind": "refined", "status": 500, "text": None, "tokens": 0, "seconds": 2.0},
+            {"kind": "plain", "status": 200, "text": "changed", "tokens": 1, "seconds": 1.0},
+            {"kind": "bad", "status": 400, "text": None, "tokens": 0, "seconds": 0.1},
+            {"kind": "disconnect", "status": "hung up", "text": None, "tokens": 0, "seconds": 0.5}]
+    level = {"clients": 4, "seconds": 2.0, "records": recs, "health_ms": [1.0, 2.0, 300.0]}
+    out = serve.summarise(level, {0: "a", 1: "b", 2: "c", 3: "d"})
+    assert (out["lost"], out["wrong"], out["bad_refused"], out["disconnected"]) == (1, 1, 1, 1)
+    assert out["requests_per_s"] == pytest.approx(1.5) and out["refined_per_s"] == pytest.approx(0.5)
+    assert out["output_tokens_per_s"] == pytest.approx(4.0) and out["health_max_ms"] == 300.0
