@@ -15,6 +15,7 @@ from typing import Sequence
 from .about import DISTRIBUTION, __version__
 from .api import DEFAULT_MAX_NEW_TOKENS
 from .degeneration import DEFAULT_N
+from .strategy import STRATEGIES
 from .errors import ConfigError
 
 
@@ -51,7 +52,8 @@ def _add_run(sub) -> None:
                    help="stop re-decoding a suffix that falls this far behind (default 0; negative: never)")
     p.add_argument("--prune-keep", type=int, default=None,
                    help="spare the N best-ranked suffixes of a batch from --prune-margin (default: margin only)")
-    p.add_argument("--strategy", default="coordinate", help="coordinate | best_first | power | module:Class")
+    p.add_argument("--strategy", default="coordinate",
+                   help=f"a registered strategy ({' | '.join(STRATEGIES.names())}) or module:Class")
     p.add_argument("--strategy-options", type=json.loads, default={},
                    help='JSON options of the strategy, e.g. \'{"pool": 4}\' for best_first, '
                         '\'{"alpha": 4, "blocks": 4, "steps": 10}\' for power')
