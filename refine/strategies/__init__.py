@@ -3,6 +3,9 @@
 from ..strategy import Strategy
 from .best_first import BestFirst
 from .coordinate import CoordinateDescent
+from .gradient import GradientGuided
+from .hybrid import Hybrid
 from .power import PowerSampling
+from .relaxed import Relaxed
 
-__all__ = ["Strategy", "BestFirst", "CoordinateDescent", "PowerSampling"]
+__all__ = ["Strategy", "BestFirst", "CoordinateDescent", "GradientGuided", "Hybrid", "PowerSampling", "Relaxed"]
