@@ -19,7 +19,6 @@ from refine.errors import ConfigError
 from refine.search import Search, run_search
 from refine.strategies.differentiable import Adam, logprob_scale
 from refine.strategies.gradient import GradientGuided
-from refine.testing.tiny import ALPHABET
 
 STRATEGY_NAMES = ("gradient", "relaxed", "hybrid")
 
@@ -148,24 +147,22 @@ def test_logprob_scale():
 
 # ----------------------------------------------------------------------------- against enumeration
 
-N = 3  # output length: every substitution-only search moves among the 28^3 letter sequences of this length
+N = 3  # output length of the enumerated toy: every length-N output without EOS is scored
 
 
 def enum_config(strategy, seed=0):
-    return RefineConfig(strategy=strategy, objective="sum", max_new_tokens=N, length="fixed", moves=["substitute"],
-                        seed=seed, budget={"max_sweeps": 50})
+    """Fixed length and no EOS: every strategy moves among the length-N outputs over the non-EOS tokens.
+    ``gradient`` with re-decoded suffixes and 8 tokens per position, ``hybrid``'s sweeps with substitute and
+    regenerate."""
+    options = {"regenerate": True, "per_position": 8} if strategy == "gradient" else {}
+    return RefineConfig(strategy=strategy, objective="sum", max_new_tokens=N, length="fixed", seed=seed,
+                        moves=["substitute", "regenerate"], strategy_options=options, budget={"max_sweeps": 50})
 
 
-@pytest.fixture(scope="module")
-def letters(tok):
-    return [tok.convert_tokens_to_ids(c) for c in ALPHABET]
-
-
-def optimum(llama, prompt, y, letters):
-    """max of sum log P over every length-N output whose token t is a letter or y_t (the whole space a
-    substitution search from y can reach; greedy may hold a special token, which stays unless replaced), scored
-    in one batch."""
-    seqs = torch.tensor(list(itertools.product(*[sorted(set(letters) | {t}) for t in y])))
+def optimum(llama, prompt, vocab):
+    """max of sum log P over every length-N output of non-EOS tokens, scored in one batch."""
+    space = [t for t in range(vocab) if t != 1]
+    seqs = torch.tensor(list(itertools.product(space, repeat=N)))
     x = torch.cat([torch.tensor(prompt).expand(len(seqs), -1), seqs[:, :-1]], 1)
     with torch.no_grad():
         logp = torch.log_softmax(llama(input_ids=x).logits.double(), -1)[:, len(prompt) - 1:]
@@ -176,21 +173,39 @@ PROMPTS = ["the", "a cat", "hello", "why?", "dogs run", "sky is", "ok", "one two
            "go on", "fish", "water.", "time is", "red or", "now!", "quiet", "jump", "yes, no"]
 
 
-def test_strategies_against_greedy_and_the_enumerated_optimum(backend, llama, tok, letters):
-    """Share of prompts on which each strategy beats greedy, and none beats the enumerated optimum."""
-    better = {s: 0 for s in STRATEGY_NAMES}
+def test_strategies_against_the_enumerated_optimum(backend, llama, tok):
+    """Never below the start nor above the optimum; how often each reaches the optimum."""
+    found = {s: 0 for s in STRATEGY_NAMES}
     for text in PROMPTS:
         prompt = ids(tok, text)
         y = generate_greedy(backend, prompt, N)
-        best = optimum(llama, prompt, y, letters)
+        best = optimum(llama, prompt, len(tok))
         for s in STRATEGY_NAMES:
             r = refine_tokens(backend, prompt, y, enum_config(s))
-            assert r.initial_score - 1e-9 <= r.score <= best + 1e-6, (s, text)
-            better[s] += r.score > r.initial_score + 1e-9
-    # Measured on these 20 prompts: gradient 17/20, relaxed 11/20, hybrid 17/20 beat greedy. Bounds below that.
-    assert better["gradient"] >= 14
-    assert better["relaxed"] >= 8
-    assert better["hybrid"] >= 14
+            assert len(r.tokens) == N and r.initial_score - 1e-9 <= r.score <= best + 1e-6, (s, text)
+            found[s] += r.score >= best - 1e-6
+    # Measured on these 20 prompts: gradient 18, relaxed 10, hybrid 14 reach the optimum (greedy itself is optimal
+    # on 10: relaxed, substitutions only, finds nothing beyond greedy on outputs this short). Bounds below that.
+    assert found["gradient"] >= 16
+    assert found["relaxed"] >= 10
+    assert found["hybrid"] >= 12
+
+
+def test_share_of_prompts_improved_over_greedy(backend, tok):
+    better = {s: 0 for s in STRATEGY_NAMES}
+    for text in PROMPTS:
+        prompt = ids(tok, text)
+        y = generate_greedy(backend, prompt, 12)
+        for s in STRATEGY_NAMES:
+            cfg = RefineConfig(strategy=s, objective="mean", max_new_tokens=12, seed=0, budget={"max_sweeps": 50})
+            r = refine_tokens(backend, prompt, y, cfg)
+            assert r.score >= r.initial_score
+            better[s] += r.score > r.initial_score
+    # Measured (12 new tokens, "mean", defaults but 50 sweeps): gradient 8/20, relaxed 5/20, hybrid 15/20 beat
+    # greedy. Bounds below that.
+    assert better["gradient"] >= 6
+    assert better["relaxed"] >= 3
+    assert better["hybrid"] >= 12
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -12,8 +12,11 @@ current output is where the relaxation starts) and takes ``steps`` Adam steps (l
 sign(c(T)) * J, c(T) the objective's log-probability weight (:mod:`refine.strategies.differentiable`), each from
 one forward and one backward pass of the model (:meth:`GradientSession.relaxed_objective`).
 
-Projection: the argmax of theta at every position after each Adam step, plus ``samples`` outputs drawn from the
-final w (seeded by ``RefineConfig.seed``); the distinct ones that differ from the current output are evaluated
+Projection: the argmax of theta at every position after each Adam step; the path from the current output to the
+final argmax (the positions whose argmax moved, applied one at a time, the largest margin theta_new - theta_old
+first: Adam moves every coordinate by about ``lr`` per step, so the full projection often changes many positions
+at once and the path keeps the confident part of it); and ``samples`` outputs drawn from the final w (seeded by
+``RefineConfig.seed``). The distinct ones that differ from the current output are evaluated
 exactly in one batch, and the best is accepted through :meth:`Search.accept` only if the exact discrete objective
 improves. One round (Adam steps, projection, evaluation) is a sweep (:meth:`Search.end_sweep`); the search converges
 at the first round that accepts nothing. Each gradient call is checked against the budget first: when it cannot be
@@ -77,7 +80,8 @@ class Relaxed(Strategy):
         return cands, theta
 
     def projections(self, search: Search, hyp: Hypothesis) -> list[tuple[int, ...]]:
-        """Argmax projections after each Adam step, then ``samples`` draws from the final weights."""
+        """Argmax projections after each Adam step, the path to the last one, then ``samples`` draws from the final
+        weights."""
         cands, theta = self.relaxation(search, hyp)
         rows = np.arange(len(cands))
         sign = 1.0 if ranking_scale(search.objective, len(hyp.tokens)) > 0 else -1.0
@@ -91,6 +95,14 @@ class Relaxed(Strategy):
             _, grad = self.session.relaxed_objective(cands, adam.x)
             x = adam.step(sign * grad)
             out.append(tuple(int(t) for t in cands[rows, np.argmax(x, axis=1)]))
+        if out:  # the path from the current output to the final projection, most confident flips first
+            x = adam.x
+            flips = [int(t) for t in np.flatnonzero(np.argmax(x, axis=1) != 0)]
+            flips.sort(key=lambda t: -(x[t].max() - x[t, 0]))
+            y = list(hyp.tokens)
+            for t in flips[:-1]:
+                y[t] = int(cands[t, np.argmax(x[t])])
+                out.append(tuple(y))
         if self.samples and out:
             z = adam.x - adam.x.max(axis=1, keepdims=True)
             w = np.exp(z)
