@@ -160,13 +160,19 @@ def enum_config(strategy, seed=0):
 
 
 def optimum(llama, prompt, vocab):
-    """max of sum log P over every length-N output of non-EOS tokens, scored in one batch."""
-    space = [t for t in range(vocab) if t != 1]
-    seqs = torch.tensor(list(itertools.product(space, repeat=N)))
-    x = torch.cat([torch.tensor(prompt).expand(len(seqs), -1), seqs[:, :-1]], 1)
-    with torch.no_grad():
-        logp = torch.log_softmax(llama(input_ids=x).logits.double(), -1)[:, len(prompt) - 1:]
-    return float(logp.gather(-1, seqs[:, :, None])[:, :, 0].sum(1).max())
+    """max of sum log P over every length-N output of non-EOS tokens: the tree of prefixes is scored level by
+    level (1 + S + ... + S^(N-1) rows for S tokens), then every leaf's sum log P is formed by broadcasting."""
+    space = torch.tensor([t for t in range(vocab) if t != 1])
+    S = len(space)
+    total = torch.zeros(())
+    for depth in range(N):
+        prefixes = torch.tensor(list(itertools.product(space.tolist(), repeat=depth)), dtype=torch.long)
+        prefixes = prefixes.reshape(S**depth, depth)
+        x = torch.cat([torch.tensor(prompt).expand(S**depth, -1), prefixes], 1)
+        with torch.no_grad():
+            logp = torch.log_softmax(llama(input_ids=x).logits[:, -1].double(), -1)[:, space]  # (S^depth, S)
+        total = total.reshape(-1, 1) + logp  # leaves of depth + 1, in product order
+    return float(total.max())
 
 
 PROMPTS = ["the", "a cat", "hello", "why?", "dogs run", "sky is", "ok", "one two", "be", "zebra", "mix it",
