@@ -159,3 +159,55 @@ class Backend(ABC):
     def encode_prompt(self, prompt: str, chat: bool | None) -> list[int]:
         """Turn prompt text into ids (applying a chat template when ``chat`` is true or None and one exists)."""
         raise NotImplementedError(f"{type(self).__name__} takes token ids only")
+
+
+@dataclass(frozen=True)
+class TokenGradients:
+    """First-order information about an output ``y`` (length T) given the prompt, from one forward and one
+    backward pass.
+
+    Attributes:
+        logprobs: ``(T, V)`` log p(v | x, y[:t]) for every token v: the exact *local* term of a substitution at t.
+        onehot: ``(T, V)`` the gradient of L(y) = sum_t log p(y_t | x, y[:t]) with respect to the one-hot
+            indicator of the token fed as input at position t (the targets held fixed). Since the input embedding
+            is ``E^T onehot``, ``onehot[t, v] = E[v] . dL/d(embedding_t)``; replacing y_t by v changes the terms
+            after t by about ``onehot[t, v] - onehot[t, y_t]`` (first order). Row T-1 is 0: the last token is fed
+            to nothing. May hold non-finite values when the model's gradient does (callers guard).
+    """
+
+    logprobs: np.ndarray
+    onehot: np.ndarray
+
+
+class GradientSession(ABC):
+    """An optional capability of a :class:`Session`: gradients of the output's log-probability with respect to
+    its input tokens, and a forward pass on *soft* inputs (mixtures of token embeddings).
+
+    A session that has it subclasses this too (the transformers backend does; the vLLM backend does not). The
+    prompt is held constant: only the output's inputs are differentiated. Both calls count their tokens in the
+    session's ``forward_tokens`` / ``forward_calls`` by one rule: a backward pass costs what its forward pass
+    cost (the same tokens, one more call), and prompt tokens not cached yet are forwarded once, without grad.
+    """
+
+    @abstractmethod
+    def gradient_cost(self, n_tokens: int) -> int:
+        """Upper bound on the forward tokens one :meth:`token_gradients` or :meth:`relaxed_objective` call on an
+        output of ``n_tokens`` tokens spends now."""
+
+    @abstractmethod
+    def token_gradients(self, tokens: Sequence[int]) -> TokenGradients:
+        """Local log-probabilities and one-hot input gradients of ``tokens`` (see :class:`TokenGradients`)."""
+
+    @abstractmethod
+    def relaxed_objective(self, candidates: np.ndarray, logits: np.ndarray) -> tuple[float, np.ndarray]:
+        """The expected log-probability of a relaxed output and its gradient with respect to ``logits``.
+
+        Position t holds a soft token: weights w_t = softmax(logits[t]) over the token ids ``candidates[t]``
+        (``(T, K)`` both; a logit of -inf switches a column off). The model is fed, after the prompt, the soft
+        embeddings e_t = sum_k w_tk E[candidates[t, k]], and the value is
+
+            J = sum_t sum_k w_tk log p(candidates[t, k] | x, e_<t),
+
+        the log-probability of the output averaged over the soft targets. Returns ``(J, dJ/dlogits (T, K))``;
+        a one-hot ``w`` gives J = log P(y | x) of that output.
+        """

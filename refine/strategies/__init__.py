@@ -3,7 +3,11 @@
 from ..strategy import Strategy
 from .best_first import BestFirst
 from .coordinate import CoordinateDescent
+from .gradient import GradientGuided
+from .hybrid import Hybrid
 from .population import Population
 from .power import PowerSampling
+from .relaxed import Relaxed
 
-__all__ = ["Strategy", "BestFirst", "CoordinateDescent", "Population", "PowerSampling"]
+__all__ = ["Strategy", "BestFirst", "CoordinateDescent", "GradientGuided", "Hybrid", "Population",
+           "PowerSampling", "Relaxed"]
