@@ -35,6 +35,21 @@ read, and always with ``"prefill"``/``"prompt_logprobs"``, the entropy is
 :func:`topk_entropy_estimate` (midpoint of a lower and an upper bound computed from the top-K;
 mean error ~0.2 nats for K=16 on SmolLM2).
 
+Engines and transports
+----------------------
+:class:`VLLMBackend` takes a ``vllm.LLM`` (driven from the calling thread through
+:class:`~refine.backends.vllm.transport.LLMTransport`) or an engine transport:
+:class:`~refine.backends.vllm.transport.AsyncTransport` over an ``AsyncLLM`` (:func:`make_async_engine`) running
+on an event loop, whose sessions may run in several threads at once, their requests batched together by vLLM's
+scheduler; a deadline and a cancel event bound per thread (``transport.limits(...)``) abort engine requests in the
+middle of a call. With an ``AsyncLLM`` the engine core runs in a process of its own, so exact entropies come
+through ``collective_rpc("refine_take_entropies")`` (the worker extension, which :func:`make_async_engine` sets).
+
+Modules: :mod:`~refine.backends.vllm.processor` (the forcing processor and its spec),
+:mod:`~refine.backends.vllm.engine` (engine construction), :mod:`~refine.backends.vllm.transport`,
+:mod:`~refine.backends.vllm.session`, :mod:`~refine.backends.vllm.backend`; the backend-free maths live in
+:mod:`refine.backends.logprobs` and :mod:`refine.backends.prefix`.
+
 Counting forward tokens
 -----------------------
 ``forward_tokens`` counts token positions run through the model, like the HF backend: per request
@@ -50,7 +65,7 @@ prefix-cache hits make the real count smaller. vLLM caches whole KV blocks only 
 default on CPU; :func:`make_llm` sets 32), so prompts shorter than a block never hit the cache.
 
 ``max_batch_tokens`` is not used: vLLM batches and schedules by itself (``max_num_batched_tokens``);
-every :meth:`VLLMSession.score` and :meth:`VLLMSession.decode` is one ``llm.generate`` call (two for
+every :meth:`VLLMSession.score` and :meth:`VLLMSession.decode` is one engine call (two for
 ``"prefill"`` when some rows must be re-sent).
 """
 
@@ -69,6 +84,8 @@ from .engine import (  # noqa: E402
     WORKER_EXTENSION,
     EntropyWorkerExtension,
     _take_entropies_rpc,
+    engine_options,
+    make_async_engine,
     make_llm,
 )
 from .processor import (  # noqa: E402
@@ -79,9 +96,18 @@ from .processor import (  # noqa: E402
     take_entropies,
 )
 from .session import VLLMSession  # noqa: E402
+from .transport import (  # noqa: E402
+    AsyncTransport,
+    CallLimits,
+    EngineCancelled,
+    EngineDeadline,
+    EngineTransport,
+    LLMTransport,
+)
 
 __all__ = [
-    "CPU_KV_CACHE_BYTES", "EXTRA_KEY", "METHODS", "PROCESSOR_FQCN", "WORKER_EXTENSION", "EntropyWorkerExtension",
+    "AsyncTransport", "CallLimits", "EngineCancelled", "EngineDeadline", "EngineTransport", "LLMTransport",
+    "engine_options", "make_async_engine", "CPU_KV_CACHE_BYTES", "EXTRA_KEY", "METHODS", "PROCESSOR_FQCN", "WORKER_EXTENSION", "EntropyWorkerExtension",
     "ForcedTokensProcessor", "VLLMBackend", "VLLMSession", "force_spec", "make_llm", "take_entropies",
     "topk_entropy_estimate", "_registered", "_scores_from_logprobs", "_start", "_take_entropies_rpc",
 ]

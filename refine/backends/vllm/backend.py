@@ -13,15 +13,27 @@ from ..base import Backend, TokenizerView
 from .engine import _take_entropies_rpc
 from .processor import PROCESSOR_FQCN, ForcedTokensProcessor, take_entropies
 from .session import VLLMSession
+from .transport import EngineTransport, LLMTransport
 
 #: scoring methods of :class:`VLLMBackend`
 METHODS = ("auto", "force", "prefill", "prompt_logprobs")
 
 
+def _vllm_config(engine: Any) -> Any:
+    """The ``VllmConfig`` of a ``vllm.LLM``, an ``AsyncLLM`` or an :class:`EngineTransport` (None if none)."""
+    if isinstance(engine, EngineTransport):
+        return engine.vllm_config
+    llm_engine = getattr(engine, "llm_engine", None)
+    if llm_engine is not None:
+        return getattr(llm_engine, "vllm_config", None)
+    return getattr(engine, "vllm_config", None)
+
+
 def _registered(llm: Any) -> bool:
-    """Whether the engine was started with :class:`ForcedTokensProcessor`."""
+    """Whether the engine (a ``vllm.LLM``, an ``AsyncLLM`` or a transport) was started with
+    :class:`ForcedTokensProcessor`."""
     try:
-        procs = llm.llm_engine.vllm_config.model_config.logits_processors or []
+        procs = _vllm_config(llm).model_config.logits_processors or []
     except AttributeError:
         return False
     return any(p is ForcedTokensProcessor or p == PROCESSOR_FQCN
@@ -29,11 +41,15 @@ def _registered(llm: Any) -> bool:
 
 
 class VLLMBackend(Backend):
-    """A :class:`~refine.backends.base.Backend` on a ``vllm.LLM`` (see the module docstring).
+    """A :class:`~refine.backends.base.Backend` on a vLLM engine (see the module docstring).
 
     Args:
-        llm: the engine; start it with :func:`make_llm` (or pass
-            ``logits_processors=[ForcedTokensProcessor]`` yourself) for exact, prefix-cached scoring.
+        llm: a ``vllm.LLM`` (start it with :func:`make_llm`, or pass ``logits_processors=[ForcedTokensProcessor]``
+            yourself, for exact, prefix-cached scoring), or an
+            :class:`~refine.backends.vllm.transport.EngineTransport`: an
+            :class:`~refine.backends.vllm.transport.AsyncTransport` over an ``AsyncLLM``
+            (:func:`~refine.backends.vllm.engine.make_async_engine`) lets refinements in several threads share the
+            engine, their requests batched together.
         method: ``"force"`` (teacher forcing through generation; needs the processor; exact entropy),
             ``"prefill"`` (prompt log-probabilities reading the prefix cache; one step per call; estimated
             entropy), ``"prompt_logprobs"`` (the same recomputing every prefill), or ``"auto"``
@@ -57,8 +73,10 @@ class VLLMBackend(Backend):
             raise InputError(f"`entropy` has to be 'auto', 'exact' or 'estimate', but is {entropy!r}")
         from ..hf import tokenizer_view
 
-        self.llm = llm
-        cfg = llm.llm_engine.vllm_config
+        self.transport: EngineTransport = llm if isinstance(llm, EngineTransport) else LLMTransport(llm)
+        #: the engine object (``vllm.LLM`` or ``AsyncLLM``)
+        self.llm = self.transport.engine
+        cfg = self.transport.vllm_config
         self.model_config = cfg.model_config
         mode = getattr(self.model_config, "logprobs_mode", "raw_logprobs")
         if mode != "raw_logprobs":
@@ -66,7 +84,7 @@ class VLLMBackend(Backend):
                 f"the engine returns logprobs_mode={mode!r}; refine needs the model's own log-probabilities: "
                 "start it with logprobs_mode='raw_logprobs' (vLLM's default)"
             )
-        registered = _registered(llm)
+        registered = _registered(self.transport)
         if method == "auto":
             method = "force" if registered else "prefill"
         elif method == "force" and not registered:
@@ -76,7 +94,7 @@ class VLLMBackend(Backend):
             )
         self.method = method
         self.can_decode = registered
-        self.hf_tokenizer = llm.get_tokenizer()
+        self.hf_tokenizer = self.transport.get_tokenizer()
         vocab = int(self.model_config.get_vocab_size())
         gen_eos: list[int] = []
         with contextlib.suppress(Exception):
@@ -117,7 +135,7 @@ class VLLMBackend(Backend):
         """Entropies recorded by the processor for ``keys``; None when they cannot be read."""
         if self._entropy_mode == "estimate" or not keys:
             return None
-        if self._entropy_via in (None, "local"):
+        if self._entropy_via in (None, "local") and self.transport.in_process:
             got = take_entropies(keys)
             if got:
                 self._entropy_via = "local"
@@ -126,7 +144,7 @@ class VLLMBackend(Backend):
             if self._entropy_via not in (None, via):
                 continue
             try:
-                parts = self.llm.collective_rpc(method, args=(list(keys),))
+                parts = self.transport.collective_rpc(method, args=(list(keys),))
             except Exception as exc:  # noqa: BLE001 - any failure means: no such channel
                 self._rpc_error = repr(exc)
                 continue

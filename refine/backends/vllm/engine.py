@@ -1,5 +1,6 @@
-"""Starting a vLLM engine for refine: :func:`make_llm` (a ``vllm.LLM``) with the forcing processor registered,
-the entropy worker extension (:class:`EntropyWorkerExtension`), and defaults that work on CPU.
+"""Starting a vLLM engine for refine: :func:`make_llm` (a ``vllm.LLM``) and :func:`make_async_engine` (an
+``AsyncLLM``, for serving), both with the forcing processor registered, the entropy worker extension
+(:class:`EntropyWorkerExtension`) and the defaults of :func:`engine_options`, which work on CPU.
 """
 
 from __future__ import annotations
@@ -63,6 +64,39 @@ def _on_cpu() -> bool:
         return not torch.cuda.is_available()
 
 
+def _model_path(model_path: str | os.PathLike | None) -> str:
+    if model_path is None:
+        from ...models import default_model_path
+
+        model_path = default_model_path()
+    return str(model_path)
+
+
+def engine_options(kw: dict[str, Any], processor: Any = ForcedTokensProcessor) -> dict[str, Any]:
+    """Engine arguments: refine's defaults (see :func:`make_llm`) overridden by ``kw``, with ``processor`` (the
+    class, or its import path :data:`PROCESSOR_FQCN`) first among the ``logits_processors``."""
+    kw = dict(kw)
+    opts: dict[str, Any] = dict(
+        dtype="float32",
+        max_model_len=2048,
+        enforce_eager=True,
+        enable_prefix_caching=True,
+        max_logprobs=64,
+        seed=0,
+        worker_extension_cls=WORKER_EXTENSION,
+    )
+    if _on_cpu():
+        opts.update(block_size=32)
+        if "gpu_memory_utilization" not in kw and "kv_cache_memory_bytes" not in kw:
+            opts.update(kv_cache_memory_bytes=CPU_KV_CACHE_BYTES)
+    extra_lp = list(kw.pop("logits_processors", None) or [])
+    opts.update(kw)
+    opts["logits_processors"] = [processor] + [
+        p for p in extra_lp if p is not ForcedTokensProcessor and p != PROCESSOR_FQCN
+    ]
+    return opts
+
+
 def make_llm(
     model_path: str | os.PathLike | None = None,
     *,
@@ -97,28 +131,8 @@ def make_llm(
     claims and vLLM refuses to start when that much is not free: its 0.92 default always fails, and 0.5
     fails as soon as another engine runs on the machine; an explicit KV size skips that check.
     """
-    if model_path is None:
-        from ..models import default_model_path
-
-        model_path = default_model_path()
-    opts: dict[str, Any] = dict(
-        dtype="float32",
-        max_model_len=2048,
-        enforce_eager=True,
-        enable_prefix_caching=True,
-        max_logprobs=64,
-        seed=0,
-        worker_extension_cls=WORKER_EXTENSION,
-    )
-    if _on_cpu():
-        opts.update(block_size=32)
-        if "gpu_memory_utilization" not in kw and "kv_cache_memory_bytes" not in kw:
-            opts.update(kv_cache_memory_bytes=CPU_KV_CACHE_BYTES)
-    extra_lp = list(kw.pop("logits_processors", None) or [])
-    opts.update(kw)
-    opts["logits_processors"] = [ForcedTokensProcessor] + [
-        p for p in extra_lp if p is not ForcedTokensProcessor and p != PROCESSOR_FQCN
-    ]
+    model_path = _model_path(model_path)
+    opts = engine_options(kw, processor=ForcedTokensProcessor)
     if multiprocessing:
         return vllm.LLM(str(model_path), **opts)
     set_threads = torch.set_num_threads  # vLLM's in-process CPU worker replaces it with a no-op
@@ -130,3 +144,21 @@ def make_llm(
     finally:
         torch.set_num_threads = set_threads
 
+
+def make_async_engine(model_path: str | os.PathLike | None = None, **kw: Any) -> Any:
+    """Start a ``vllm.v1.engine.async_llm.AsyncLLM`` with :func:`make_llm`'s defaults (:func:`engine_options`)
+    and the forcing processor registered by import path (the engine core runs in a process of its own).
+
+    Call it from inside the running event loop that will drive it (e.g. a FastAPI lifespan): the engine's
+    output handler is a task on that loop. ``kw``: any engine argument (``AsyncEngineArgs`` field); also
+    ``disable_log_stats`` (default True). Shut it down with ``engine.shutdown()``.
+    """
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    kw = dict(kw)
+    kw.pop("multiprocessing", None)  # always separate processes
+    kw.pop("threads", None)
+    kw.setdefault("disable_log_stats", True)
+    opts = engine_options(kw, processor=PROCESSOR_FQCN)
+    return AsyncLLM.from_engine_args(AsyncEngineArgs(model=_model_path(model_path), **opts))

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import types
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from vllm import SamplingParams
-from vllm.sampling_params import RequestOutputKind
 
 from ...errors import InputError
 from ...types import Scores
@@ -20,28 +17,10 @@ if TYPE_CHECKING:
     from .backend import VLLMBackend
 
 
-class _Partial:
-    """A request's output accumulated from ``DELTA`` step outputs; shaped like a ``RequestOutput``."""
-
-    def __init__(self, prompt: list[int]) -> None:
-        self.prompt_token_ids = prompt
-        self.num_cached_tokens: int | None = None
-        self.outputs = [types.SimpleNamespace(token_ids=[], logprobs=[])]
-        self.stopped = False
-
-    def extend(self, ro: Any) -> None:
-        if ro.num_cached_tokens is not None:
-            self.num_cached_tokens = ro.num_cached_tokens
-        c = ro.outputs[0]
-        self.outputs[0].token_ids.extend(int(t) for t in c.token_ids)
-        self.outputs[0].logprobs.extend(c.logprobs or [])
-
-
-
 class VLLMSession(Session):
-    """One prompt on a :class:`VLLMBackend`. Each :meth:`score` is one ``llm.generate`` call (``"prefill"``:
-    sometimes two), each :meth:`decode` one ``llm.generate`` call or, with a ``prune`` callback, one
-    step-by-step run of the engine.
+    """One prompt on a :class:`VLLMBackend`. Each :meth:`score` is one engine call (``"prefill"``: sometimes
+    two), each :meth:`decode` one engine call, step-wise with a ``prune`` callback; the calls go through the
+    backend's :class:`~refine.backends.vllm.transport.EngineTransport` (a ``vllm.LLM`` or an ``AsyncLLM``).
 
     Each row's ``start`` is the length of the prefix it shares with ``base`` (at most ``len(row) - 1``).
     With ``"force"`` the row is sent as the prompt ``prompt + row[:start]`` with ``row[start:]`` forced;
@@ -68,7 +47,7 @@ class VLLMSession(Session):
                 "`max_logprobs` (make_llm() uses 64) or lower `topk_store`"
             )
         self.backend = backend
-        self.llm = backend.llm
+        self.transport = backend.transport
         self.prompt = tuple(int(t) for t in prompt)
         self.topk = topk
         self.max_batch_tokens = int(max_batch_tokens)
@@ -91,49 +70,17 @@ class VLLMSession(Session):
         self.forward_calls += steps
 
     def _generate(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[Any]:
-        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        outs = self.transport.generate(prompts, params)
         self._account(outs)
         return outs
 
     def _generate_stepwise(
         self, prompts: list[list[int]], params: list[SamplingParams], watch: Callable[[int, Any], bool]
     ) -> list[Any]:
-        """Like :meth:`_generate`, driving the engine step by step (``DELTA`` outputs): after each step
-        ``watch(i, partial_output)`` is asked about every unfinished request ``i``; True aborts it (its partial
-        output is returned with ``stopped=True``). Needs this process to be the engine's only user meanwhile."""
-        engine = self.llm.llm_engine
-        ids: list[str] = []
-        outs: list[Any] = []
-        try:
-            for p, sp in zip(prompts, params):
-                sp = sp.clone()
-                sp.output_kind = RequestOutputKind.DELTA
-                rid = f"refine-{self.backend.next_key()}"  # outputs and aborts use this external id
-                engine.add_request(rid, {"prompt_token_ids": p}, sp)
-                ids.append(rid)
-                outs.append(_Partial(p))
-            index = {rid: i for i, rid in enumerate(ids)}
-            live = set(ids)
-            while live and engine.has_unfinished_requests():
-                stop = []
-                for ro in engine.step():
-                    i = index.get(ro.request_id)
-                    if i is None or ro.request_id not in live:
-                        continue
-                    o = outs[i]
-                    o.extend(ro)
-                    if ro.finished:
-                        live.discard(ro.request_id)
-                    elif watch(i, o):
-                        o.stopped = True
-                        stop.append(ro.request_id)
-                if stop:
-                    engine.abort_request(stop)
-                    live.difference_update(stop)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                engine.abort_request([rid for rid in ids])
-            raise
+        """Like :meth:`_generate`, with ``DELTA`` outputs: after new tokens ``watch(i, partial_output)`` is asked
+        about every unfinished request ``i``; True aborts it (its partial output is returned with ``stopped=True``).
+        """
+        outs = self.transport.generate_stepwise(prompts, params, watch)
         self._account(outs)
         return outs
 
@@ -256,11 +203,11 @@ class VLLMSession(Session):
         limit: float | None = None,
         prune: Any = None,
     ) -> list[tuple[int, Decoded]]:
-        """Greedy continuations, all in one ``llm.generate`` call.
+        """Greedy continuations, all in one engine call.
 
         ``limit`` is accepted and ignored (no speculation: vLLM schedules the steps). With ``prune`` the engine
-        is driven step by step (``llm.llm_engine.add_request``/``step`` with ``DELTA`` outputs instead of
-        ``llm.generate``); every :attr:`prune_every` generated tokens each unfinished row is offered to
+        is driven step by step (:meth:`~refine.backends.vllm.transport.EngineTransport.generate_stepwise`, ``DELTA``
+        outputs); every :attr:`prune_every` generated tokens each unfinished row is offered to
         ``prune(row, tokens, scores)`` (scores with estimated entropies) and aborted when it returns True.
         """
         requests = list(requests)
