@@ -52,7 +52,8 @@ def server(tmp_path_factory):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     caps = [a for k, v in CAPS.items() for a in (f"--cap-{k}", str(v))]
     proc = subprocess.Popen([sys.executable, "-m", "refine.cli", "serve", "--port", str(port),
-                             "--allow-plugin", PLUGIN, "--api-key", API_KEY, "--max-model-len", "1024", *caps],
+                             "--allow-plugin", PLUGIN, "--api-key", API_KEY, "--max-model-len", "1024",
+                             "--max-concurrent-refinements", "8", *caps],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300

@@ -187,7 +187,7 @@ class LLMTransport(EngineTransport):
     def __init__(self, llm: Any) -> None:
         super().__init__()
         self.engine = llm
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     @property
     def vllm_config(self) -> Any:
