@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .backends.base import DecodeRequest, Session, TokenizerView
+from .backends.prefix import common_prefix
 from .config import RefineConfig
 from .degeneration import count_repeats
 from .errors import BudgetExhausted, ConfigError, InputError
@@ -40,14 +41,6 @@ from .objectives import CandidateView, Objective
 from .scorer import Scorer
 from .strategy import Strategy
 from .types import Edit, Hypothesis, RefineResult, Scores, Stats
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def changed_span(old: Sequence[int], new: Sequence[int]) -> tuple[int, tuple[int, ...], tuple[int, ...]]:

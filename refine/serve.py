@@ -19,13 +19,31 @@ a value of the wrong type, an unknown model name or ``stream: true`` get an Open
 Prometheus metrics (:mod:`refine.serve_metrics`); vLLM engine arguments (``--tensor-parallel-size``,
 ``--data-parallel-size``, ``--max-model-len``, ``--gpu-memory-utilization``, ``--dtype``, ...) pass through.
 
-This is a thin server over one in-process ``vllm.LLM``: engine work runs on one worker thread, one
-request at a time, while the event loop stays free, so ``/health``, ``/v1/models`` and ``/metrics``
-answer during a refinement; a client that disconnects cancels its refinement at the search's next
-step (the engine call in progress finishes first).
+Serving model: one ``AsyncLLM`` (vLLM's asynchronous engine; its engine core runs in a process of its own),
+started in the server's event loop when the app starts (FastAPI lifespan) with refine's engine defaults, the
+engine arguments above and the forcing logits processor registered. Every request's initial completions are
+awaited straight from it, so unrefined requests are served at vLLM's speed and batched with everything else in
+flight. A refined request then refines each completion in a thread pool of ``--max-concurrent-refinements``
+threads (default 16; more refinements wait for a free thread, unrefined requests never do). A refinement's
+engine calls (scoring candidates, re-decoding suffixes) go through
+:class:`~refine.backends.vllm.transport.AsyncTransport`: each call submits its requests to the engine on the
+event loop and waits for them, so the candidate batches of concurrent refinements are scheduled together by
+vLLM's one scheduler (continuous batching across requests). The event loop never blocks, so ``/health``,
+``/v1/models`` and ``/metrics`` answer while refinements run.
+
+Deadlines: a refined request's ``budget.max_seconds`` (capped by ``--cap-max-seconds``; the cap when the request
+sets none) counts from the start of its refinement and is enforced inside engine calls too: when it passes, the
+call's outstanding engine requests are aborted and the refinement returns its best output so far with
+``stop_reason: "max_seconds"``. Scoring the initial output is never cut short (there would be nothing to
+return); the search also checks the deadline before each step.
+
+A client that disconnects cancels its request at once: the initial generation's engine requests are aborted,
+and its refinements abort their in-flight engine requests and stop (``refine_engine_requests_aborted_total``
+counts them). The offline :class:`~refine.integrations.vllm.RefineLLM` and ``refine batch`` keep a ``vllm.LLM``.
 """
 
 
+import copy
 import json
 import logging
 import os
@@ -118,48 +136,127 @@ def _choice(out: Any, index: int, chat: bool) -> dict[str, Any]:
     return d
 
 
-def _engine_executor():
-    """The one worker thread that drives the engine, with the intra-op thread count the engine started with.
-
-    vLLM's CPU attention checks that a step runs on as many OpenMP threads as its metadata was built
-    for, and a fresh thread starts from the machine default: so engine calls stay on one thread that
-    inherits this thread's setting.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    import torch
-
-    threads = torch.get_num_threads()
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="refine-engine",
-                              initializer=lambda: torch.set_num_threads(threads))
-
-
 class RequestCancelled(Exception):
-    """The client disconnected: the refinement stops at its next step."""
+    """The client disconnected: its work stops and its engine requests are aborted."""
 
 
-def build_app(rllm: Any, model_name: str, limits: RequestLimits | None = None, api_key: str | None = None):
-    """The FastAPI app over a :class:`refine.integrations.vllm.RefineLLM` (whose ``limits`` it enforces too).
+class Engine:
+    """What the server serves with, built in its event loop (:meth:`start`): the ``AsyncLLM``, the
+    :class:`~refine.backends.vllm.transport.AsyncTransport` that refinements reach it through, the
+    :class:`~refine.backends.vllm.VLLMBackend` on that transport, and the thread pool refinements run in.
 
-    With ``api_key``, every ``/v1`` endpoint wants ``Authorization: Bearer <api_key>``; ``/health`` and
-    ``/metrics`` stay open, as in ``vllm serve``.
+    Args:
+        model_path: the model folder.
+        engine_kwargs: engine arguments (:func:`engine_kwargs`), on top of refine's defaults.
+        max_concurrent_refinements: threads refining at once (more wait for a free one).
+    """
+
+    def __init__(self, model_path: str, engine_kwargs: Mapping[str, Any] | None = None,
+                 max_concurrent_refinements: int = 16) -> None:
+        if int(max_concurrent_refinements) < 1:
+            raise ConfigError("`--max-concurrent-refinements` has to be at least 1")
+        self.model_path = str(model_path)
+        self.engine_kwargs = dict(engine_kwargs or {})
+        self.max_concurrent_refinements = int(max_concurrent_refinements)
+        self.engine: Any = None
+        self.transport: Any = None
+        self.backend: Any = None
+        self.pool: Any = None
+        self.tokenizer: Any = None
+        self.context = 0
+
+    def start(self, on_abort: Any = None) -> None:
+        """Start the engine on the running event loop (call from a coroutine: the server's lifespan)."""
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .backends.vllm import AsyncTransport, VLLMBackend, make_async_engine
+
+        loop = asyncio.get_running_loop()
+        self.engine = make_async_engine(self.model_path, **self.engine_kwargs)
+        self.transport = AsyncTransport(self.engine, loop, on_abort=on_abort)
+        self.backend = VLLMBackend(self.transport)
+        self.tokenizer = self.backend.hf_tokenizer
+        self.context = int(self.backend.max_length)
+        self.pool = ThreadPoolExecutor(max_workers=self.max_concurrent_refinements, thread_name_prefix="refine")
+
+    def stop(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.engine is not None:
+            self.engine.shutdown()
+
+    async def generate(self, prompt: list[int], params: Any) -> Any:
+        """One request through the engine, awaited on the event loop: its final ``RequestOutput``."""
+        from vllm.sampling_params import RequestOutputKind
+
+        params = params.clone()
+        params.output_kind = RequestOutputKind.FINAL_ONLY
+        last = None
+        async for out in self.engine.generate({"prompt_token_ids": prompt}, params, f"serve-{uuid.uuid4().hex}"):
+            last = out
+        if last is None or not last.finished:
+            raise RuntimeError("the engine ended a request without its final output")
+        return last
+
+    def refine(self, prompt: list[int], output: list[int], config: Any, cancel: threading.Event) -> Any:
+        """Refine one completion (in a pool thread): the search's engine calls honour ``cancel`` and, inside each
+        call, the deadline ``config.budget.max_seconds`` from now. A deadline that cut a call short ends the
+        search with its best output so far and stop reason ``max_seconds``."""
+        from .api import refine_tokens
+        from .backends.vllm import EngineCancelled
+
+        if cancel.is_set():
+            raise EngineCancelled("the request was cancelled")
+        with self.transport.limits(config.budget.max_seconds, cancel) as lim:
+            result = refine_tokens(self.backend, prompt, output, config)
+        if lim.expired:
+            result.stats.stop_reason = "max_seconds"
+        return result
+
+
+async def _until_disconnected(request: Any, every: float = 0.1) -> None:
+    import asyncio
+
+    while not await request.is_disconnected():
+        await asyncio.sleep(every)
+
+
+def build_app(engine: Engine, model_name: str, limits: RequestLimits | None = None, api_key: str | None = None,
+              defaults: Mapping[str, Any] | None = None, plugins: Any = None):
+    """The FastAPI app over an :class:`Engine`, started in the app's lifespan and stopped after it.
+
+    ``defaults``: refine options applied to every request (checked with
+    :func:`refine.integrations.vllm.prepare_defaults` first); ``plugins``: import paths requests may name
+    (the operator's); ``limits``: the caps. With ``api_key``, every ``/v1`` endpoint wants
+    ``Authorization: Bearer <api_key>``; ``/health`` and ``/metrics`` stay open, as in ``vllm serve``.
     """
     import asyncio
+    import contextlib
     import hmac
 
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
 
+    from .api import resolve_scorer
     from .backends.hf import conversation_ids
+    from .integrations.vllm import refined_completion, request_config
     from .serve_metrics import ServerMetrics
 
-    limits = limits or rllm.limits or RequestLimits()
-    app = FastAPI(title="refine", description=__doc__)
-    lock = threading.Lock()  # one engine call at a time: vllm.LLM is not thread-safe
+    limits = limits or RequestLimits()
+    plugins = frozenset(plugins or ())
     metrics = ServerMetrics()
-    engine_thread = _engine_executor()
-    tokenizer = rllm.llm.get_tokenizer()
-    context = int(rllm.backend.max_length)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        engine.start(on_abort=metrics.engine_aborted.inc)
+        metrics.engine_outstanding.set_function(lambda: engine.transport.outstanding)
+        try:
+            yield
+        finally:
+            engine.stop()
+
+    app = FastAPI(title="refine", description=__doc__, lifespan=lifespan)
 
     async def read_body(request: Request) -> dict[str, Any]:
         declared = request.headers.get("content-length")
@@ -175,6 +272,7 @@ def build_app(rllm: Any, model_name: str, limits: RequestLimits | None = None, a
         return parse_body(bytes(raw))
 
     def prompt_ids(body: dict[str, Any], chat: bool) -> list[list[int]]:
+        tokenizer = engine.tokenizer
         if chat:
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages or not all(
@@ -193,7 +291,8 @@ def build_app(rllm: Any, model_name: str, limits: RequestLimits | None = None, a
             raise RequestError("`prompt` has to be a non-empty string or list of strings", "prompt")
         return [list(tokenizer.encode(p)) for p in prompts]
 
-    def run(body: dict[str, Any], chat: bool, cancel: threading.Event) -> JSONResponse:
+    def prepare(body: dict[str, Any], chat: bool) -> tuple[list[list[int]], Any, Any]:
+        """Check a request (400s) and turn it into prompt ids, ``SamplingParams`` and its refine config."""
         model = body.get("model")
         if model is not None and model != model_name:
             raise RequestError(f"the model {model!r} does not exist; this server serves {model_name!r}", "model",
@@ -205,22 +304,37 @@ def build_app(rllm: Any, model_name: str, limits: RequestLimits | None = None, a
         ids = prompt_ids(body, chat)
         longest = max(len(p) for p in ids)
         limits.check_request(max_tokens=params.max_tokens, choices=params.n * len(ids), prompt_tokens=longest)
-        if longest + params.max_tokens > context:
+        if longest + params.max_tokens > engine.context:
             raise RequestError(f"the prompt ({longest} tokens) + `max_tokens` ({params.max_tokens}) exceed the "
-                               f"model's context of {context} tokens", "max_tokens")
-        def check_cancel(_search) -> None:  # called after every search step
-            if cancel.is_set():
-                raise RequestCancelled
+                               f"model's context of {engine.context} tokens", "max_tokens")
+        config = request_config(params, defaults=defaults, plugins=plugins, limits=limits)
+        return ids, params, None if config is None else resolve_scorer(config)
 
-        with lock:
-            if cancel.is_set():
-                raise RequestCancelled
-            outs = rllm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=False,
-                                 progress=check_cancel)
-        for out in outs:
-            for c in out.outputs:
-                if getattr(c, "refine", None) is not None:
-                    metrics.observe_result(c.refine)
+    async def run(body: dict[str, Any], chat: bool, cancel: threading.Event) -> JSONResponse:
+        ids, params, config = prepare(body, chat)
+        # the initial outputs: straight from the engine, batched with everything else it serves
+        outs = list(await asyncio.gather(*(engine.generate(p, params) for p in ids)))
+        if config is not None:
+            loop = asyncio.get_running_loop()
+            eos_ids = engine.backend.tokenizer.eos_ids
+            def refine_one(prompt: list[int], output: list[int]) -> Any:
+                with metrics.refinements_running.track_inprogress():
+                    return engine.refine(prompt, output, config, cancel)
+
+            jobs = [(i, j, loop.run_in_executor(engine.pool, refine_one, list(out.prompt_token_ids or p),
+                                                 list(c.token_ids)))
+                    for i, (out, p) in enumerate(zip(outs, ids)) for j, c in enumerate(out.outputs) if c.token_ids]
+            try:
+                results = await asyncio.gather(*(job for _, _, job in jobs))
+            except BaseException:
+                cancel.set()  # the other refinements of this request stop too
+                raise
+            for (i, j, _), res in zip(jobs, results):
+                metrics.observe_result(res)
+                new = copy.copy(outs[i])
+                new.outputs = list(new.outputs)
+                new.outputs[j] = refined_completion(outs[i].outputs[j], res, eos_ids)
+                outs[i] = new
         choices = []
         for out in outs:
             choices += [_choice(out, i, chat) for i in range(len(out.outputs))]
@@ -244,15 +358,28 @@ def build_app(rllm: Any, model_name: str, limits: RequestLimits | None = None, a
         given = request.headers.get("authorization", "")
         return hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode())
 
-    async def serve_in_thread(request: Request, body: dict[str, Any], chat: bool) -> JSONResponse:
-        """Run the (blocking) engine work in a worker thread; a client that goes away cancels it."""
+    async def serve_request(request: Request, body: dict[str, Any], chat: bool) -> JSONResponse:
+        """Serve ``body``; a client that goes away cancels it: awaited engine requests are cancelled (vLLM
+        aborts them) and refinements abort their engine requests and stop."""
+        from .backends.vllm import EngineCancelled
+
         cancel = threading.Event()
-        work = asyncio.get_running_loop().run_in_executor(engine_thread, run, body, chat, cancel)
-        while not work.done():
-            await asyncio.wait({work}, timeout=0.1)
-            if not work.done() and await request.is_disconnected():
-                cancel.set()
-        return work.result()
+        work = asyncio.ensure_future(run(body, chat, cancel))
+        watch = asyncio.ensure_future(_until_disconnected(request))
+        try:
+            await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+        if not work.done():
+            cancel.set()
+            work.cancel()
+            with contextlib.suppress(BaseException):
+                await work
+            raise RequestCancelled
+        try:
+            return work.result()
+        except EngineCancelled as exc:
+            raise RequestCancelled from exc
 
     async def handle(request: Request, chat: bool) -> Response:
         endpoint = "chat" if chat else "completions"
@@ -262,7 +389,7 @@ def build_app(rllm: Any, model_name: str, limits: RequestLimits | None = None, a
             response = await answer(request, chat)
         except RequestCancelled:
             metrics.cancelled.labels(endpoint).inc()
-            log.info("client went away: refinement cancelled")
+            log.info("client went away: request cancelled")
             response = Response(status_code=499)
         finally:
             metrics.in_flight.dec()
@@ -275,7 +402,7 @@ def build_app(rllm: Any, model_name: str, limits: RequestLimits | None = None, a
             if not authorized(request):
                 raise RequestError("a valid API key is required: send `Authorization: Bearer <key>`",
                                    status=401, code="invalid_api_key")
-            return await serve_in_thread(request, await read_body(request), chat)
+            return await serve_request(request, await read_body(request), chat)
         except RequestError as exc:
             return JSONResponse(status_code=exc.status, content=exc.body())
         except LimitError as exc:
@@ -296,17 +423,17 @@ def build_app(rllm: Any, model_name: str, limits: RequestLimits | None = None, a
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/health")
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/v1/models")
-    def models(request: Request):
+    async def models(request: Request):
         if not authorized(request):
             error = RequestError("a valid API key is required: send `Authorization: Bearer <key>`", status=401,
                                  code="invalid_api_key")
             return JSONResponse(status_code=401, content=error.body())
         return {"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "refine",
-                                            "max_model_len": context}]}
+                                            "max_model_len": engine.context}]}
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -360,7 +487,7 @@ def cmd_serve(args) -> int:
 
     require("vllm", VLLM_INSTALL)
     uvicorn = require("uvicorn", pip_extra("vllm"))
-    from .integrations.vllm import RefineLLM
+    from .integrations.vllm import prepare_defaults
     from .models import resolve
 
     try:
@@ -377,8 +504,9 @@ def cmd_serve(args) -> int:
     plugins = set(args.allow_plugin) | plugin_paths(defaults)
     path = resolve(args.model)
     api_key = args.api_key or os.environ.get("REFINE_API_KEY") or None
-    rllm = RefineLLM(model=str(path), refine=defaults, plugins=plugins, limits=limits, **engine_kwargs(args))
-    app = build_app(rllm, args.served_model_name or path.name, limits, api_key)
+    defaults = prepare_defaults(defaults, limits)  # fails before an engine starts
+    engine = Engine(str(path), engine_kwargs(args), args.max_concurrent_refinements)
+    app = build_app(engine, args.served_model_name or path.name, limits, api_key, defaults, plugins)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
@@ -413,6 +541,9 @@ def add_parser(sub) -> None:
     p.add_argument("--allow-plugin", action="append", default=[], metavar="MODULE:CLASS",
                    help="an import path (strategy, move or objective term) that requests may name; repeatable. "
                         "Requests can otherwise name only registered pieces")
+    p.add_argument("--max-concurrent-refinements", type=int, default=16, metavar="N",
+                   help="refinements running at once, their engine requests batched together (more wait for a "
+                        "free slot; unrefined requests never wait for one). Default: 16")
     p.add_argument("--api-key", default=None,
                    help="require `Authorization: Bearer KEY` on /v1 endpoints (default: $REFINE_API_KEY, else none)")
     engine = p.add_argument_group("engine", "vLLM engine arguments, passed through")

@@ -8,7 +8,10 @@ default registry, which holds the process collectors and whatever vLLM registers
 - ``refine_requests_in_flight``: requests being served now;
 - ``refine_refinements_total``: refined choices; ``refine_accepted_edits_total``;
   ``refine_objective_gain_total`` (sum of objective gains); ``refine_forward_tokens_total``;
-- ``refine_request_seconds{endpoint}`` and ``refine_refinement_seconds``: latency histograms.
+- ``refine_request_seconds{endpoint}`` and ``refine_refinement_seconds``: latency histograms;
+- ``refine_refinements_running``: refinements in the thread pool now (at most ``--max-concurrent-refinements``);
+- ``refine_engine_requests_outstanding``: engine requests of refinements' engine calls in progress;
+- ``refine_engine_requests_aborted_total``: refinements' engine requests aborted by a deadline or a cancel.
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ class ServerMetrics:
         self.forward_tokens = Counter("refine_forward_tokens", "Forward tokens spent by refinements", registry=r)
         self.latency = Histogram("refine_request_seconds", "Request latency", ["endpoint"], buckets=BUCKETS,
                                  registry=r)
+        self.refinements_running = Gauge("refine_refinements_running", "Refinements running now", registry=r)
+        self.engine_outstanding = Gauge("refine_engine_requests_outstanding",
+                                        "Engine requests of refinements' engine calls in progress", registry=r)
+        self.engine_aborted = Counter("refine_engine_requests_aborted",
+                                      "Refinements' engine requests aborted by a deadline or a cancel", registry=r)
         self.refine_latency = Histogram("refine_refinement_seconds", "Wall time of one refinement",
                                         buckets=BUCKETS, registry=r)
 

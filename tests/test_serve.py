@@ -52,7 +52,8 @@ def server(tmp_path_factory):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     caps = [a for k, v in CAPS.items() for a in (f"--cap-{k}", str(v))]
     proc = subprocess.Popen([sys.executable, "-m", "refine.cli", "serve", "--port", str(port),
-                             "--allow-plugin", PLUGIN, "--api-key", API_KEY, "--max-model-len", "1024", *caps],
+                             "--allow-plugin", PLUGIN, "--api-key", API_KEY, "--max-model-len", "1024",
+                             "--max-concurrent-refinements", "8", *caps],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
@@ -274,16 +275,20 @@ def test_metrics_count_requests_and_refinements(server):
     assert _metric(server, 'refine_request_seconds_count{endpoint="chat"}') >= 1
 
 
+def _wait_for(base, name, at_least, seconds=60):
+    deadline = time.time() + seconds
+    while _metric(base, name) < at_least:
+        assert time.time() < deadline, f"{name} did not reach {at_least}"
+        time.sleep(0.05)
+
+
 def test_health_answers_while_a_refinement_runs(server):
     import threading
 
     result = {}
     worker = threading.Thread(target=lambda: result.update(r=_post(server + "/v1/chat/completions", LONG)))
     worker.start()
-    deadline = time.time() + 60
-    while _metric(server, "refine_requests_in_flight") < 1 and time.time() < deadline:
-        time.sleep(0.05)
-    assert _metric(server, "refine_requests_in_flight") == 1, "the refinement did not start"
+    _wait_for(server, "refine_refinements_running", 1)
     seen = []
     while worker.is_alive() and len(seen) < 5:
         t0 = time.time()
@@ -294,20 +299,89 @@ def test_health_answers_while_a_refinement_runs(server):
     assert result["r"][0] == 200
 
 
-def test_a_client_that_disconnects_cancels_its_refinement(server):
+def test_a_client_that_disconnects_cancels_its_refinement_and_aborts_its_engine_requests(server):
     host, port = server.removeprefix("http://").split(":")
     before = _metric(server, 'refine_requests_cancelled_total{endpoint="chat"}')
+    aborted = _metric(server, "refine_engine_requests_aborted_total")
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    body = json.dumps(LONG)
+    body = json.dumps({**LONG, "vllm_xargs": {**LONG["vllm_xargs"], "refine_moves": "regenerate"}})
     conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json", **AUTH})
-    deadline = time.time() + 60
-    while _metric(server, "refine_requests_in_flight") < 1 and time.time() < deadline:
-        time.sleep(0.05)
+    _wait_for(server, "refine_refinements_running", 1)
+    _wait_for(server, "refine_engine_requests_outstanding", 2)  # in a re-decoding step (the initial scoring has 1)
     conn.sock.shutdown(socket.SHUT_RDWR)
     conn.close()
-    deadline = time.time() + 120
+    deadline = time.time() + 30
     while _metric(server, 'refine_requests_cancelled_total{endpoint="chat"}') < before + 1:
         assert time.time() < deadline, "the refinement was not cancelled"
-        time.sleep(0.2)
+        time.sleep(0.05)
+    _wait_for(server, "refine_engine_requests_aborted_total", aborted + 1, seconds=10)  # aborted mid-call
+    deadline = time.time() + 10
+    while _metric(server, "refine_engine_requests_outstanding") or _metric(server, "refine_refinements_running"):
+        assert time.time() < deadline, "the cancelled refinement still holds engine requests"
+        time.sleep(0.05)
     status, out = _post(server + "/v1/completions", {"prompt": "Hi", "max_tokens": 2})  # the engine is free
     assert status == 200 and out["choices"]
+
+
+# ----------------------------------------------------------------------------- concurrency, deadlines
+
+REFINED = [{"messages": [{"role": "user", "content": q}], "max_tokens": 12, "temperature": 0,
+            "vllm_xargs": {"refine_objective": "mean", "refine_top_k": 2, "refine_max_positions": 4,
+                           "refine_budget_max_sweeps": 1}}
+           for q in ("Name three colors.", "Write a haiku about the sea.", "What is 2 + 2?", "Say hello.")]
+PLAIN = [{"prompt": p, "max_tokens": 8, "temperature": 0}
+         for p in ("The sky is", "Once upon a time", "The capital of France is", "1, 2, 3,")]
+
+
+def _summary(path, d):
+    c = d["choices"][0]
+    text = c["message"]["content"] if path.endswith("chat/completions") else c["text"]
+    r = c.get("refine")
+    if r is None:
+        return text, None, None
+    return text, [(e["position"], e["old"], e["new"]) for e in r["edits"]], r["score"]
+
+
+def test_concurrent_requests_get_the_answers_they_get_alone(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [("/v1/chat/completions", b) for b in REFINED] + [("/v1/completions", b) for b in PLAIN]
+    alone = []
+    for path, body in jobs:
+        status, d = _post(server + path, body)
+        assert status == 200, d
+        alone.append(_summary(path, d))
+    assert all(edits is not None for _, edits, _ in alone[:4]) and all(e is None for _, e, _ in alone[4:])
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        together = list(pool.map(lambda job: _post(server + job[0], job[1]), jobs))
+    for (path, _), (status, d), (text, edits, score) in zip(jobs, together, alone):
+        assert status == 200, d
+        t2, e2, s2 = _summary(path, d)
+        assert t2 == text and e2 == edits, (path, t2, text)
+        assert score is None or abs(s2 - score) < 1e-3
+
+
+REGEN = {**LONG, "vllm_xargs": {**LONG["vllm_xargs"], "refine_moves": "regenerate", "refine_prune_margin": None}}
+
+
+def test_a_deadline_aborts_the_step_in_progress_and_returns_the_best_so_far(server):
+    def refine(seconds):
+        body = {**REGEN, "vllm_xargs": {**REGEN["vllm_xargs"], "refine_budget_max_seconds": seconds}}
+        status, d = _post(server + "/v1/chat/completions", body)
+        assert status == 200, d
+        return d["choices"][0]["refine"]
+
+    # a deadline that passes while the output is scored: the search stops before its first step
+    refine(0.01)
+    first = refine(0.01)
+    assert first["stats"]["stop_reason"] == "max_seconds" and first["edits"] == []
+    scoring = first["stats"]["seconds"]
+    # one that passes during the first re-decoding step (seconds long): that step is aborted
+    aborted = _metric(server, "refine_engine_requests_aborted_total")
+    limit = scoring + 0.5
+    t0 = time.time()
+    r = refine(limit)
+    assert r["stats"]["stop_reason"] == "max_seconds" and r["text"] == r["initial_text"]
+    assert r["stats"]["seconds"] < limit + 1.5, r["stats"]
+    assert _metric(server, "refine_engine_requests_aborted_total") > aborted
+    assert time.time() - t0 < limit + 10

@@ -511,3 +511,97 @@ def test_hf_and_vllm_refinements_agree(vb, hf, prompts, greedy):
         assert [(e.move, e.position, e.old, e.new) for e in a.edits] == \
             [(e.move, e.position, e.old, e.new) for e in b.edits]
         assert a.tokens == b.tokens and a.score == pytest.approx(b.score, abs=1e-3)
+
+
+# ---------------------------------------------------------------------------------------- AsyncLLM transport
+
+
+@pytest.fixture(scope="module")
+def async_backend(model_path):
+    """A VLLMBackend on an AsyncLLM that runs on an event loop in a thread of its own (as a server's)."""
+    import asyncio
+    import threading
+
+    from refine.backends.vllm import AsyncTransport, VLLMBackend, make_async_engine
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def start():
+        return make_async_engine(model_path)
+
+    engine = asyncio.run_coroutine_threadsafe(start(), loop).result(300)
+    yield VLLMBackend(AsyncTransport(engine, loop))
+    engine.shutdown()
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def test_async_transport_scores_and_decodes_like_the_llm(vb, async_backend, prompts, greedy):
+    ab = async_backend
+    assert ab.method == "force" and ab.can_decode
+    prompt, y = prompts[0], greedy[0]
+    sync, asyn = vb.open(prompt, K, 4096), ab.open(prompt, K, 4096)
+    rows = [y, y[:5] + [13] + y[6:]]
+    for (st1, a), (st2, b) in zip(sync.score(rows, base=y), asyn.score(rows, base=y)):
+        assert st1 == st2
+        np.testing.assert_allclose(b.logprobs, a.logprobs, atol=TOL, rtol=0)
+        np.testing.assert_allclose(b.topk_logprobs, a.topk_logprobs, atol=TOL, rtol=0)
+        np.testing.assert_allclose(b.entropy, a.entropy, atol=ENT_TOL, rtol=0)
+    assert ab._entropy_via == "rpc"  # exact entropies from the engine process, through the worker extension
+    reqs = [DecodeRequest(tuple(y[:3]) + (13,), 12, min_new=8), DecodeRequest(tuple(y[:6]), 12)]
+    plain = sync.decode(reqs, base=y)
+    for (s1, a), (s2, b) in zip(plain, asyn.decode(reqs, base=y)):
+        assert s1 == s2 and a.tokens == b.tokens
+        np.testing.assert_allclose(b.scores.entropy, a.scores.entropy, atol=ENT_TOL, rtol=0)
+    (_, cut), (_, kept) = asyn.decode(reqs, base=y, prune=lambda r, toks, sc: r == 0)
+    assert cut.pruned and cut.tokens == plain[0][1].tokens[: len(reqs[0].tokens) + 4]
+    assert not kept.pruned and kept.tokens == plain[1][1].tokens
+    assert ab.transport.outstanding == 0
+
+
+def test_async_transport_refines_in_threads_as_alone(async_backend, prompts, greedy):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from refine.api import refine_tokens
+
+    cfg = {"objective": "mean", "top_k": 2, "max_positions": 4, "budget": {"max_sweeps": 1}}
+    jobs = [(p, y) for p, y in zip(prompts, greedy)] * 2
+    alone = [refine_tokens(async_backend, p, y, cfg) for p, y in jobs]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        together = list(pool.map(lambda job: refine_tokens(async_backend, job[0], job[1], cfg), jobs))
+    for a, b in zip(alone, together):
+        assert a.tokens == b.tokens and abs(a.score - b.score) < 1e-3
+        assert [(e.position, e.old, e.new) for e in a.edits] == [(e.position, e.old, e.new) for e in b.edits]
+
+
+def test_async_transport_aborts_a_call_at_the_deadline_or_on_cancel(async_backend, prompts, greedy):
+    import threading
+    import time
+
+    from refine.backends.vllm import EngineCancelled, EngineDeadline
+
+    tr = async_backend.transport
+    s = async_backend.open(prompts[0], K, 4096)
+    long = [DecodeRequest(tuple(greedy[0][:1]), 400, min_new=400)] * 3
+    with tr.limits(0.001) as lim:
+        time.sleep(0.01)
+        s.score([greedy[0]])  # the first call (scoring the output under refinement) is never cut short
+        t0 = time.monotonic()
+        lim.deadline = t0 + 0.3
+        with pytest.raises(EngineDeadline):
+            s.decode(long)
+        assert time.monotonic() - t0 < 2.0 and lim.expired and lim.aborted == 3
+        with pytest.raises(EngineDeadline):  # later calls are refused at once
+            s.score([greedy[0]])
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    with tr.limits(cancel=cancel) as lim:
+        t0 = time.monotonic()
+        with pytest.raises(EngineCancelled):
+            s.decode(long)
+        assert time.monotonic() - t0 < 2.0 and lim.aborted == 3 and not lim.expired
+    assert tr.outstanding == 0 and tr.engine.get_num_unfinished_requests() == 0
+    [(_, d)] = s.decode([DecodeRequest((), 4)])  # the engine goes on serving
+    assert 0 < len(d.tokens) <= 4

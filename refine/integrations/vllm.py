@@ -127,7 +127,8 @@ def request_config(
     return config if limits is None else limits.check_refine(config)
 
 
-def _refined_completion(c: Any, result: RefineResult, eos_ids: Sequence[int]) -> Any:
+def refined_completion(c: Any, result: RefineResult, eos_ids: Sequence[int]) -> Any:
+    """A copy of the ``CompletionOutput`` ``c`` carrying ``result`` (see the module docstring)."""
     new = copy.copy(c)
     new.text = result.text
     new.token_ids = list(result.tokens)
@@ -203,7 +204,7 @@ def generate(
                 completions.append(c)
                 continue
             res = refine_tokens(backend, prompt_ids, list(c.token_ids), config, progress)
-            completions.append(_refined_completion(c, res, eos_ids))
+            completions.append(refined_completion(c, res, eos_ids))
         new = copy.copy(out)
         new.outputs = completions
         new.original = out
@@ -244,6 +245,23 @@ def chat(
     return generate(llm, prompts, sampling_params, **generate_kwargs)
 
 
+def prepare_defaults(refine: Mapping[str, Any] | None, limits: RequestLimits | None = None) -> dict[str, Any] | None:
+    """Default refine options checked before an engine starts (:class:`ConfigError` naming the option; over a cap
+    of ``limits``: :class:`~refine.limits.LimitError`), with a ``"scorer"`` path loaded, once."""
+    if refine is None:
+        return None
+    defaults = dict(refine)
+    base = None if limits is None else limits.base_options()
+    config = RefineConfig.from_dict(merge_options(base, defaults))
+    if limits is not None:
+        limits.check_refine(config if config.max_new_tokens else config.replace(max_new_tokens=1))
+    if isinstance(config.scorer, str):
+        from ..api import resolve_scorer
+
+        defaults["scorer"] = resolve_scorer(config).scorer
+    return defaults
+
+
 class RefineLLM:
     """A ``vllm.LLM`` whose :meth:`generate` refines the requests that ask for it.
 
@@ -277,18 +295,9 @@ class RefineLLM:
         backend: VLLMBackend | None = None,
         **make_llm_kwargs: Any,
     ) -> None:
-        self.defaults = None if refine is None else dict(refine)
+        self.defaults = prepare_defaults(refine, limits)
         self.plugins = None if plugins is None else frozenset(plugins)
         self.limits = limits
-        if self.defaults is not None:  # fail early, before an engine starts
-            base = None if limits is None else limits.base_options()
-            config = RefineConfig.from_dict(merge_options(base, self.defaults))
-            if limits is not None:
-                limits.check_refine(config if config.max_new_tokens else config.replace(max_new_tokens=1))
-            if isinstance(config.scorer, str):  # a scorer path is loaded once, here
-                from ..api import resolve_scorer
-
-                self.defaults["scorer"] = resolve_scorer(config).scorer
         self.llm = llm if llm is not None else make_llm(model, **make_llm_kwargs)
         self.backend = backend if backend is not None else VLLMBackend(self.llm)
 

@@ -1,0 +1,417 @@
+"""How a :class:`~refine.backends.vllm.VLLMSession` reaches its engine: an :class:`EngineTransport`.
+
+A session needs three engine calls: run a batch of requests to their final outputs (:meth:`~EngineTransport.generate`),
+run a batch step by step so that a callback can stop rows early (:meth:`~EngineTransport.generate_stepwise`), and
+call the workers (:meth:`~EngineTransport.collective_rpc`, to read the forcing processor's entropy records).
+
+- :class:`LLMTransport` drives a ``vllm.LLM`` from the calling thread (``llm.generate``; the step-wise path adds
+  requests to ``llm.llm_engine`` and calls ``step()`` itself). A lock keeps the engine to one caller at a time.
+- :class:`AsyncTransport` submits requests to a ``vllm.v1.engine.async_llm.AsyncLLM`` that lives on an asyncio
+  event loop owned by someone else (a server's): every call, made from a worker thread, schedules one coroutine
+  per request on that loop (``asyncio.run_coroutine_threadsafe``) and waits for them. Calls from several threads
+  (several refinements) are then in flight together, and vLLM's scheduler batches their requests with each other
+  and with ordinary traffic.
+
+Limits per caller
+-----------------
+:meth:`EngineTransport.limits` binds, for the calling thread, a deadline and a cancel event to every engine call
+made inside it. :class:`AsyncTransport` enforces both *during* a call: when the deadline passes or the event is
+set, it aborts the call's outstanding engine requests (``AsyncLLM.abort``) and raises :class:`EngineDeadline`
+(a :class:`~refine.errors.BudgetExhausted`: the search stops and returns its best output so far) or
+:class:`EngineCancelled`. The first call inside a :meth:`~EngineTransport.limits` block is exempt from the
+deadline (not from cancelling): it scores the output being refined, without which there is nothing to return.
+:class:`LLMTransport` checks both before each call (``llm.generate`` cannot be interrupted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import queue
+import threading
+import time
+import types
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+from vllm import SamplingParams
+from vllm.sampling_params import RequestOutputKind
+
+from ...errors import BudgetExhausted, RefineError
+
+#: ``watch(i, partial_output) -> bool``: asked after new tokens of unfinished request ``i``; True stops it
+Watch = Callable[[int, Any], bool]
+
+
+class EngineDeadline(BudgetExhausted):
+    """The caller's deadline passed during an engine call; the call's engine requests were aborted."""
+
+
+class EngineCancelled(RefineError):
+    """The caller's cancel event was set (its client went away); the call's engine requests were aborted."""
+
+
+@dataclass
+class CallLimits:
+    """What :meth:`EngineTransport.limits` binds to a thread's engine calls.
+
+    Attributes:
+        deadline: ``time.monotonic()`` value after which calls are aborted; None: none.
+        cancel: an event that, once set, aborts calls; None: none.
+        calls: engine calls made so far under these limits (the first is exempt from the deadline).
+        expired: whether the deadline aborted (or refused) a call.
+        aborted: engine requests aborted because of these limits.
+    """
+
+    deadline: float | None = None
+    cancel: threading.Event | None = None
+    calls: int = 0
+    expired: bool = False
+    aborted: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline applies to this call (None: no deadline for it)."""
+        if self.deadline is None or self.calls <= 1:
+            return None
+        return self.deadline - time.monotonic()
+
+    def check(self) -> None:
+        """Raise if the call should stop now (cancelled, or past the deadline)."""
+        if self.cancel is not None and self.cancel.is_set():
+            raise EngineCancelled("the request was cancelled")
+        left = self.remaining()
+        if left is not None and left <= 0:
+            self.expired = True
+            raise EngineDeadline()
+
+
+class PartialOutput:
+    """A request's output accumulated from ``DELTA`` outputs; shaped like a ``RequestOutput`` (one completion)."""
+
+    def __init__(self, prompt: list[int]) -> None:
+        self.prompt_token_ids = prompt
+        self.num_cached_tokens: int | None = None
+        self.outputs = [types.SimpleNamespace(token_ids=[], logprobs=[])]
+        self.stopped = False
+        self.finished = False
+
+    def extend(self, ro: Any) -> None:
+        if ro.num_cached_tokens is not None:
+            self.num_cached_tokens = ro.num_cached_tokens
+        c = ro.outputs[0]
+        self.outputs[0].token_ids.extend(int(t) for t in c.token_ids)
+        self.outputs[0].logprobs.extend(c.logprobs or [])
+        self.finished = bool(ro.finished)
+
+
+class EngineTransport(ABC):
+    """The engine calls of a session (see the module docstring). ``engine`` is the wrapped engine object."""
+
+    engine: Any
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._prefix = f"refine-{uuid.uuid4().hex[:8]}-"
+        self._counter = itertools.count()
+
+    # ------------------------------------------------------------------ shared
+
+    @property
+    @abstractmethod
+    def vllm_config(self) -> Any:
+        """The engine's ``VllmConfig``."""
+
+    @abstractmethod
+    def get_tokenizer(self) -> Any:
+        """The engine's (Hugging Face) tokenizer."""
+
+    @property
+    def in_process(self) -> bool:
+        """Whether the engine's logits processors may run in this process (their records are readable here)."""
+        return True
+
+    def request_id(self) -> str:
+        return f"{self._prefix}{next(self._counter)}"
+
+    @contextlib.contextmanager
+    def limits(self, deadline_s: float | None = None, cancel: threading.Event | None = None) -> Iterator[CallLimits]:
+        """Bind a deadline (``deadline_s`` seconds from now) and a cancel event to this thread's engine calls
+        inside the block (nested blocks replace the outer one until they end). Yields the :class:`CallLimits`."""
+        lim = CallLimits(None if deadline_s is None else time.monotonic() + float(deadline_s), cancel)
+        outer = getattr(self._local, "limits", None)
+        self._local.limits = lim
+        try:
+            yield lim
+        finally:
+            self._local.limits = outer
+
+    def _begin(self) -> CallLimits | None:
+        """The current thread's limits, counted as one more call and checked (raises if already past them)."""
+        lim = getattr(self._local, "limits", None)
+        if lim is not None:
+            lim.calls += 1
+            lim.check()
+        return lim
+
+    # ------------------------------------------------------------------ engine calls
+
+    @abstractmethod
+    def generate(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams]) -> list[Any]:
+        """Run one request per prompt to its end; their final ``RequestOutput`` s, in order."""
+
+    @abstractmethod
+    def generate_stepwise(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
+                          watch: Watch) -> list[PartialOutput]:
+        """Like :meth:`generate` with ``DELTA`` outputs: after new tokens of an unfinished request ``i``,
+        ``watch(i, partial)`` decides whether to stop it (aborted, its partial output returned with
+        ``stopped=True``)."""
+
+    @abstractmethod
+    def collective_rpc(self, method: Any, args: tuple = ()) -> list[Any]:
+        """``collective_rpc`` on the engine's workers: one result per worker."""
+
+    @staticmethod
+    def _delta(sp: SamplingParams) -> SamplingParams:
+        sp = sp.clone()
+        sp.output_kind = RequestOutputKind.DELTA
+        return sp
+
+
+class LLMTransport(EngineTransport):
+    """Engine calls on a ``vllm.LLM``, from the calling thread, one caller at a time."""
+
+    def __init__(self, llm: Any) -> None:
+        super().__init__()
+        self.engine = llm
+        self._lock = threading.RLock()
+
+    @property
+    def vllm_config(self) -> Any:
+        return self.engine.llm_engine.vllm_config
+
+    def get_tokenizer(self) -> Any:
+        return self.engine.get_tokenizer()
+
+    def generate(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams]) -> list[Any]:
+        self._begin()
+        with self._lock:
+            return self.engine.generate([{"prompt_token_ids": p} for p in prompts], list(params), use_tqdm=False)
+
+    def generate_stepwise(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
+                          watch: Watch) -> list[PartialOutput]:
+        """Drives ``llm.llm_engine`` (``add_request``/``step``/``abort_request``) under the lock."""
+        self._begin()
+        with self._lock:
+            engine = self.engine.llm_engine
+            ids: list[str] = []
+            outs: list[PartialOutput] = []
+            try:
+                for p, sp in zip(prompts, params):
+                    rid = self.request_id()  # outputs and aborts use this external id
+                    engine.add_request(rid, {"prompt_token_ids": p}, self._delta(sp))
+                    ids.append(rid)
+                    outs.append(PartialOutput(list(p)))
+                index = {rid: i for i, rid in enumerate(ids)}
+                live = set(ids)
+                while live and engine.has_unfinished_requests():
+                    stop = []
+                    for ro in engine.step():
+                        i = index.get(ro.request_id)
+                        if i is None or ro.request_id not in live:
+                            continue
+                        o = outs[i]
+                        o.extend(ro)
+                        if ro.finished:
+                            live.discard(ro.request_id)
+                        elif watch(i, o):
+                            o.stopped = True
+                            stop.append(ro.request_id)
+                    if stop:
+                        engine.abort_request(stop)
+                        live.difference_update(stop)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    engine.abort_request(list(ids))
+                raise
+            return outs
+
+    def collective_rpc(self, method: Any, args: tuple = ()) -> list[Any]:
+        with self._lock:
+            return self.engine.collective_rpc(method, args=args)
+
+
+class AsyncTransport(EngineTransport):
+    """Engine calls on an ``AsyncLLM`` running on ``loop``, made from other threads (see the module docstring).
+
+    Args:
+        engine: the ``AsyncLLM`` (created on ``loop``).
+        loop: the running event loop the engine lives on; calls must not be made from its own thread.
+        poll_s: how often a waiting call looks at its cancel event and deadline.
+        on_abort: called with the number of engine requests aborted by a deadline or a cancel (for metrics).
+    """
+
+    def __init__(self, engine: Any, loop: asyncio.AbstractEventLoop, *, poll_s: float = 0.02,
+                 on_abort: Callable[[int], None] | None = None) -> None:
+        super().__init__()
+        self.engine = engine
+        self.loop = loop
+        self.poll_s = float(poll_s)
+        self.on_abort = on_abort
+        self._outstanding = 0
+        self._count_lock = threading.Lock()
+
+    @property
+    def vllm_config(self) -> Any:
+        return self.engine.vllm_config
+
+    def get_tokenizer(self) -> Any:
+        return self.engine.get_tokenizer()
+
+    @property
+    def in_process(self) -> bool:
+        return False  # AsyncLLM runs its engine core in a process of its own
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _submit(self, coro: Any) -> Any:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            coro.close()
+            raise RuntimeError("AsyncTransport calls block: make them from a worker thread, not the event loop")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def _abort(self, ids: Sequence[str], lim: CallLimits | None, counted: bool) -> None:
+        """Abort ``ids`` on the engine and wait (briefly) until vLLM has taken note. ``counted``: an abort by the
+        caller's limits or an error (reported to ``on_abort``), not a row the ``watch`` callback stopped."""
+        if not ids:
+            return
+        fut = self._submit(self.engine.abort(list(ids)))
+        with contextlib.suppress(Exception):
+            fut.result(timeout=10)
+        if counted:
+            if lim is not None:
+                with lim._lock:
+                    lim.aborted += len(ids)
+            if self.on_abort is not None:
+                self.on_abort(len(ids))
+
+    @property
+    def outstanding(self) -> int:
+        """Engine requests of calls in progress (through this transport, all threads)."""
+        return self._outstanding
+
+    async def _pump(self, rid: str, prompt: list[int], sp: SamplingParams, sink: "queue.Queue[Any]", i: int) -> None:
+        """Feed request ``rid``'s outputs into ``sink`` as ``(i, output)``; ``(i, None)`` when it is over,
+        ``(i, exception)`` when it failed."""
+        try:
+            async for ro in self.engine.generate({"prompt_token_ids": prompt}, sp, rid):
+                sink.put((i, ro))
+        except asyncio.CancelledError:
+            sink.put((i, None))
+            raise
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            sink.put((i, exc))
+            return
+        sink.put((i, None))
+
+    async def _start(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams], ids: list[str],
+                     sink: "queue.Queue[Any]") -> list[asyncio.Task]:
+        return [asyncio.ensure_future(self._pump(rid, list(p), sp, sink, i))
+                for i, (rid, p, sp) in enumerate(zip(ids, prompts, params))]
+
+    def _run(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
+             on_output: Callable[[int, Any], bool]) -> None:
+        """Start one request per prompt and hand each output to ``on_output(i, output)`` in this thread; True from
+        it aborts request ``i``. Returns when every request is over; aborts what is left on a deadline, a cancel
+        or an error."""
+        lim = self._begin()
+        ids = [self.request_id() for _ in prompts]
+        sink: queue.Queue[Any] = queue.Queue()
+        with self._count_lock:
+            self._outstanding += len(ids)
+        live = set(range(len(ids)))
+        tasks: list[asyncio.Task] = []
+        try:
+            tasks = self._submit(self._start(prompts, params, ids, sink)).result()
+            while live:
+                if lim is not None:
+                    left = lim.remaining()
+                    wait = self.poll_s if left is None else max(0.0, min(self.poll_s, left))
+                else:
+                    wait = self.poll_s
+                try:
+                    i, item = sink.get(timeout=wait)
+                except queue.Empty:
+                    if lim is not None:
+                        lim.check()
+                    continue
+                if i not in live:
+                    continue
+                if item is None:
+                    live.discard(i)
+                elif isinstance(item, BaseException):
+                    live.discard(i)
+                    raise item
+                elif on_output(i, item):
+                    live.discard(i)
+                    self._abort([ids[i]], lim, counted=False)
+                if lim is not None:
+                    lim.check()
+        except BaseException:
+            left_over = [ids[i] for i in sorted(live)]
+            self._abort(left_over, lim, counted=True)
+            for t in tasks:
+                self.loop.call_soon_threadsafe(t.cancel)
+            raise
+        finally:
+            with self._count_lock:
+                self._outstanding -= len(ids)
+
+    # ------------------------------------------------------------------ engine calls
+
+    def generate(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams]) -> list[Any]:
+        final: list[Any] = [None] * len(prompts)
+
+        def keep(i: int, ro: Any) -> bool:
+            final[i] = ro
+            return False
+
+        params = [sp if sp.output_kind == RequestOutputKind.FINAL_ONLY else self._final(sp) for sp in params]
+        self._run(prompts, params, keep)
+        if any(o is None or not o.finished for o in final):
+            raise RuntimeError("the engine ended a request without its final output")
+        return final
+
+    def generate_stepwise(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
+                          watch: Watch) -> list[PartialOutput]:
+        outs = [PartialOutput(list(p)) for p in prompts]
+
+        def step(i: int, ro: Any) -> bool:
+            o = outs[i]
+            o.extend(ro)
+            if ro.finished:
+                return False
+            if watch(i, o):
+                o.stopped = True
+                return True
+            return False
+
+        self._run(prompts, [self._delta(sp) for sp in params], step)
+        return outs
+
+    def collective_rpc(self, method: Any, args: tuple = ()) -> list[Any]:
+        fut = self._submit(self.engine.collective_rpc(method, args=args))
+        return fut.result()
+
+    @staticmethod
+    def _final(sp: SamplingParams) -> SamplingParams:
+        sp = sp.clone()
+        sp.output_kind = RequestOutputKind.FINAL_ONLY
+        return sp
