@@ -22,8 +22,18 @@ class RewardError(RefineError):
 class BudgetExhausted(RefineError):
     """Raised inside a search when the next evaluation would exceed the budget.
 
-    The search driver catches it and returns the best hypothesis found so far.
+    The search driver catches it and returns the best hypothesis found so far, with :attr:`stop_reason` as
+    the result's ``stats.stop_reason``.
     """
+
+    stop_reason = "max_forward_tokens"
+
+
+class DeadlineReached(BudgetExhausted):
+    """Raised inside a search when its wall-clock limit passed during an evaluation (an engine that can stop a
+    call part-way, such as vLLM's async engine, raises it); the search returns its best output so far."""
+
+    stop_reason = "max_seconds"
 
 
 class MissingDependency(RefineError, ImportError):

@@ -452,8 +452,8 @@ class Search:
             accepted, steps = self.stats.accepted, self.stats.steps
             try:
                 more = strategy.step(self)
-            except BudgetExhausted:
-                stop = "max_forward_tokens"
+            except BudgetExhausted as exc:
+                stop = exc.stop_reason
                 break
             if self.stats.accepted > accepted:
                 idle = 0

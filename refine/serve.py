@@ -208,11 +208,8 @@ class Engine:
 
         if cancel.is_set():
             raise EngineCancelled("the request was cancelled")
-        with self.transport.limits(config.budget.max_seconds, cancel) as lim:
-            result = refine_tokens(self.backend, prompt, output, config)
-        if lim.expired:
-            result.stats.stop_reason = "max_seconds"
-        return result
+        with self.transport.limits(config.budget.max_seconds, cancel):
+            return refine_tokens(self.backend, prompt, output, config)
 
 
 async def _until_disconnected(request: Any, every: float = 0.1) -> None:

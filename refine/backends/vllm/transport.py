@@ -17,7 +17,7 @@ Limits per caller
 :meth:`EngineTransport.limits` binds, for the calling thread, a deadline and a cancel event to every engine call
 made inside it. :class:`AsyncTransport` enforces both *during* a call: when the deadline passes or the event is
 set, it aborts the call's outstanding engine requests (``AsyncLLM.abort``) and raises :class:`EngineDeadline`
-(a :class:`~refine.errors.BudgetExhausted`: the search stops and returns its best output so far) or
+(a :class:`~refine.errors.DeadlineReached`: the search stops and returns its best output so far) or
 :class:`EngineCancelled`. The first call inside a :meth:`~EngineTransport.limits` block is exempt from the
 deadline (not from cancelling): it scores the output being refined, without which there is nothing to return.
 :class:`LLMTransport` checks both before each call (``llm.generate`` cannot be interrupted).
@@ -40,13 +40,13 @@ from typing import Any, Callable, Iterator, Sequence
 from vllm import SamplingParams
 from vllm.sampling_params import RequestOutputKind
 
-from ...errors import BudgetExhausted, RefineError
+from ...errors import DeadlineReached, RefineError
 
 #: ``watch(i, partial_output) -> bool``: asked after new tokens of unfinished request ``i``; True stops it
 Watch = Callable[[int, Any], bool]
 
 
-class EngineDeadline(BudgetExhausted):
+class EngineDeadline(DeadlineReached):
     """The caller's deadline passed during an engine call; the call's engine requests were aborted."""
 
 
