@@ -262,6 +262,38 @@ def test_sample_logprobs_are_exact(runner, llama):
         assert total == pytest.approx(s_total, abs=1e-4) and mean == pytest.approx(s_mean, abs=1e-4)
 
 
+def test_power_reference_is_seeded_and_grows_block_by_block(runner):
+    from benchmarks.power_reference import power_reference
+
+    prompt = runner.encode("the cat")
+    runs = [power_reference(runner, prompt, 12, alpha=4.0, blocks=4, steps=3, seed=s) for s in (0, 0, 1, 2, 3)]
+    assert runs[0].tokens == runs[1].tokens and runs[0].extra == runs[1].extra
+    assert len({tuple(o.tokens) for o in runs[1:]}) > 1
+    for out in runs:
+        lengths = out.extra["block_lengths"]
+        # blocks of 3 tokens: a chain that goes on holds exactly 3k tokens after block k; it stops once it ended
+        assert lengths[:-1] == [3 * (k + 1) for k in range(len(lengths) - 1)]
+        assert 1 <= lengths[-1] <= 3 * len(lengths) and lengths[-1] == len(out.tokens)
+        assert len(lengths) == 4 or runner.ended(out.tokens)
+        assert out.extra["proposals"] == 3 * len(lengths)
+        # every proposal re-prefills the prompt and the kept prefix
+        assert out.forward_tokens >= out.extra["proposals"] * len(prompt) and out.forward_calls > out.extra["proposals"]
+        ((total, _),) = runner.score_outputs(prompt, [out.tokens])
+        assert out.extra["final_logp"] == pytest.approx(total, abs=1e-4)
+
+
+def test_power_reference_accepts_every_step_at_alpha_1(runner):
+    """At alpha 1 the proposal is the target itself: the MH ratio is 1 and every step is accepted."""
+    from benchmarks.power_reference import power_reference
+
+    prompt = runner.encode("a dog")
+    for seed in (0, 1):
+        out = power_reference(runner, prompt, 8, alpha=1.0, blocks=2, steps=5, seed=seed)
+        assert out.extra["proposals"] > 0 and out.extra["accepted"] == out.extra["proposals"]
+    strict = power_reference(runner, prompt, 8, alpha=4.0, blocks=2, steps=5, seed=0)
+    assert strict.extra["accepted"] < strict.extra["proposals"]  # at alpha 4 the test can fail
+
+
 # ----------------------------------------------------------------------------- quick runs end to end (tiny model)
 
 
