@@ -265,6 +265,11 @@ def render(results: dict, plots: list[str]) -> str:
              "defaults:", ""]
     for name, changes in results["changes"].items():
         parts.append(f"- **{LABELS[name]}**: `{changes or 'nothing'}`")
+    if "power_ref" in summary:
+        opts = SETTINGS["power"]["strategy_options"]
+        parts.append(f"- **{LABELS['power_ref']}**: not refine; alpha {opts['alpha']:g}, {opts['blocks']} blocks x "
+                     f"{opts['steps']} MH steps, each proposal a batch-1 `model.generate` on prompt + prefix "
+                     "(re-prefilled), the chain's final state kept (`benchmarks/power_reference.py`)")
     parts += ["", "Time and forward tokens of a refinement include the greedy decode. Wins = share of prompts at "
               "least as good as beam-8.", "", "## Results", ""]
     rows = []

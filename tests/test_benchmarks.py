@@ -475,6 +475,38 @@ def test_quick_frontier(quick_run):
         assert text in report
 
 
+def test_frontier_runs_a_subset_of_methods(tmp_path, model_dir, data_dir, capsys):
+    from benchmarks.frontier import power_target
+
+    common = ["--quick", "--limit", "1", "--model", str(model_dir), "--data-dir", str(data_dir), "--threads", "1",
+              "--seed", "0", "--no-progress"]
+    assert bench_main(["frontier", "--methods", "power,nope", "--out", str(tmp_path / "bad"), *common]) == 2
+    assert "nope" in capsys.readouterr().err
+    threads = torch.get_num_threads()
+    try:
+        assert bench_main(["frontier", "--methods", "power_ref,power", "--out", str(tmp_path), *common]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    res = _load_plain(tmp_path / "frontier")
+    assert res["methods"] == ["greedy", "beam8", "power", "power_ref"]  # the ratios' baselines always run
+    (item,) = res["items"]
+    assert set(item["methods"]) == {"greedy", "beam8", "power", "power_ref"} and set(res["configs"]) == {"power"}
+    target = res["power_target"]
+    assert target == power_target(res["summary"])
+    summ = res["summary"]
+    assert target["time_vs_ref"] == pytest.approx(item["methods"]["power"]["seconds"] / item["methods"]["power_ref"]["seconds"])
+    assert target["met"] == (summ["power"]["mean_logp"] >= summ["power_ref"]["mean_logp"] and target["time_vs_ref"] <= 0.25)
+    flat = json.loads((tmp_path / "summary.json").read_text())
+    assert flat["frontier.power_time_vs_ref"] == pytest.approx(target["time_vs_ref"])
+    assert flat["frontier.mean_logp.power_ref"] == pytest.approx(summ["power_ref"]["mean_logp"])
+    assert "Target: power's mean log P >= power_ref's" in (tmp_path / "frontier" / "report.md").read_text()
+    assert "--methods power_ref,power" in res["environment"]["command"]
+
+
+def _load_plain(folder: Path) -> dict:
+    return json.loads((folder / "results.json").read_text())
+
+
 def test_index_links_every_suite(quick_run):
     index = (quick_run / "README.md").read_text()
     for suite in ("search", "downstream", "ifeval", "scaling", "moves", "frontier"):
