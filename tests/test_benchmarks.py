@@ -443,7 +443,7 @@ def test_quick_moves(quick_run):
 
 
 def test_quick_frontier(quick_run):
-    from benchmarks.frontier import BASELINES, SETTINGS
+    from benchmarks.frontier import BASELINES, METHODS, SETTINGS
 
     res = _load(quick_run / "frontier")
     assert len(res["items"]) == 2
@@ -456,7 +456,8 @@ def test_quick_frontier(quick_run):
             assert ({b: cfg[k][b] for b in v} if k == "budget" else cfg[k]) == v
     for it in res["items"]:
         m = it["methods"]
-        assert set(m) == set(BASELINES) | set(SETTINGS)
+        assert set(m) == set(METHODS) == set(BASELINES) | set(SETTINGS) | {"power_ref"}
+        assert m["power_ref"]["proposals"] > 0
         g = m["greedy"]
         for name in SETTINGS:
             rec = m[name]
@@ -467,7 +468,8 @@ def test_quick_frontier(quick_run):
     assert summ["beam8"]["time_vs_beam8"] == pytest.approx(1.0) and summ["beam8"]["wins_vs_beam8"] == 1.0
     assert sum(summ["default"]["stop_reasons"].values()) == 2
     flat = json.loads((quick_run / "summary.json").read_text())
-    for m in set(BASELINES) | set(SETTINGS):
+    assert flat["frontier.power_time_vs_ref"] == pytest.approx(res["power_target"]["time_vs_ref"])
+    for m in METHODS:
         assert flat[f"frontier.mean_logp.{m}"] == pytest.approx(summ[m]["mean_logp"])
         assert flat[f"frontier.time_vs_beam8.{m}"] == pytest.approx(summ[m]["time_vs_beam8"])
     report = (quick_run / "frontier" / "report.md").read_text()
