@@ -1,10 +1,12 @@
 """Command line of the benchmarks: ``python -m benchmarks ...`` and ``refine bench ...``.
 
     python -m benchmarks [suite ...] [--quick] [--out DIR] [--data-dir DIR] [--model PATH]
-                         [--seed N] [--threads N] [--limit N] [--vllm | --no-vllm] [--no-progress]
+                         [--seed N] [--threads N] [--limit N] [--methods M,M,...] [--vllm | --no-vllm]
+                         [--no-progress]
 
-Without suite names the default suites run (search, downstream, scaling); ``ifeval``, ``moves``, ``frontier`` and ``serve`` run
-when named.
+Without suite names the default suites run (search, downstream, scaling); ``ifeval``, ``moves``, ``frontier``,
+``arith`` and ``serve`` run when named. ``--methods`` runs a subset of the methods of a suite that lists them
+(frontier: e.g. ``--methods power,power_ref``; greedy and beam-8 always run, the ratios are taken against them).
 Each writes ``results.json``, ``report.md`` and PNG plots (frontier also ``summary.json``) into ``OUT/<suite>/``;
 OUT defaults to ``benchmarks/results``
 (``benchmarks/results/quick`` with ``--quick``, so a smoke test never overwrites a full run).
@@ -43,6 +45,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for sampling and refinement (default 0)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     parser.add_argument("--limit", type=int, default=None, help="items per suite, overriding the default size")
+    parser.add_argument("--methods", default=None, type=lambda v: tuple(m for m in v.split(",") if m),
+                        help="comma-separated methods to run in suites that support a subset (frontier); "
+                             "the baselines a suite's ratios need always run (default: all)")
     parser.add_argument("--vllm", action=argparse.BooleanOptionalAction, default=None,
                         help="also refine through vLLM in the search suite, side by side with HF (default: on for "
                              "full runs when vLLM is installed, off with --quick)")
@@ -69,6 +74,8 @@ def command(args: argparse.Namespace) -> str:
         value = getattr(args, flag)
         if value is not None:
             parts += ["--" + flag.replace("_", "-"), str(value)]
+    if args.methods is not None:
+        parts += ["--methods", ",".join(args.methods)]
     if args.vllm is not None:
         parts.append("--vllm" if args.vllm else "--no-vllm")
     return shlex.join(parts)
@@ -113,6 +120,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"benchmarks: error: --{flag} has to be a positive integer", file=sys.stderr)
             return 2
     suites = {name: importlib.import_module(f"benchmarks.{name}") for name in args.suites or DEFAULT_SUITES}
+    if args.methods is not None:
+        known = [m for module in suites.values() for m in getattr(module, "METHODS", ())]
+        unknown = sorted(set(args.methods) - set(known))
+        if not known or not args.methods or unknown:
+            print(f"benchmarks: error: --methods {','.join(args.methods)}: the suites named know "
+                  f"{sorted(set(known)) or 'no method subsets'}", file=sys.stderr)
+            return 2
     try:
         vllm = use_vllm(args)
     except RefineError as exc:
@@ -144,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     runner.warmup()
     root = Path(args.out) if args.out else (RESULTS_ROOT / "quick" if args.quick else RESULTS_ROOT)
     ctx = Context(runner, data_dir, quick=args.quick, limit=args.limit, seed=args.seed,
-                  progress=not args.no_progress, vllm=vllm, judge_model=args.judge)
+                  progress=not args.no_progress, vllm=vllm, judge_model=args.judge, methods=args.methods)
     for name, module in suites.items():
         env = environment(runner, command(args))
         t0 = time.perf_counter()

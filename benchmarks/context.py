@@ -30,6 +30,8 @@ class Context:
             all its prompts and shuts it down after.
         judge_model: the independent judge of quality suites (a local folder or GGUF file); ``None``:
             Gemma-3-270M from its PyPI packages (:mod:`benchmarks.judge`).
+        methods: run only these methods in suites that list theirs in ``METHODS`` (frontier); a suite still
+            runs the baselines its ratios need. ``None``: every method.
     """
 
     runner: Runner
@@ -40,6 +42,7 @@ class Context:
     progress: bool = True
     vllm: bool = False
     judge_model: str | None = None
+    methods: tuple[str, ...] | None = None
 
     def count(self, default: int) -> int:
         """Items to use: ``--limit`` if given, else ``default``."""

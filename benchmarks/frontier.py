@@ -16,10 +16,15 @@ objective ``mean`` with the library defaults and with wider neighbourhoods, one 
 - ``beam_regen``: the defaults with the ``regenerate_beam`` move (suffixes re-decoded by a beam of 4);
 - ``beam_regen_all``: the same at every position, in one batched block;
 - ``power``: the ``power`` strategy at the settings of Karan & Du (2025): alpha 4, the output grown in 4 blocks,
-  10 MH steps per block, one chain (32 tokens in the full run); the best output by the objective is kept.
+  10 MH steps per block, one chain (32 tokens in the full run), 4 MH steps prepared and decoded in one batch
+  (``proposals=4``: the same chain, fewer sequential decodes); the best output by the objective is kept.
 
 Greedy, beam-4, beam-8, beam-16 (``model.generate``) and best-of-N (``N`` samples at temperature 1 in one batched
-``generate`` call, the best by mean log P) are the reference points. Every output is re-scored by the same
+``generate`` call, the best by mean log P) are the reference points. ``power_ref`` runs the same power sampling
+(alpha, blocks, steps from the ``power`` setting) the way the paper's reference code does
+(:mod:`benchmarks.power_reference`: batch 1, prompt + prefix re-prefilled for every proposal) and keeps the chain's
+final state; the report checks the target that ``power`` reaches at least its mean log P in at most a quarter of
+its wall time. Every output is re-scored by the same
 teacher-forced scorer; time and forward tokens of a refinement include the greedy decode of Y0, as in ``search``.
 The point of the suite is the curve: how close each setting gets to beam-8 and at what multiple of its time.
 """
@@ -35,11 +40,18 @@ from refine.config import RefineConfig
 from . import data, report
 from .common import Output, mean_se
 from .context import Context
+from .power_reference import power_reference
 
 #: the data files the suite reads
 DATA_FILES = (data.IFEVAL, data.GSM8K)
 TITLE = "Frontier: length-normalised log P against compute for refinement settings"
 BASELINES = ("greedy", "beam4", "beam8", "beam16", "bestofN")
+#: baselines every run needs (the summary's ratios are taken against them), whatever ``--methods`` selects
+REQUIRED = ("greedy", "beam8")
+#: other implementations of a setting's algorithm, run outside refine
+REFERENCES = ("power_ref",)
+#: ``power`` against ``power_ref``: at least its mean log P at no more than this share of its wall time
+POWER_TIME_TARGET = 0.25
 #: samples of the best-of-N baseline
 BEST_OF = 16
 #: per setting: the fields that differ from the library defaults (a ``budget`` entry updates the suite's budget)
@@ -53,7 +65,7 @@ SETTINGS = {
     "best_first": {"strategy": "best_first", "strategy_options": {"pool": 4}, "budget": {"max_sweeps": 6}},
     "beam_regen": {"moves": ["regenerate_beam"], "regen_beam": 4},
     "beam_regen_all": {"moves": ["regenerate_beam"], "regen_beam": 4, "max_positions": None, "block_size": 32},
-    "power": {"strategy": "power", "strategy_options": {"alpha": 4.0, "blocks": 4, "steps": 10}},
+    "power": {"strategy": "power", "strategy_options": {"alpha": 4.0, "blocks": 4, "steps": 10, "proposals": 4}},
 }
 LABELS = {"greedy": "greedy", "beam4": "beam-4", "beam8": "beam-8", "beam16": "beam-16",
           "bestofN": f"best of {BEST_OF} samples", "default": "refine: defaults",
@@ -62,7 +74,10 @@ LABELS = {"greedy": "greedy", "beam4": "beam-4", "beam8": "beam-8", "beam16": "b
           "no_prune": "refine: all positions, no pruning",
           "wide": "refine: top-8, all positions", "best_first": "refine: best-first, pool 4",
           "beam_regen": "refine: beam-4 re-decoding", "beam_regen_all": "refine: beam-4 re-decoding, all positions",
-          "power": "power sampling (alpha 4, 4 blocks x 10 steps)"}
+          "power": "power sampling (alpha 4, 4 blocks x 10 steps, 4 proposals per batch)",
+          "power_ref": "power sampling, reference implementation (batch 1, re-prefill)"}
+#: every method of the suite, in the order they run
+METHODS = (*BASELINES, *SETTINGS, *REFERENCES)
 
 
 @dataclass(frozen=True)
@@ -78,12 +93,23 @@ FULL = Sizes(prompts=20, max_new_tokens=32, max_sweeps=3)
 QUICK = Sizes(prompts=2, max_new_tokens=12, max_sweeps=1)
 
 
-def configs(s: Sizes, seed: int) -> dict[str, RefineConfig]:
-    """One config per setting: objective ``mean``, the suite's output cap and sweeps, the setting's changes."""
+def selected(ctx: Context) -> tuple[str, ...]:
+    """The methods this run measures: all of :data:`METHODS`, or those of them ``--methods`` names plus
+    :data:`REQUIRED` (in suite order; the command line rejects names no suite knows)."""
+    if ctx.methods is None:
+        return METHODS
+    return tuple(m for m in METHODS if m in ctx.methods or m in REQUIRED)
+
+
+def configs(s: Sizes, seed: int, names: tuple[str, ...] = tuple(SETTINGS)) -> dict[str, RefineConfig]:
+    """One config per setting in ``names``: objective ``mean``, the suite's output cap and sweeps, the setting's
+    changes."""
     common = dict(objective="mean", max_new_tokens=s.max_new_tokens, seed=seed)
     budget = {"max_sweeps": s.max_sweeps}
     out = {}
     for name, changes in SETTINGS.items():
+        if name not in names:
+            continue
         changes = dict(changes)
         own = changes.pop("budget", {})
         out[name] = RefineConfig(**common, **changes, budget={**budget, **own})
@@ -97,18 +123,31 @@ def best_of_n(ctx: Context, prompt: list[int], max_new_tokens: int, seed: int) -
     return Output(rows[best], fc.tokens, fc.calls, seconds, {"samples": BEST_OF})
 
 
-def run_item(ctx: Context, item: data.Item, s: Sizes, cfgs: dict[str, RefineConfig], index: int) -> dict | None:
-    """Baselines and every setting on one prompt; ``None`` if the prompt does not fit the context window."""
+def power_ref(ctx: Context, prompt: list[int], max_new_tokens: int, seed: int) -> Output:
+    """The reference implementation of power sampling at the ``power`` setting's alpha, blocks and steps."""
+    opts = SETTINGS["power"]["strategy_options"]
+    return power_reference(ctx.runner, prompt, max_new_tokens, alpha=opts["alpha"], blocks=opts["blocks"],
+                           steps=opts["steps"], seed=seed)
+
+
+def run_item(ctx: Context, item: data.Item, s: Sizes, cfgs: dict[str, RefineConfig], index: int,
+             names: tuple[str, ...] = METHODS) -> dict | None:
+    """The methods in ``names`` on one prompt (``cfgs`` holds the settings among them); ``None`` if the prompt
+    does not fit the context window."""
     r = ctx.runner
     prompt = r.encode(item.prompt)
     if not ctx.fits(prompt, s.max_new_tokens):
         return None
     outs = {"greedy": r.greedy(prompt, s.max_new_tokens)}
     for k in (4, 8, 16):
-        outs[f"beam{k}"] = r.beam(prompt, s.max_new_tokens, k)
-    outs["bestofN"] = best_of_n(ctx, prompt, s.max_new_tokens, ctx.seed + index)
+        if f"beam{k}" in names:
+            outs[f"beam{k}"] = r.beam(prompt, s.max_new_tokens, k)
+    if "bestofN" in names:
+        outs["bestofN"] = best_of_n(ctx, prompt, s.max_new_tokens, ctx.seed + index)
     for name, cfg in cfgs.items():
         outs[name], _ = r.refine(prompt, outs["greedy"], cfg)
+    if "power_ref" in names:
+        outs["power_ref"] = power_ref(ctx, prompt, s.max_new_tokens, ctx.seed + index)
     names = list(outs)
     scores = r.score_outputs(prompt, [outs[m].tokens for m in names])
     methods = {m: r.describe(outs[m], sc) for m, sc in zip(names, scores)}
@@ -139,21 +178,40 @@ def summarise(items: list[dict]) -> dict:
             row["stop_reasons"] = dict(Counter(x["stop_reason"] for x in recs))
             row["max_score_check"] = max(x["score_check"] for x in recs)
             row["hook_mismatches"] = sum(x["hook_mismatch"] for x in recs)
+        if m == "power_ref":
+            row["acceptance"] = sum(x["accepted"] for x in recs) / max(sum(x["proposals"] for x in recs), 1)
         out[m] = row
     return out
+
+
+def power_target(summary: dict) -> dict | None:
+    """Whether ``power`` reaches at least ``power_ref``'s mean log P in at most :data:`POWER_TIME_TARGET` of its
+    wall time (both summed over the same prompts); ``None`` unless both ran."""
+    if "power" not in summary or "power_ref" not in summary:
+        return None
+    p, ref = summary["power"], summary["power_ref"]
+    time_ratio = p["time_vs_beam8"] / ref["time_vs_beam8"]  # both against the same beam-8 total
+    logp_ok = p["mean_logp"] >= ref["mean_logp"]
+    time_ok = time_ratio <= POWER_TIME_TARGET
+    return {"power_mean_logp": p["mean_logp"], "ref_mean_logp": ref["mean_logp"], "time_vs_ref": time_ratio,
+            "logp_met": logp_ok, "time_met": time_ok, "met": logp_ok and time_ok}
 
 
 def run(ctx: Context) -> dict:
     s = ctx.pick(FULL, QUICK)
     s = replace(s, prompts=ctx.count(s.prompts))
-    cfgs = configs(s, ctx.seed)
+    names = selected(ctx)
+    cfgs = configs(s, ctx.seed, names)
     loaders = {"instructions": (data.instruction_prompts, s.prompts, s.max_new_tokens)}
-    index = iter(range(1 << 30))  # the prompt's index seeds its best-of-N samples
-    done, skipped = ctx.run_groups("frontier", loaders, lambda _, item, __: run_item(ctx, item, s, cfgs, next(index)))
+    index = iter(range(1 << 30))  # the prompt's index seeds its best-of-N samples and the reference power chain
+    done, skipped = ctx.run_groups("frontier", loaders,
+                                   lambda _, item, __: run_item(ctx, item, s, cfgs, next(index), names))
     items = done["instructions"]
-    return {"suite": "frontier", "title": TITLE, "settings": asdict(s), "changes": SETTINGS,
+    summary = summarise(items)
+    return {"suite": "frontier", "title": TITLE, "settings": asdict(s), "methods": list(names),
+            "changes": {k: v for k, v in SETTINGS.items() if k in names},
             "configs": {k: c.to_dict() for k, c in cfgs.items()}, "items": items, "skipped": skipped,
-            "summary": summarise(items)}
+            "summary": summary, "power_target": power_target(summary)}
 
 
 #: summary.json keys this suite owns
@@ -162,11 +220,15 @@ SUMMARY_PREFIXES = ("frontier.",)
 
 def headline(results: dict) -> dict[str, float]:
     """The headline numbers under flat keys (``benchmarks/results/summary.json``): ``frontier.<quantity>.<method>`` for mean log P,
-    time and forward tokens against beam-8, per method."""
+    time and forward tokens against beam-8, per method; ``frontier.power_time_vs_ref`` is ``power``'s wall time
+    over ``power_ref``'s when both ran."""
     out = {}
     for key in ("mean_logp", "time_vs_beam8", "tokens_vs_beam8"):
         for m, row in results["summary"].items():
             out[f"frontier.{key}.{m}"] = row[key]
+    target = results.get("power_target")
+    if target is not None:
+        out["frontier.power_time_vs_ref"] = target["time_vs_ref"]
     return out
 
 
@@ -179,7 +241,8 @@ def plot(results: dict, folder: Path) -> list[str]:
         for j, m in enumerate(summary):
             row = summary[m]
             base = m in BASELINES
-            ax.errorbar(row[xkey], row["mean_logp"], yerr=row["mean_logp_se"], fmt="s" if base else "o",
+            fmt = "s" if base else "D" if m in REFERENCES else "o"
+            ax.errorbar(row[xkey], row["mean_logp"], yerr=row["mean_logp_se"], fmt=fmt,
                         color=f"C{j}", capsize=3, markersize=7, mfc="none" if base else None, label=LABELS[m])
         ax.axhline(summary["beam8"]["mean_logp"], color="grey", lw=0.8, ls="--")
         report.log_x(ax)
@@ -202,6 +265,11 @@ def render(results: dict, plots: list[str]) -> str:
              "defaults:", ""]
     for name, changes in results["changes"].items():
         parts.append(f"- **{LABELS[name]}**: `{changes or 'nothing'}`")
+    if "power_ref" in summary:
+        opts = SETTINGS["power"]["strategy_options"]
+        parts.append(f"- **{LABELS['power_ref']}**: not refine; alpha {opts['alpha']:g}, {opts['blocks']} blocks x "
+                     f"{opts['steps']} MH steps, each proposal a batch-1 `model.generate` on prompt + prefix "
+                     "(re-prefilled), the chain's final state kept (`benchmarks/power_reference.py`)")
     parts += ["", "Time and forward tokens of a refinement include the greedy decode. Wins = share of prompts at "
               "least as good as beam-8.", "", "## Results", ""]
     rows = []
@@ -214,10 +282,22 @@ def render(results: dict, plots: list[str]) -> str:
     parts += [report.table(["method", "mean log P", "vs beam-8", "wins vs beam-8", "length", "seconds",
                             "time / beam-8", "forward tokens", "tokens / beam-8", "stop reasons",
                             "max abs(engine − scorer)"], rows), ""]
-    best = max(SETTINGS, key=lambda m: summary[m]["mean_logp"])
-    b = summary[best]
-    verdict = "reaches" if b["vs_beam8"] >= 0 else "stays below"
-    parts += [f"Best setting: **{LABELS[best]}**, which {verdict} beam-8 ({b['vs_beam8']:+.3f} per token) at "
-              f"{b['time_vs_beam8']:.2f}x its wall time.", "", "## Plots", ""]
+    ran = [m for m in SETTINGS if m in summary]
+    if ran:
+        best = max(ran, key=lambda m: summary[m]["mean_logp"])
+        b = summary[best]
+        verdict = "reaches" if b["vs_beam8"] >= 0 else "stays below"
+        parts += [f"Best setting: **{LABELS[best]}**, which {verdict} beam-8 ({b['vs_beam8']:+.3f} per token) at "
+                  f"{b['time_vs_beam8']:.2f}x its wall time.", ""]
+    target = results.get("power_target")
+    if target is not None:
+        acc = summary["power_ref"]["acceptance"]
+        parts += [f"Target: power's mean log P >= power_ref's and power's time <= {POWER_TIME_TARGET} x power_ref's: "
+                  f"**{'met' if target['met'] else 'not met'}** (mean log P {target['power_mean_logp']:.3f} vs "
+                  f"{target['ref_mean_logp']:.3f}: {'met' if target['logp_met'] else 'not met'}; time "
+                  f"{target['time_vs_ref']:.3f}x power_ref's: {'met' if target['time_met'] else 'not met'}). "
+                  f"power_ref returns its chain's final state (the paper's output) and accepted {acc:.0%} of its "
+                  "MH proposals; power returns the best output it visited.", ""]
+    parts += ["## Plots", ""]
     parts += [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(parts)

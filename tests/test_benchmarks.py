@@ -277,6 +277,38 @@ def test_sample_logprobs_are_exact(runner, llama):
         assert total == pytest.approx(s_total, abs=1e-4) and mean == pytest.approx(s_mean, abs=1e-4)
 
 
+def test_power_reference_is_seeded_and_grows_block_by_block(runner):
+    from benchmarks.power_reference import power_reference
+
+    prompt = runner.encode("the cat")
+    runs = [power_reference(runner, prompt, 12, alpha=4.0, blocks=4, steps=3, seed=s) for s in (0, 0, 1, 2, 3)]
+    assert runs[0].tokens == runs[1].tokens and runs[0].extra == runs[1].extra
+    assert len({tuple(o.tokens) for o in runs[1:]}) > 1
+    for out in runs:
+        lengths = out.extra["block_lengths"]
+        # blocks of 3 tokens: a chain that goes on holds exactly 3k tokens after block k; it stops once it ended
+        assert lengths[:-1] == [3 * (k + 1) for k in range(len(lengths) - 1)]
+        assert 1 <= lengths[-1] <= 3 * len(lengths) and lengths[-1] == len(out.tokens)
+        assert len(lengths) == 4 or runner.ended(out.tokens)
+        assert out.extra["proposals"] == 3 * len(lengths)
+        # every proposal re-prefills the prompt and the kept prefix
+        assert out.forward_tokens >= out.extra["proposals"] * len(prompt) and out.forward_calls > out.extra["proposals"]
+        ((total, _),) = runner.score_outputs(prompt, [out.tokens])
+        assert out.extra["final_logp"] == pytest.approx(total, abs=1e-4)
+
+
+def test_power_reference_accepts_every_step_at_alpha_1(runner):
+    """At alpha 1 the proposal is the target itself: the MH ratio is 1 and every step is accepted."""
+    from benchmarks.power_reference import power_reference
+
+    prompt = runner.encode("a dog")
+    for seed in (0, 1):
+        out = power_reference(runner, prompt, 8, alpha=1.0, blocks=2, steps=5, seed=seed)
+        assert out.extra["proposals"] > 0 and out.extra["accepted"] == out.extra["proposals"]
+    strict = power_reference(runner, prompt, 8, alpha=4.0, blocks=2, steps=5, seed=0)
+    assert strict.extra["accepted"] < strict.extra["proposals"]  # at alpha 4 the test can fail
+
+
 # ----------------------------------------------------------------------------- quick runs end to end (tiny model)
 
 
@@ -426,7 +458,7 @@ def test_quick_moves(quick_run):
 
 
 def test_quick_frontier(quick_run):
-    from benchmarks.frontier import BASELINES, SETTINGS
+    from benchmarks.frontier import BASELINES, METHODS, SETTINGS
 
     res = _load(quick_run / "frontier")
     assert len(res["items"]) == 2
@@ -439,7 +471,8 @@ def test_quick_frontier(quick_run):
             assert ({b: cfg[k][b] for b in v} if k == "budget" else cfg[k]) == v
     for it in res["items"]:
         m = it["methods"]
-        assert set(m) == set(BASELINES) | set(SETTINGS)
+        assert set(m) == set(METHODS) == set(BASELINES) | set(SETTINGS) | {"power_ref"}
+        assert m["power_ref"]["proposals"] > 0
         g = m["greedy"]
         for name in SETTINGS:
             rec = m[name]
@@ -450,12 +483,45 @@ def test_quick_frontier(quick_run):
     assert summ["beam8"]["time_vs_beam8"] == pytest.approx(1.0) and summ["beam8"]["wins_vs_beam8"] == 1.0
     assert sum(summ["default"]["stop_reasons"].values()) == 2
     flat = json.loads((quick_run / "summary.json").read_text())
-    for m in set(BASELINES) | set(SETTINGS):
+    assert flat["frontier.power_time_vs_ref"] == pytest.approx(res["power_target"]["time_vs_ref"])
+    for m in METHODS:
         assert flat[f"frontier.mean_logp.{m}"] == pytest.approx(summ[m]["mean_logp"])
         assert flat[f"frontier.time_vs_beam8.{m}"] == pytest.approx(summ[m]["time_vs_beam8"])
     report = (quick_run / "frontier" / "report.md").read_text()
     for text in ("Best setting", "beam-8", "refine: top-8, all positions", "python -m benchmarks"):
         assert text in report
+
+
+def test_frontier_runs_a_subset_of_methods(tmp_path, model_dir, data_dir, capsys):
+    from benchmarks.frontier import power_target
+
+    common = ["--quick", "--limit", "1", "--model", str(model_dir), "--data-dir", str(data_dir), "--threads", "1",
+              "--seed", "0", "--no-progress"]
+    assert bench_main(["frontier", "--methods", "power,nope", "--out", str(tmp_path / "bad"), *common]) == 2
+    assert "nope" in capsys.readouterr().err
+    threads = torch.get_num_threads()
+    try:
+        assert bench_main(["frontier", "--methods", "power_ref,power", "--out", str(tmp_path), *common]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    res = _load_plain(tmp_path / "frontier")
+    assert res["methods"] == ["greedy", "beam8", "power", "power_ref"]  # the ratios' baselines always run
+    (item,) = res["items"]
+    assert set(item["methods"]) == {"greedy", "beam8", "power", "power_ref"} and set(res["configs"]) == {"power"}
+    target = res["power_target"]
+    assert target == power_target(res["summary"])
+    summ = res["summary"]
+    assert target["time_vs_ref"] == pytest.approx(item["methods"]["power"]["seconds"] / item["methods"]["power_ref"]["seconds"])
+    assert target["met"] == (summ["power"]["mean_logp"] >= summ["power_ref"]["mean_logp"] and target["time_vs_ref"] <= 0.25)
+    flat = json.loads((tmp_path / "summary.json").read_text())
+    assert flat["frontier.power_time_vs_ref"] == pytest.approx(target["time_vs_ref"])
+    assert flat["frontier.mean_logp.power_ref"] == pytest.approx(summ["power_ref"]["mean_logp"])
+    assert "Target: power's mean log P >= power_ref's" in (tmp_path / "frontier" / "report.md").read_text()
+    assert "--methods power_ref,power" in res["environment"]["command"]
+
+
+def _load_plain(folder: Path) -> dict:
+    return json.loads((folder / "results.json").read_text())
 
 
 def test_index_links_every_suite(quick_run):

@@ -279,6 +279,20 @@ def test_sampled_decode_reports_its_proposal_density_and_follows_its_seed(llama,
     assert again.tokens == out[3][1].tokens
 
 
+def test_sampled_decode_takes_drafts_and_draws_the_same_tokens(backend):
+    """A sampled row verifies drafts from ``base`` by its own draws: with the output of a seed as ``base``, the same
+    seed draws the same tokens and densities, several per forward call."""
+    req = DecodeRequest((5,), 12, temperature=0.5, seed=7)
+    plain = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+    ((_, first),) = plain.decode([req])
+    assert plain.drafted_tokens == 0  # no base: nothing to draft from
+    drafting = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+    ((_, again),) = drafting.decode([req], first.tokens)
+    assert again.tokens == first.tokens
+    np.testing.assert_allclose(again.sample_logprobs, first.sample_logprobs, atol=1e-6)
+    assert drafting.accepted_draft_tokens > 0 and drafting.forward_calls < plain.forward_calls
+
+
 def test_sampled_request_needs_a_seed():
     with pytest.raises(ValueError, match="seed"):
         DecodeRequest((), 3, temperature=1.0)

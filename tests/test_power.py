@@ -82,7 +82,7 @@ TV_BOUND = 0.06
 ALPHA = 2.0
 
 
-@pytest.mark.parametrize("cut, proposals", [("uniform", 1), ("entropy", 3)])
+@pytest.mark.parametrize("cut, proposals", [("uniform", 1), ("entropy", 3), ("uniform", 5)])
 def test_chain_samples_the_power_distribution(toy, cut, proposals):
     backend, P = toy
     opts = {"alpha": ALPHA, "steps": 600, "blocks": 1, "chains": 16, "cut": cut, "proposals": proposals}
@@ -103,6 +103,20 @@ def test_a_wrong_acceptance_ratio_fails_the_distribution_check(toy):
 
     opts = {"alpha": ALPHA, "steps": 600, "blocks": 1, "chains": 16}
     counts = chain_visits(backend, opts, seed=1, strategy_cls=NoCutTerms)
+    assert total_variation(counts, power_law(P, ALPHA)) > TV_BOUND
+
+
+def test_reusing_a_draw_whose_prefix_changed_fails_the_distribution_check(toy):
+    """Batched steps (``proposals`` > 1) may offer a draw prepared before an accepted move only while the new state
+    keeps its prefix; a chain that offers it regardless must fail the check above."""
+    backend, P = toy
+
+    class NoPrefixCheck(PowerSampling):
+        def _still_valid(self, old, new, t):
+            return len(new.hyp.tokens) == len(old.hyp.tokens)
+
+    opts = {"alpha": ALPHA, "steps": 600, "blocks": 1, "chains": 16, "proposals": 5}
+    counts = chain_visits(backend, opts, seed=1, strategy_cls=NoPrefixCheck)
     assert total_variation(counts, power_law(P, ALPHA)) > TV_BOUND
 
 

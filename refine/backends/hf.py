@@ -437,11 +437,16 @@ class HFSession(Session, GradientSession):
         return []
 
     def _decode_chunk(self, reqs, starts, lens, feds, base, room, prune) -> list[Decoded]:
-        """Greedy decoding of one chunk of rows, verifying drafts from ``base`` to take several tokens per step.
+        """Greedy or sampled decoding of one chunk of rows, verifying drafts from ``base`` to take several tokens
+        per step.
 
-        Exact: a drafted token is kept only if it is the greedy choice given everything before it, so the
-        output equals plain greedy decoding; only the number of sequential forward calls changes. Drafting is
-        skipped whenever it could push the chunk past ``room`` forward tokens. Rows that ``prune`` rejects stop.
+        Exact: at each column the row chooses its token as it would without drafts, given everything before it
+        (greedy: the argmax; sampled: a draw from ``softmax(logp / temperature)`` with the row's generator), and
+        a drafted token is kept only if it is that choice; the first choice that differs is the row's next token
+        and ends the row's columns. A sampled row thus makes the same draws, in the same order, from the same
+        distributions as without drafts (a draft token d survives with probability q(d)), and the output equals
+        plain decoding; only the number of sequential forward calls changes. Drafting is skipped whenever it
+        could push the chunk past ``room`` forward tokens. Rows that ``prune`` rejects stop.
         """
         dev = self.backend.device
         eos_ids = self.backend.tokenizer.eos_ids
@@ -501,8 +506,6 @@ class HFSession(Session, GradientSession):
             drafts = []
             for r in alive:
                 left = reqs[r].max_new - n_new[r] - 1 - (1 if reqs[r].force_eos else 0)
-                if reqs[r].sampled:
-                    left = 0  # drafts are verified against the greedy choice: a sampled row takes none
                 drafts.append(self._draft(toks[r], base, edit[r], min(dsize[r], max(left, 0))))
             width = self._width(drafts, [hits[r][0] / hits[r][1] for r in alive])
             drafts = [d[: width - 1] for d in drafts]
@@ -521,7 +524,7 @@ class HFSession(Session, GradientSession):
             step_pos = cur[:, None] + torch.arange(width, device=dev)[None, :]
             res = self._forward(inp, cache, attention_mask=mask, position_ids=step_pos)
             cache, logits = res.past_key_values, res.logits  # (A, width, V)
-            # 3. accept the drafted tokens greedy decoding would have produced, then one greedy token
+            # 3. accept the drafted tokens decoding would have chosen, then the first choice that differs
             still = []
             for j, (r, d) in enumerate(zip(alive, drafts)):
                 logp = torch.log_softmax(logits[j].float(), -1)  # (width, V)

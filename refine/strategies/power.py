@@ -24,10 +24,18 @@ its tokens is unknown); it is the first "best so far".
 Batching (each evaluation is one batched decode):
 
 - ``chains`` independent chains step together; each is a valid MH chain;
-- ``proposals`` > 1 draws that many independent proposals from a chain's current state at once and offers them
-  to the MH test in order until one is accepted; the rest are discarded unseen. This is exactly sequential MH
-  (each accepted or rejected proposal was drawn from the state the chain was in, independently of the others):
-  the discarded draws are wasted compute, paid for by decoding them in one batch instead of one after another.
+- ``proposals`` > 1 prepares that many MH steps of a chain at once: their cuts t_1, t_2, ... are drawn, and each
+  suffix is drawn from the current state's prefix y[:t_k], all decoded in one batch. The steps are then taken in
+  order. A rejection leaves the state as it was, so the next prepared proposal is still a draw from it. After an
+  accepted move y -> y', the next prepared proposal is still a draw from y' when y' has y's length (so the uniform
+  cut distribution is unchanged) and y'[:t_k] = y[:t_k]: its suffix was drawn from q(.|y[:t_k]) with randomness
+  of its own, which nothing before step k looked at. The first prepared proposal for which that fails ends the
+  batch: its cut t_k is kept (it was drawn independently of the chain's path, and whether it is kept depends on
+  t_k itself, so re-drawing it would bias the cut) and its suffix is drawn again from y'[:t_k] in the next
+  evaluation; the later prepared steps are dropped and drawn afresh (their cuts did not decide anything). When
+  the length changed, or with ``cut="entropy"`` (whose weights change with the state), every prepared step
+  after an accepted move is dropped, the kept cut included. So the chain is exactly the sequential MH chain;
+  the dropped draws are wasted compute, paid for by decoding them in one batch instead of one after another.
   Each offered proposal counts as one of the block's ``steps``.
 
 ``alpha=inf`` is greedy acceptance: a proposal is accepted only if it raises the target by more than
@@ -171,6 +179,7 @@ class PowerSampling(Strategy):
         self._done = [0] * self.chains  # MH steps taken in the current block, per chain
         self._tries = 0  # failed first draws
         self._grown = False  # the current block's extensions are drawn
+        self._cut_next: list[int | None] = [None] * self.chains  # a chain's next cut, kept from a dropped draw
         self.states: list[ChainState | None] = [None] * self.chains
 
     def _limit(self) -> int:
@@ -236,29 +245,40 @@ class PowerSampling(Strategy):
             w = self.cut_weights(state.hyp)
             offers[c] = []
             for _ in range(k):
-                t = int(search.rng.choice(len(w), p=w))
+                t, self._cut_next[c] = self._cut_next[c], None
+                if t is None:
+                    t = int(search.rng.choice(len(w), p=w))
                 offers[c].append((t, self._draw(search, state.hyp.tokens[:t], limit - t)))
         results = search.evaluate([p for offer in offers.values() for _, p in offer], parent=parent, prune=False,
                                   admissible_only=False)
         by_key = {p.key: h for p, h in results}
         for c, offer in offers.items():
-            cur = self.states[c]
+            drawn_from = self.states[c]  # the state every offer's cut and prefix were drawn from
             for t, p in offer:
+                cur = self.states[c]
+                if cur is not drawn_from and not self._still_valid(drawn_from, cur, t):
+                    if self.cut == "uniform" and len(cur.hyp.tokens) == len(drawn_from.hyp.tokens):
+                        self._cut_next[c] = t  # the cut stands; its suffix is drawn again from cur
+                    break  # this and the later offers: dropped (see the module docstring)
                 self._done[c] += 1
                 h = by_key.get(p.key)  # None: outside the target's support (invalid) or not afforded: rejected
                 new = None if h is None else ChainState(h, np.concatenate([cur.logq[:t], h.sampled]))
-                moved = new is not None and self.accepts(search, cur, new, t)
-                if moved:
+                if new is not None and self.accepts(search, cur, new, t):
                     self.states[c] = new
                 self.observe(c, self.states[c])
-                if moved:
-                    break  # later offers were drawn from the old state: discarded
         self._keep_best(search, results)
         if all(d >= self.steps for d, s in zip(self._done, self.states) if s is not None):
             self._block += 1
             self._done = [0] * self.chains
+            self._cut_next = [None] * self.chains
             self._grown = False
         return True
+
+    def _still_valid(self, old: ChainState, new: ChainState, t: int) -> bool:
+        """Whether a proposal prepared from ``old`` with cut ``t`` is a proposal from ``new`` with the same law:
+        uniform cuts over equal lengths and the same prefix before ``t``."""
+        return (self.cut == "uniform" and len(new.hyp.tokens) == len(old.hyp.tokens)
+                and new.hyp.tokens[:t] == old.hyp.tokens[:t])
 
     def observe(self, chain: int, state: ChainState) -> None:
         """Called after every MH step with the chain's state then (moved or not): a hook for diagnostics. The
