@@ -18,6 +18,10 @@ objective ``mean`` with the library defaults and with wider neighbourhoods, one 
 - ``power``: the ``power`` strategy at the settings of Karan & Du (2025): alpha 4, the output grown in 4 blocks,
   10 MH steps per block, one chain (32 tokens in the full run), 4 MH steps prepared and decoded in one batch
   (``proposals=4``: the same chain, fewer sequential decodes); the best output by the objective is kept.
+- ``gradient``: gradient-guided substitutions (one backward pass ranks every position and token), each with its
+  suffix re-decoded; ``relaxed``: a continuous relaxation over the top tokens, projected back and scored
+  exactly; ``hybrid``: relaxed rounds alternating with coordinate sweeps; ``population``: a genetic search
+  (8 members, 3 generations).
 
 Greedy, beam-4, beam-8, beam-16 (``model.generate``) and best-of-N (``N`` samples at temperature 1 in one batched
 ``generate`` call, the best by mean log P) are the reference points. ``power_ref`` runs the same power sampling
@@ -52,6 +56,8 @@ REQUIRED = ("greedy", "beam8")
 REFERENCES = ("power_ref",)
 #: ``power`` against ``power_ref``: at least its mean log P at no more than this share of its wall time
 POWER_TIME_TARGET = 0.25
+#: strategies whose backward passes the engine counts and the forward hook cannot see
+GRADIENT_STRATEGIES = ("gradient", "relaxed", "hybrid")
 #: samples of the best-of-N baseline
 BEST_OF = 16
 #: per setting: the fields that differ from the library defaults (a ``budget`` entry updates the suite's budget)
@@ -66,6 +72,10 @@ SETTINGS = {
     "beam_regen": {"moves": ["regenerate_beam"], "regen_beam": 4},
     "beam_regen_all": {"moves": ["regenerate_beam"], "regen_beam": 4, "max_positions": None, "block_size": 32},
     "power": {"strategy": "power", "strategy_options": {"alpha": 4.0, "blocks": 4, "steps": 10, "proposals": 4}},
+    "gradient": {"strategy": "gradient", "strategy_options": {"regenerate": True}},
+    "relaxed": {"strategy": "relaxed"},
+    "hybrid": {"strategy": "hybrid"},
+    "population": {"strategy": "population"},
 }
 LABELS = {"greedy": "greedy", "beam4": "beam-4", "beam8": "beam-8", "beam16": "beam-16",
           "bestofN": f"best of {BEST_OF} samples", "default": "refine: defaults",
@@ -75,7 +85,9 @@ LABELS = {"greedy": "greedy", "beam4": "beam-4", "beam8": "beam-8", "beam16": "b
           "wide": "refine: top-8, all positions", "best_first": "refine: best-first, pool 4",
           "beam_regen": "refine: beam-4 re-decoding", "beam_regen_all": "refine: beam-4 re-decoding, all positions",
           "power": "power sampling (alpha 4, 4 blocks x 10 steps, 4 proposals per batch)",
-          "power_ref": "power sampling, reference implementation (batch 1, re-prefill)"}
+          "power_ref": "power sampling, reference implementation (batch 1, re-prefill)",
+          "gradient": "refine: gradient-guided (re-decoding)", "relaxed": "refine: continuous relaxation",
+          "hybrid": "refine: hybrid (relaxed + coordinate)", "population": "refine: population (8, 3 generations)"}
 #: every method of the suite, in the order they run
 METHODS = (*BASELINES, *SETTINGS, *REFERENCES)
 
@@ -154,7 +166,11 @@ def run_item(ctx: Context, item: data.Item, s: Sizes, cfgs: dict[str, RefineConf
     for m in cfgs:
         rec = methods[m]
         rec["score_check"] = abs(rec["engine_score"] - rec["mean_logp"])
-        rec["hook_mismatch"] = rec["hook_forward_tokens"] != rec["refine_forward_tokens"]
+        if cfgs[m].strategy in GRADIENT_STRATEGIES:
+            # the engine also counts backward passes (as many tokens as their forward pass), the hook sees forwards
+            rec["hook_mismatch"] = rec["hook_forward_tokens"] > rec["refine_forward_tokens"]
+        else:
+            rec["hook_mismatch"] = rec["hook_forward_tokens"] != rec["refine_forward_tokens"]
     return {"id": item.id, "source": item.source, "prompt": item.prompt, "methods": methods}
 
 
