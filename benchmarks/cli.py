@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-SUITES = ("search", "downstream", "ifeval", "scaling", "moves", "frontier")
+SUITES = ("search", "downstream", "ifeval", "scaling", "moves", "frontier", "arith")
 #: what runs without suite names (the ~26-minute full run); ``moves`` and ``frontier`` are asked for by name
 DEFAULT_SUITES = ("search", "downstream", "scaling")
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
