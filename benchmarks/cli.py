@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-SUITES = ("search", "downstream", "ifeval", "scaling", "moves", "frontier", "serve")
-#: what runs without suite names (the ~26-minute full run); ``moves`` and ``frontier`` are asked for by name
+SUITES = ("search", "downstream", "ifeval", "scaling", "moves", "frontier", "arith", "serve")
+#: what runs without suite names (the ~26-minute full run); the others are asked for by name
 DEFAULT_SUITES = ("search", "downstream", "scaling")
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 

@@ -6,10 +6,12 @@ synthetic data files in the real formats, so they take seconds; one test marked 
 """
 
 import csv
+import re
 import json
 import os
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -624,3 +626,100 @@ def test_serve_plan_and_summary():
     assert (out["lost"], out["wrong"], out["bad_refused"], out["disconnected"]) == (1, 1, 1, 1)
     assert out["requests_per_s"] == pytest.approx(1.5) and out["refined_per_s"] == pytest.approx(0.5)
     assert out["output_tokens_per_s"] == pytest.approx(4.0) and out["health_max_ms"] == 300.0
+
+
+# ----------------------------------------------------------------------------- suite arith: exact answers
+
+
+def test_addition_items_are_seeded_and_right():
+    from benchmarks.arith import PHRASING, addition_items
+
+    two, three = addition_items(0, 2, 50), addition_items(0, 3, 50)
+    assert [i.prompt for i in two] == [i.prompt for i in addition_items(0, 2, 50)]  # same seed, same questions
+    assert [i.prompt for i in two] != [i.prompt for i in addition_items(1, 2, 50)]
+    assert addition_items(0, 2, 10) == two[:10]  # a smaller run asks the first questions of a larger one
+    for items, digits in ((two, 2), (three, 3)):
+        for it in items:
+            nums = [int(x) for x in re.findall(r"\d+", it.prompt)]
+            assert len(nums) == 2 and all(len(str(x)) == digits for x in nums)
+            assert it.references == (str(sum(nums)),)
+            assert it.prompt == PHRASING.format(a=nums[0], b=nums[1])
+    assert len({it.prompt for it in three}) > 45  # drawn, not repeated
+
+
+@pytest.mark.parametrize("text, number", [
+    ("85", 85), ("The answer is 85.", 85), ("47 + 38 = 85", 85), ("47 + 38 = 85. Then 85 + 1 = 86", 85),
+    ("The sum of 47 and 38 is 85", 47), ("= 1,234", 1234), ("-7", -7), ("no number here", None), ("", None),
+])
+def test_first_number_reads_after_the_equals_sign(text, number):
+    from benchmarks.answers import first_number
+
+    assert first_number(text) == (None if number is None else Fraction(number))
+
+
+def test_final_number_and_gsm8k_reference():
+    from benchmarks.answers import final_number, gsm8k_reference
+
+    assert final_number("16 - 3 - 4 = 9 eggs, so 9 * 2 = $18.") == 18
+    assert final_number("She pays $1,250.50 in total.") == Fraction("1250.5")
+    assert final_number("The answer is 3.0") == 3 and final_number("no digits") is None
+    assert gsm8k_reference("9 * 2 = <<9*2=18>>18 dollars.\n#### 18") == 18
+    assert gsm8k_reference("#### 1,000") == 1000
+    with pytest.raises(ValueError, match="####"):
+        gsm8k_reference("18")
+
+
+def test_majority_vote_counts_then_breaks_ties_by_log_probability():
+    from benchmarks.answers import majority
+
+    f = Fraction
+    answer, index, votes = majority([f(3), f(5), None, f(5), f(3), f(5)], [-1, -9, -0.1, -8, -2, -7])
+    assert (answer, index, votes) == (f(5), 5, {f(3): 2, f(5): 3})  # 3 votes beat 2; likeliest 5-sample is #5
+    # two votes each: 7's samples sum to -3, 4's to -5
+    assert majority([f(4), f(7), f(4), f(7)], [-2, -1, -3, -2])[:2] == (f(7), 1)
+    assert majority([f(4), f(7), f(7), f(4)], [-1, -2, -2, -2])[:2] == (f(4), 0)  # -3 beats -4, whatever the order
+    assert majority([f(4), f(7)], [-1.5, -1.5])[:2] == (f(4), 0)  # an exact tie: the answer seen first
+    assert majority([None, None], [-3, -1]) == (None, 1, {})  # nobody answered: the likeliest sample
+    with pytest.raises(ValueError):
+        majority([f(1)], [])
+
+
+def test_quick_arith(tmp_path, model_dir, data_dir):
+    from benchmarks.arith import METHODS, headline
+
+    out = tmp_path / "results"
+    threads = torch.get_num_threads()
+    try:
+        code = bench_main(["arith", "--quick", "--limit", "2", "--model", str(model_dir), "--data-dir",
+                           str(data_dir), "--out", str(out), "--threads", "1", "--seed", "3", "--no-progress"])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    folder = out / "arith"
+    res = json.loads((folder / "results.json").read_text())
+    assert [it["group"] for it in res["items"]] == ["arith2", "arith2", "arith3", "arith3", "gsm8k"]
+    assert res["settings"]["gsm8k_items"] == 1  # --limit never raises GSM8K above its default
+    for it in res["items"]:
+        assert set(it["methods"]) == set(METHODS)
+        g = it["methods"]["greedy"]
+        for m, rec in it["methods"].items():
+            assert rec["correct"] == float(rec["answer"] is not None and Fraction(rec["answer"]) == Fraction(it["reference"]))
+            if m in ("refine", "power"):  # they start from greedy and pay for it
+                assert rec["forward_tokens"] > g["forward_tokens"] and rec["seconds"] > g["seconds"]
+                assert rec["hook_forward_tokens"] == rec["refine_forward_tokens"]
+        assert sum(it["methods"]["majority"]["votes"].values()) == sum(
+            a is not None for a in it["methods"]["majority"]["sample_answers"])
+    summ = res["summary"]
+    assert summ["arith"]["items"] == 4 and summ["gsm8k"]["items"] == 1
+    for m in METHODS:
+        both = (summ["arith2"]["methods"][m]["correct"] + summ["arith3"]["methods"][m]["correct"]) / 2
+        assert summ["arith"]["methods"][m]["correct"] == pytest.approx(both)
+    flat = json.loads((out / "summary.json").read_text())
+    assert {k: v for k, v in flat.items() if k.startswith(("arith.", "gsm8k."))} == pytest.approx(headline(res))
+    assert set(headline(res)) == {f"{p}.{m}" for p in ("arith.acc", "arith.acc2", "arith.acc3", "gsm8k.acc")
+                                  for m in METHODS}
+    report = (folder / "report.md").read_text()
+    assert report.startswith("# ") and "python -m benchmarks arith --quick" in report
+    assert "## Where sharpening the likelihood helps and where it hurts" in report
+    for png in res["plots"]:
+        assert (folder / png).read_bytes()[:8] == PNG_MAGIC
