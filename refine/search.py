@@ -483,6 +483,7 @@ class Search:
             prompt_tokens=list(self.session.prompt),
             ended=best.ended,
             initial_ended=init.ended,
+            extras=strategy.extras(self),
         )
 
 

@@ -6,7 +6,7 @@ the engine owns the budget, the objective and the acceptance rule.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 from .registry import Registry
@@ -39,6 +39,10 @@ class Strategy:
     def result(self, search: Search) -> Hypothesis:
         """The output the refinement returns: by default the best one found (:meth:`Search.best`)."""
         return search.best()
+
+    def extras(self, search: Search) -> dict[str, Any]:
+        """What the strategy reports besides the output, as plain JSON data (``RefineResult.extras``)."""
+        return {}
 
 
 STRATEGIES: Registry[Strategy] = Registry("strategy", Strategy)

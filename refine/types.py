@@ -195,6 +195,8 @@ class RefineResult:
         edits: accepted edits, in order.
         stats: compute spent.
         prompt_tokens: the prompt token ids used for scoring.
+        extras: what the strategy reports besides the output (:meth:`refine.strategy.Strategy.extras`), e.g.
+            ``power``'s final chain states under ``"samples"``; plain JSON data.
     """
 
     tokens: list[int]
@@ -210,6 +212,7 @@ class RefineResult:
     prompt_tokens: list[int] = field(default_factory=list)
     ended: bool = False
     initial_ended: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def gain(self) -> float:
@@ -234,4 +237,5 @@ class RefineResult:
             "initial_terms": dict(self.initial_terms),
             "edits": [e.to_dict() for e in self.edits],
             "stats": self.stats.to_dict(),
+            "extras": self.extras,
         }

@@ -227,3 +227,20 @@ def test_run_through_the_api_counts_every_token(backend):
 def test_bad_options_name_the_field(options, field):
     with pytest.raises(ConfigError, match=field):
         RefineConfig(strategy="power", strategy_options=options)
+
+
+def test_the_chains_final_states_come_back_in_extras(toy):
+    """Whatever ``output`` returns, ``extras["samples"]`` holds each chain's final state; with ``output="sample"``
+    the returned output is the first of them."""
+    backend, _ = toy
+    cfg = {"objective": "sum", "max_new_tokens": N, "strategy": "power", "seed": 3,
+           "strategy_options": {"alpha": 1.0, "steps": 6, "blocks": 1, "chains": 2}}
+    best = refine_tokens(backend, [S], [A, EOS], cfg)
+    sample = refine_tokens(backend, [S], [A, EOS], {**cfg, "strategy_options": {**cfg["strategy_options"],
+                                                                                  "output": "sample"}})
+    assert len(best.extras["samples"]) == 2 and best.extras == sample.extras  # same seed, same chains
+    first = sample.extras["samples"][0]
+    assert sample.tokens == first["tokens"] and first["logprob"] == pytest.approx(sum(
+        float(x) for x in backend.open([S], 4, 4096).score([first["tokens"]])[0][1].logprobs), abs=1e-4)
+    assert best.score >= best.initial_score and best.to_dict()["extras"] == best.extras
+    assert refine_tokens(backend, [S], [A, EOS], {"objective": "sum"}).extras == {}

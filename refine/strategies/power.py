@@ -288,3 +288,12 @@ class PowerSampling(Strategy):
         if self.output == "sample" and self.states and self.states[0] is not None:
             return self.states[0].hyp
         return search.best()
+
+    def extras(self, search: Search) -> dict[str, Any]:
+        """``"samples"``: each chain's final state (tokens, text, sum log P, finished), a draw from the target up
+        to mixing, whichever output ``output`` returns; ``None`` for a chain that never drew a first output."""
+        decode = search.tokenizer.decode
+        return {"samples": [None if st is None else
+                            {"tokens": list(st.hyp.tokens), "text": decode(st.hyp.tokens),
+                             "logprob": st.hyp.logprob, "ended": st.hyp.ended}
+                            for st in self.states]}
