@@ -250,6 +250,8 @@ def headline(results: dict) -> dict[str, float]:
 
 def plot(results: dict, folder: Path) -> list[str]:
     """Mean log P per token against wall time (and forward tokens) per prompt; beam-8 as a horizontal line."""
+    import matplotlib.pyplot as plt
+
     summary = results["summary"]
     fig, axes = report.new_figure(2, width=6.0)
     for ax, xkey, xlabel in zip(axes, ("seconds", "forward_tokens"),
@@ -259,7 +261,7 @@ def plot(results: dict, folder: Path) -> list[str]:
             base = m in BASELINES
             fmt = "s" if base else "D" if m in REFERENCES else "o"
             ax.errorbar(row[xkey], row["mean_logp"], yerr=row["mean_logp_se"], fmt=fmt,
-                        color=f"C{j}", capsize=3, markersize=7, mfc="none" if base else None, label=LABELS[m])
+                        color=plt.cm.tab20(j % 20), capsize=3, markersize=7, mfc="none" if base else None, label=LABELS[m])
         ax.axhline(summary["beam8"]["mean_logp"], color="grey", lw=0.8, ls="--")
         report.log_x(ax)
         ax.set_xlabel(xlabel)
