@@ -197,10 +197,10 @@ def plot(results: dict, folder: Path) -> list[str]:
                    label=LABELS[m])
             ax2.bar(j, ms[m]["judge_logp"], yerr=ms[m]["judge_logp_se"], capsize=3, color=f"C{j}")
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(parts))],
-                      ["good output", "constraint met", "finished", "repeats a trigram", "reads as prose"])
-        ax.set_ylim(0, 1.05)
+                      ["good", "constraint\nmet", "finished", "repeats a\ntrigram", "prose"], fontsize=8)
+        ax.set_ylim(0, 1.3)
         ax.set_title(f"{task}: share of outputs ({results['summary'][task]['items']} items)")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, ncol=2, loc="upper center")
         ax2.set_xticks(range(len(METHODS)), [LABELS[m] for m in METHODS], rotation=20, ha="right", fontsize=7)
         ax2.set_title(f"{task}: judge's mean log P per token")
         files.append(report.save_figure(fig, folder / f"{task}.png"))
