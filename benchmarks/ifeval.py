@@ -156,12 +156,14 @@ def plot(results: dict, folder: Path) -> list[str]:
     width = 0.8 / len(METHODS)
     for j, m in enumerate(METHODS):
         ax.bar([i + j * width for i in range(len(parts))], [ms[m][k] for k in parts], width, label=LABELS[m])
-        ax2.scatter(ms[m]["seconds"], ms[m]["strict"], color=f"C{j}", label=LABELS[m])
+        ax2.errorbar(ms[m]["seconds"], ms[m]["strict"], yerr=ms[m]["strict_se"], fmt="o", capsize=3,
+                     color=f"C{j}", label=LABELS[m])
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(parts))],
-                  ["strict accuracy", "instruction accuracy", "good output", "finished"])
-    ax.set_ylim(0, 1.05)
+                  ["strict\naccuracy", "instruction\naccuracy", "good\noutput", "finished"], fontsize=8)
+    ax.set_ylim(0, 1.3)
     ax.set_title(f"IFEval ({results['summary']['items']} prompts)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, ncol=2, loc="upper center")
+    ax2.legend(fontsize=7)
     ax2.set_xlabel("seconds per prompt")
     ax2.set_ylabel("strict accuracy")
     ax2.set_title("accuracy against time")
