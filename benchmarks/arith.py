@@ -110,7 +110,7 @@ def addition_items(seed: int, digits: int, n: int) -> list[data.Item]:
 def gsm8k_items(folder: Path, n: int) -> list[data.Item]:
     """The first ``n`` GSM8K test questions with their reference number (after ``####``)."""
     items = []
-    for k, row in enumerate(data._jsonl(data._file(folder, data.GSM8K))[:n]):
+    for k, row in enumerate(data.read_jsonl(folder, data.GSM8K)[:n]):
         try:
             ref = gsm8k_reference(row["answer"])
         except ValueError as exc:

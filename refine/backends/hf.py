@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import InputError, require
-from ..search import common_prefix
+from .prefix import common_prefix
 from ..types import Scores
 from .base import (Backend, DecodeRequest, Decoded, GradientSession, PruneFn, Session, TokenGradients,
                    TokenizerView)

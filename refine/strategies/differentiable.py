@@ -14,8 +14,6 @@ accepted. With a scorer model the generator's L stands in for the scorer's (a pr
 
 from __future__ import annotations
 
-import math
-from typing import Any
 
 import numpy as np
 
@@ -76,25 +74,6 @@ def allowed_mask(search: Search, vocab: int) -> np.ndarray:
         if 0 <= t < vocab:
             ok[t] = False
     return ok
-
-
-def number(name: str, value: Any, low: float) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > low
-    if not ok:
-        raise ConfigError(f"`strategy_options.{name}` has to be a number > {low}, but is {value!r}")
-    return float(value)
-
-
-def count(name: str, value: Any, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"`strategy_options.{name}` has to be an int >= {low}, but is {value!r}")
-    return value
-
-
-def flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"`strategy_options.{name}` has to be true or false, but is {value!r}")
-    return value
 
 
 class Adam:

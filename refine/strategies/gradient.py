@@ -40,7 +40,8 @@ from ..moves import Proposal
 from ..search import Search
 from ..strategy import STRATEGIES, Strategy
 from ..types import Hypothesis
-from .differentiable import afford, allowed_mask, count, editable, flag, gradient_session, ranking_scale
+from .differentiable import afford, allowed_mask, editable, gradient_session, ranking_scale
+from .options import count, flag
 
 
 def regenerate_bounds(search: Search, hyp: Hypothesis, i: int) -> tuple[int, int, bool] | None:

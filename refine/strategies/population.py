@@ -51,20 +51,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 from ..errors import ConfigError
 from ..moves import Proposal
 from ..search import Search
 from ..strategy import STRATEGIES, Strategy
 from ..types import Hypothesis
-from .power import _count, _number
-
-
-def _rate(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ConfigError(f"`strategy_options.{name}` has to be a number in [0, 1], but is {value!r}")
-    return float(value)
+from .options import count, number, rate
 
 
 def crossover_points(a: Sequence[int], b: Sequence[int], match: int = 1) -> list[int]:
@@ -107,19 +101,19 @@ class Population(Strategy):
     def __init__(self, size: int = 8, generations: int = 3, elite: int = 2, crossover: float = 0.5,
                  positions: int = 2, resample: float = 0.5, temperature: float = 1.0, tournament: int = 2,
                  match: int = 1) -> None:
-        self.size = _count("size", size)
+        self.size = count("size", size)
         if self.size < 2:
             raise ConfigError(f"`strategy_options.size` has to be an int >= 2, but is {size!r}")
-        self.generations = _count("generations", generations)
+        self.generations = count("generations", generations)
         if isinstance(elite, bool) or not isinstance(elite, int) or not 0 <= elite < self.size:
             raise ConfigError(f"`strategy_options.elite` has to be an int in [0, size={self.size}), but is {elite!r}")
         self.elite = elite
-        self.crossover = _rate("crossover", crossover)
-        self.positions = _count("positions", positions)
-        self.resample = _rate("resample", resample)
-        self.temperature = _number("temperature", temperature, 0.0)
-        self.tournament = _count("tournament", tournament)
-        self.match = _count("match", match)
+        self.crossover = rate("crossover", crossover)
+        self.positions = count("positions", positions)
+        self.resample = rate("resample", resample)
+        self.temperature = number("temperature", temperature, 0.0)
+        self.tournament = count("tournament", tournament)
+        self.match = count("match", match)
 
     # ------------------------------------------------------------------ operators
 

@@ -68,11 +68,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
 from ..moves import Proposal
 from ..search import Search
 from ..strategy import STRATEGIES, Strategy
 from ..types import Hypothesis
+from .options import choice, count, number
 
 CUTS = ("uniform", "entropy")
 TARGETS = ("logp", "objective")
@@ -87,27 +87,6 @@ class ChainState:
 
     hyp: Hypothesis
     logq: np.ndarray  # (len(hyp.tokens),)
-
-
-def _number(name: str, value: Any, low: float, inf_ok: bool = False) -> float:
-    ok = (not isinstance(value, bool) and isinstance(value, (int, float))
-          and (math.isfinite(value) or (inf_ok and value == math.inf)) and value > low)
-    if not ok:
-        extra = " (inf allowed)" if inf_ok else ""
-        raise ConfigError(f"`strategy_options.{name}` has to be a number > {low}{extra}, but is {value!r}")
-    return float(value)
-
-
-def _count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"`strategy_options.{name}` has to be an int >= 1, but is {value!r}")
-    return value
-
-
-def _choice(name: str, value: Any, options: tuple[str, ...]) -> str:
-    if value not in options:
-        raise ConfigError(f"`strategy_options.{name}` has to be one of {options}, but is {value!r}")
-    return value
 
 
 @STRATEGIES.register("power")
@@ -131,16 +110,16 @@ class PowerSampling(Strategy):
                  output: str = "best") -> None:
         if isinstance(alpha, str) and alpha.strip().lower() in ("inf", "infinity"):
             alpha = math.inf
-        self.alpha = _number("alpha", alpha, 0.0, inf_ok=True)
-        self.steps = _count("steps", steps)
-        self.blocks = _count("blocks", blocks)
-        self.cut = _choice("cut", cut, CUTS)
+        self.alpha = number("alpha", alpha, 0.0, inf_ok=True)
+        self.steps = count("steps", steps)
+        self.blocks = count("blocks", blocks)
+        self.cut = choice("cut", cut, CUTS)
         self.temperature = (1.0 if self.alpha == math.inf else 1.0 / self.alpha) if temperature is None \
-            else _number("temperature", temperature, 0.0)
-        self.target = _choice("target", target, TARGETS)
-        self.chains = _count("chains", chains)
-        self.proposals = _count("proposals", proposals)
-        self.output = _choice("output", output, OUTPUTS)
+            else number("temperature", temperature, 0.0)
+        self.target = choice("target", target, TARGETS)
+        self.chains = count("chains", chains)
+        self.proposals = count("proposals", proposals)
+        self.output = choice("output", output, OUTPUTS)
 
     # ------------------------------------------------------------------ the maths
 

@@ -37,7 +37,8 @@ from ..moves import Proposal
 from ..search import Search, common_prefix
 from ..strategy import STRATEGIES, Strategy
 from ..types import Hypothesis
-from .differentiable import Adam, allowed_mask, count, editable, gradient_session, number, ranking_scale
+from .differentiable import Adam, allowed_mask, editable, gradient_session, ranking_scale
+from .options import count, number
 
 
 @STRATEGIES.register("relaxed")
