@@ -71,7 +71,7 @@ SETTINGS = {
     "best_first": {"strategy": "best_first", "strategy_options": {"pool": 4}, "budget": {"max_sweeps": 6}},
     "beam_regen": {"moves": ["regenerate_beam"], "regen_beam": 4},
     "beam_regen_all": {"moves": ["regenerate_beam"], "regen_beam": 4, "max_positions": None, "block_size": 32},
-    "power": {"strategy": "power", "strategy_options": {"alpha": 4.0, "blocks": 4, "steps": 10, "proposals": 4}},
+    "power": {"strategy": "power", "strategy_options": {"alpha": 4.0, "blocks": 4, "steps": 10}},
     "gradient": {"strategy": "gradient", "strategy_options": {"regenerate": True}},
     "relaxed": {"strategy": "relaxed"},
     "hybrid": {"strategy": "hybrid"},
@@ -84,7 +84,7 @@ LABELS = {"greedy": "greedy", "beam4": "beam-4", "beam8": "beam-8", "beam16": "b
           "no_prune": "refine: all positions, no pruning",
           "wide": "refine: top-8, all positions", "best_first": "refine: best-first, pool 4",
           "beam_regen": "refine: beam-4 re-decoding", "beam_regen_all": "refine: beam-4 re-decoding, all positions",
-          "power": "power sampling (alpha 4, 4 blocks x 10 steps, 4 proposals per batch)",
+          "power": "power sampling (alpha 4, 4 blocks x 10 steps, a block's steps in one batch)",
           "power_ref": "power sampling, reference implementation (batch 1, re-prefill)",
           "gradient": "refine: gradient-guided (re-decoding)", "relaxed": "refine: continuous relaxation",
           "hybrid": "refine: hybrid (relaxed + coordinate)", "population": "refine: population (8, 3 generations)"}

@@ -89,7 +89,7 @@ class RequestLimits:
     max_forward_tokens: int = 100_000
     max_seconds: float = 60.0
     strategy_options: Mapping[str, int] = field(
-        default_factory=lambda: {"pool": 16, "steps": 16, "blocks": 8, "chains": 8, "proposals": 8})
+        default_factory=lambda: {"pool": 16, "steps": 16, "blocks": 8, "chains": 8, "proposals": 16})
 
     #: caps on :class:`RefineConfig` fields, by field name
     CONFIG_FIELDS = ("top_k", "topk_store", "max_positions", "block_size", "regen_extra_tokens", "regen_beam",

@@ -82,7 +82,8 @@ TV_BOUND = 0.06
 ALPHA = 2.0
 
 
-@pytest.mark.parametrize("cut, proposals", [("uniform", 1), ("entropy", 3), ("uniform", 5)])
+@pytest.mark.parametrize("cut, proposals", [("uniform", 1), ("entropy", 3), ("uniform", 5), ("block", 1),
+                                            ("block", 7)])
 def test_chain_samples_the_power_distribution(toy, cut, proposals):
     backend, P = toy
     opts = {"alpha": ALPHA, "steps": 600, "blocks": 1, "chains": 16, "cut": cut, "proposals": proposals}
@@ -101,7 +102,7 @@ def test_a_wrong_acceptance_ratio_fails_the_distribution_check(toy):
             cuts = math.log(self.cut_weights(new.hyp)[t]) - math.log(self.cut_weights(cur.hyp)[t])
             return super().log_accept(cur, new, t) - cuts
 
-    opts = {"alpha": ALPHA, "steps": 600, "blocks": 1, "chains": 16}
+    opts = {"alpha": ALPHA, "steps": 600, "blocks": 1, "chains": 16, "cut": "uniform"}
     counts = chain_visits(backend, opts, seed=1, strategy_cls=NoCutTerms)
     assert total_variation(counts, power_law(P, ALPHA)) > TV_BOUND
 
@@ -115,7 +116,7 @@ def test_reusing_a_draw_whose_prefix_changed_fails_the_distribution_check(toy):
         def _still_valid(self, old, new, t):
             return len(new.hyp.tokens) == len(old.hyp.tokens)
 
-    opts = {"alpha": ALPHA, "steps": 600, "blocks": 1, "chains": 16, "proposals": 5}
+    opts = {"alpha": ALPHA, "steps": 600, "blocks": 1, "chains": 16, "proposals": 5, "cut": "uniform"}
     counts = chain_visits(backend, opts, seed=1, strategy_cls=NoPrefixCheck)
     assert total_variation(counts, power_law(P, ALPHA)) > TV_BOUND
 
@@ -132,9 +133,11 @@ def test_log_accept_by_hand(toy):
 
     cur = ChainState(hyp([A, B, EOS], [-0.7, -1.2, -1.2]), np.array([-0.5, -0.9, -1.0]))
     new = ChainState(hyp([A, EOS], [-0.7, -0.9]), np.array([-0.5, -0.4]))
-    st = PowerSampling(alpha=3.0)
+    st = PowerSampling(alpha=3.0, cut="uniform")
     expected = 3.0 * (-1.6 - -3.1) + (math.log(1 / 2) - math.log(1 / 3)) + (-1.9 - -0.4)
     assert st.log_accept(cur, new, 1) == pytest.approx(expected)
+    # block cuts (the default) do not depend on the state: no cut term
+    assert PowerSampling(alpha=3.0).log_accept(cur, new, 1) == pytest.approx(3.0 * 1.5 + (-1.9 - -0.4))
 
 
 def test_seed_reproduces_a_run_and_seeds_differ(toy):
@@ -244,3 +247,17 @@ def test_the_chains_final_states_come_back_in_extras(toy):
         float(x) for x in backend.open([S], 4, 4096).score([first["tokens"]])[0][1].logprobs), abs=1e-4)
     assert best.score >= best.initial_score and best.to_dict()["extras"] == best.extras
     assert refine_tokens(backend, [S], [A, EOS], {"objective": "sum"}).extras == {}
+
+
+def test_block_cuts_moved_inside_short_states_fail_the_distribution_check(toy):
+    """``cut="block"`` needs no cut terms only because its law ignores the state: a chain that moves a cut past a
+    short state's end onto its last position (a state-dependent law) without adding the terms must fail."""
+    backend, P = toy
+
+    class Clamped(PowerSampling):
+        def _block_cuts(self, search, state, k, limit):
+            return [min(t, len(state.hyp.tokens) - 1) for t in super()._block_cuts(search, state, k, limit)]
+
+    opts = {"alpha": ALPHA, "steps": 600, "blocks": 1, "chains": 16, "cut": "block", "proposals": 1}
+    counts = chain_visits(backend, opts, seed=1, strategy_cls=Clamped)
+    assert total_variation(counts, power_law(P, ALPHA)) > TV_BOUND

@@ -3,7 +3,9 @@
 The target is pi(y) ∝ p(y|x)^alpha (``target="logp"``) or exp(alpha * objective(y)) (``target="objective"``).
 One MH step from the chain's state y (length T):
 
-1. cut position t ~ w(.|y): uniform over 0..T-1, or proportional to the model's entropy at each position;
+1. cut position t ~ w(.|y): uniform over 0..T-1 (``cut="uniform"``), proportional to the model's entropy at each
+   position (``"entropy"``), or uniform over the block's positions 0..L-1 whatever y (``"block"``; a cut at or
+   past y's end leaves the state as it is);
 2. suffix y'[t:] drawn token by token from p^(1/temperature), renormalised (default temperature 1/alpha, so the
    proposal is p^alpha step by step), up to the block's length limit; y'[:t] = y[:t];
 3. accept with probability min(1, R),
@@ -38,6 +40,14 @@ Batching (each evaluation is one batched decode):
   the dropped draws are wasted compute, paid for by decoding them in one batch instead of one after another.
   Each offered proposal counts as one of the block's ``steps``.
 
+With ``cut="block"`` the cut's law depends on nothing in the state, so the chain is a random sequence of
+fixed-cut MH kernels K_t, each in detailed balance with pi on its own (the cut terms drop out of R). Any order of
+those kernels that is chosen independently of the chain keeps pi; the strategy offers each batch's prepared cuts
+from the latest to the earliest. An accepted move at cut t_j then keeps every later offer's prefix
+(t_k <= t_j), so no prepared proposal is ever dropped: ``proposals=steps`` takes a block's MH steps in one
+batched decode. When a state fills its block (the usual case), its cuts are uniform over its positions, as with
+``"uniform"``.
+
 ``alpha=inf`` is greedy acceptance: a proposal is accepted only if it raises the target by more than
 ``tolerance``; its proposal temperature defaults to 1 (sampling from p), since 1/alpha = 0 would re-decode the same
 greedy suffix.
@@ -51,8 +61,9 @@ replace, and applying them to the chain's moves would change the distribution it
 lists the improvements of the best output seen. Stochastic: ``RefineConfig.seed`` fixes the cut positions, the
 acceptance draws and every sampling seed, so a run is reproducible.
 
-Its length is ``blocks x (1 + steps)`` evaluations per chain; ``budget.max_sweeps`` does not bound it (one sweep is
-counted when the schedule ends), the other budget limits do. Pruning is never applied to its proposals.
+Its length is ``blocks x (1 + ceil(steps / proposals))`` evaluations per chain (more when draws are dropped);
+``budget.max_sweeps`` does not bound it (one sweep is counted when the schedule ends), the other budget limits do.
+Pruning is never applied to its proposals.
 
 Example:
     >>> from refine import RefineConfig
@@ -74,7 +85,7 @@ from ..strategy import STRATEGIES, Strategy
 from ..types import Hypothesis
 from .options import choice, count, number
 
-CUTS = ("uniform", "entropy")
+CUTS = ("uniform", "entropy", "block")
 TARGETS = ("logp", "objective")
 OUTPUTS = ("best", "sample")
 #: failed attempts to draw a valid first output for a chain before the strategy gives up
@@ -97,17 +108,19 @@ class PowerSampling(Strategy):
         alpha: the power (> 0, ``inf`` for greedy acceptance).
         steps: MH steps per block and chain.
         blocks: blocks the output grows by (1: one full draw, then ``steps`` MH steps).
-        cut: ``"uniform"`` or ``"entropy"`` (positions weighted by the model's entropy there).
+        cut: ``"block"`` (default: uniform over the block's positions, batched steps never dropped),
+            ``"uniform"`` (over the state's positions) or ``"entropy"`` (weighted by the model's entropy there).
         temperature: proposal temperature; ``None``: 1/alpha (1 when alpha is inf).
         target: ``"logp"`` (p^alpha) or ``"objective"`` (exp(alpha * objective)).
         chains: independent chains run side by side in each batch.
-        proposals: proposals drawn at once per chain and step, offered in order (see above).
+        proposals: proposals drawn at once per chain and step, offered in order (see above); default: all of a
+            block's ``steps`` with block cuts, 1 otherwise.
         output: ``"best"`` (best by objective) or ``"sample"`` (the first chain's final state).
     """
 
-    def __init__(self, alpha: float = 4.0, steps: int = 10, blocks: int = 4, cut: str = "uniform",
-                 temperature: float | None = None, target: str = "logp", chains: int = 1, proposals: int = 1,
-                 output: str = "best") -> None:
+    def __init__(self, alpha: float = 4.0, steps: int = 10, blocks: int = 4, cut: str = "block",
+                 temperature: float | None = None, target: str = "logp", chains: int = 1,
+                 proposals: int | None = None, output: str = "best") -> None:
         if isinstance(alpha, str) and alpha.strip().lower() in ("inf", "infinity"):
             alpha = math.inf
         self.alpha = number("alpha", alpha, 0.0, inf_ok=True)
@@ -118,6 +131,8 @@ class PowerSampling(Strategy):
             else number("temperature", temperature, 0.0)
         self.target = choice("target", target, TARGETS)
         self.chains = count("chains", chains)
+        if proposals is None:  # block cuts never drop a prepared step: take a block's steps in one batch
+            proposals = self.steps if self.cut == "block" else 1
         self.proposals = count("proposals", proposals)
         self.output = choice("output", output, OUTPUTS)
 
@@ -128,9 +143,10 @@ class PowerSampling(Strategy):
         return hyp.logprob if self.target == "logp" else hyp.value
 
     def cut_weights(self, hyp: Hypothesis) -> np.ndarray:
-        """w(t|y) for t = 0..len(y)-1 (sums to 1)."""
+        """w(t|y) for t = 0..len(y)-1 (sums to 1); for ``cut="block"`` the uniform weights over the state's own
+        positions (the cut actually used is uniform over the block's positions, whatever the state)."""
         n = len(hyp.tokens)
-        if self.cut == "uniform":
+        if self.cut in ("uniform", "block"):
             return np.full(n, 1.0 / n)
         h = np.maximum(np.asarray(hyp.scores.entropy, dtype=np.float64), 0.0) + 1e-3  # never exactly 0
         return h / h.sum()
@@ -138,7 +154,10 @@ class PowerSampling(Strategy):
     def log_accept(self, cur: ChainState, new: ChainState, t: int) -> float:
         """log R of moving from ``cur`` to ``new``, which share the tokens before ``t`` (alpha finite)."""
         gain = self.alpha * (self.log_target(new.hyp) - self.log_target(cur.hyp))
-        cuts = math.log(self.cut_weights(new.hyp)[t]) - math.log(self.cut_weights(cur.hyp)[t])
+        if self.cut == "block":  # the cut's law does not depend on the state: no cut term
+            cuts = 0.0
+        else:
+            cuts = math.log(self.cut_weights(new.hyp)[t]) - math.log(self.cut_weights(cur.hyp)[t])
         proposal = float(np.sum(cur.logq[t:])) - float(np.sum(new.logq[t:]))  # reverse minus forward density
         return gain + cuts + proposal
 
@@ -221,20 +240,30 @@ class PowerSampling(Strategy):
             k = min(self.proposals, self.steps - self._done[c])
             if state is None or k <= 0:
                 continue
-            w = self.cut_weights(state.hyp)
             offers[c] = []
+            if self.cut == "block":  # latest cut first: no accepted move can change a later offer's prefix
+                cuts = self._block_cuts(search, state, k, limit)
+                n = len(state.hyp.tokens)
+                offers[c] = [(t, None if t >= n else self._draw(search, state.hyp.tokens[:t], limit - t))
+                             for t in cuts]
+                continue
+            w = self.cut_weights(state.hyp)
             for _ in range(k):
                 t, self._cut_next[c] = self._cut_next[c], None
                 if t is None:
                     t = int(search.rng.choice(len(w), p=w))
                 offers[c].append((t, self._draw(search, state.hyp.tokens[:t], limit - t)))
-        results = search.evaluate([p for offer in offers.values() for _, p in offer], parent=parent, prune=False,
-                                  admissible_only=False)
+        results = search.evaluate([p for offer in offers.values() for _, p in offer if p is not None],
+                                  parent=parent, prune=False, admissible_only=False)
         by_key = {p.key: h for p, h in results}
         for c, offer in offers.items():
             drawn_from = self.states[c]  # the state every offer's cut and prefix were drawn from
             for t, p in offer:
                 cur = self.states[c]
+                if p is None:  # a block cut past the state's end: the step stays
+                    self._done[c] += 1
+                    self.observe(c, cur)
+                    continue
                 if cur is not drawn_from and not self._still_valid(drawn_from, cur, t):
                     if self.cut == "uniform" and len(cur.hyp.tokens) == len(drawn_from.hyp.tokens):
                         self._cut_next[c] = t  # the cut stands; its suffix is drawn again from cur
@@ -253,11 +282,18 @@ class PowerSampling(Strategy):
             self._grown = False
         return True
 
+    def _block_cuts(self, search: Search, state: ChainState, k: int, limit: int) -> list[int]:
+        """``k`` cuts for ``cut="block"``: uniform over the block's positions 0..limit-1 (whatever ``state``),
+        latest first."""
+        return sorted((int(search.rng.integers(limit)) for _ in range(k)), reverse=True)
+
     def _still_valid(self, old: ChainState, new: ChainState, t: int) -> bool:
         """Whether a proposal prepared from ``old`` with cut ``t`` is a proposal from ``new`` with the same law:
-        uniform cuts over equal lengths and the same prefix before ``t``."""
-        return (self.cut == "uniform" and len(new.hyp.tokens) == len(old.hyp.tokens)
-                and new.hyp.tokens[:t] == old.hyp.tokens[:t])
+        the same prefix before ``t``, and (uniform cuts) equal lengths; entropy-weighted cuts never."""
+        same_prefix = new.hyp.tokens[:t] == old.hyp.tokens[:t]
+        if self.cut == "block":
+            return same_prefix
+        return self.cut == "uniform" and len(new.hyp.tokens) == len(old.hyp.tokens) and same_prefix
 
     def observe(self, chain: int, state: ChainState) -> None:
         """Called after every MH step with the chain's state then (moved or not): a hook for diagnostics. The
