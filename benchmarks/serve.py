@@ -204,6 +204,35 @@ async def load(base: str, requests: list[tuple[str, bytes]], clients: int) -> di
     return {"clients": clients, "seconds": seconds, "records": records, "health_ms": health}
 
 
+def cpu_seconds(proc: subprocess.Popen) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the server's processes, by role: ``server`` (the API process and
+    its other children), ``engine core`` (vLLM's scheduler process) and ``worker`` (the process running the
+    model). Empty without ``psutil`` (it comes with vLLM)."""
+    try:
+        import psutil
+    except ImportError:
+        return {}
+    out: dict[str, float] = {}
+    try:
+        root = psutil.Process(proc.pid)
+        tree = [root] + root.children(recursive=True)
+    except psutil.Error:
+        return {}
+    for q in tree:
+        try:
+            name, t = q.name(), q.cpu_times()
+        except psutil.Error:
+            continue
+        role = "engine core" if "EngineCore" in name else "worker" if "Worker" in name else "server"
+        out[role] = out.get(role, 0.0) + t.user + t.system
+    return out
+
+
+def cpu_shares(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    """Per role, its CPU use over a level as a percentage of one core."""
+    return {role: 100.0 * (after[role] - before.get(role, 0.0)) / seconds for role in after if seconds > 0}
+
+
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -253,11 +282,14 @@ def run(ctx: Context) -> dict:
         asyncio.run(load(base, requests[:2], 1))  # warm-up: the first requests pay one-time costs
         expected: dict[int, str | None] = {}
         for clients in ctx.bar(s.levels, "serve: concurrency"):
+            cpu0 = cpu_seconds(proc)
             level = asyncio.run(load(base, requests, clients))
+            cpu = cpu_shares(cpu0, cpu_seconds(proc), level["seconds"])
             if clients == 1:
                 expected = {i: r["text"] for i, r in enumerate(level["records"])}
             summ = summarise(level, expected)
             summ["examples"] = [r for r in level["records"] if r["kind"] in ("refined", "bad")][:3]
+            summ["cpu_percent"] = cpu
             levels.append(summ)
     finally:
         stop_server(proc)
@@ -316,12 +348,18 @@ def plot(results: dict, folder: Path) -> list[str]:
     return [report.save_figure(fig, folder / "serve.png")]
 
 
+def cpu_cell(cpu: dict[str, float]) -> str:
+    if not cpu:
+        return "–"
+    return " / ".join(f"{cpu[k]:.0f}" if k in cpu else "–" for k in ("server", "engine core", "worker"))
+
+
 def render(results: dict, plots: list[str]) -> str:
     s = results["settings"]
     plan_ = results["plan"]
     head = ["clients", "seconds", "requests/s", "refined/s", "output tokens/s", "x one at a time (refined)",
             "plain p50/p95/p99 (s)", "refined p50/p95/p99 (s)", "/health p50/p99 (ms)", "lost", "wrong",
-            "bad refused"]
+            "bad refused", "CPU, % of a core (server / engine core / worker)"]
     rows = []
     for lv in results["levels"]:
         rows.append((lv["clients"], f"{lv['seconds']:.1f}", f"{lv['requests_per_s']:.2f}",
@@ -329,7 +367,7 @@ def render(results: dict, plots: list[str]) -> str:
                      "/".join(f"{lv[f'plain_p{q}_s']:.2f}" for q in (50, 95, 99)),
                      "/".join(f"{lv[f'refined_p{q}_s']:.2f}" for q in (50, 95, 99)),
                      f"{lv['health_p50_ms']:.1f}/{lv['health_p99_ms']:.1f}", lv["lost"], lv["wrong"],
-                     f"{lv['bad_refused']}/{lv['bad']}"))
+                     f"{lv['bad_refused']}/{lv['bad']}", cpu_cell(lv.get("cpu_percent") or {})))
     parts = [report.header(TITLE, results), "## What was measured", "",
              f"- `refine serve` with the default model on the CPU vLLM engine, started by the suite on loopback "
              f"with caps {results['caps']}.",
@@ -340,7 +378,11 @@ def render(results: dict, plots: list[str]) -> str:
              "- Concurrency 1 is the one-at-a-time reference: its answers are the expected answers of the other "
              "levels (**wrong** = a different text), and its throughput the baseline. **Lost** = a plain or "
              "refined request without a 200.",
-             f"- `/health` polled every {HEALTH_EVERY * 1000:.0f} ms during each level.", "",
+             f"- `/health` polled every {HEALTH_EVERY * 1000:.0f} ms during each level.",
+             "- CPU: each server process's CPU time over the level, as a share of one core (the API server with "
+             "its refinement threads; vLLM's engine core, which schedules; the worker, which runs the model). On "
+             "a CPU vLLM pins the worker to its own cores and leaves one for the rest: a worker near 100% "
+             "(of its one core here) means the model's compute is what bounds throughput.", "",
              "## Targets", "", report.targets_table(targets(results)), "",
              "## Per level", "", report.table(head, rows), ""]
     parts += [f"![{p}]({p})" for p in plots]

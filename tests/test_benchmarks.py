@@ -628,6 +628,27 @@ def test_serve_plan_and_summary():
     assert out["output_tokens_per_s"] == pytest.approx(4.0) and out["health_max_ms"] == 300.0
 
 
+def test_serve_cpu_accounting_sees_a_busy_child():
+    """The serve suite's CPU shares: a child that spins for ~0.6 s shows up (as ``server``: not a vLLM name) at
+    well above zero, a sleeping parent near zero; the report cell lists the three roles."""
+    import time
+
+    from benchmarks import serve
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                             "while time.process_time() - t < 0.6: pass\ntime.sleep(30)"])
+    try:
+        before = serve.cpu_seconds(proc)
+        time.sleep(1.5)
+        after = serve.cpu_seconds(proc)
+    finally:
+        proc.kill()
+        proc.wait()
+    shares = serve.cpu_shares(before, after, 1.5)
+    assert set(shares) == {"server"} and 10 < shares["server"] <= 100
+    assert serve.cpu_cell({"server": 5.0, "worker": 99.4}) == "5 / – / 99" and serve.cpu_cell({}) == "–"
+
+
 # ----------------------------------------------------------------------------- suite arith: exact answers
 
 
