@@ -104,6 +104,10 @@ def test_request_bodies_and_response_parsing():
     first, second = generated_logprobs([7, 4], lp, 2)
     assert {t: (v.logprob, v.rank) for t, v in first.items()} == {9: (-0.5, 1), 8: (-1.5, 2), 7: (-3.0, 3)}
     assert {t: v.rank for t, v in second.items()} == {4: 1, 1: 2}
+    # a sampled token tied with the K-th is still the one outside the top K (three entries for K=2)
+    tie = {"tokens": ["token_id:7"], "token_logprobs": [-1.5],
+           "top_logprobs": [{"token_id:7": -1.5, "token_id:9": -0.5, "token_id:8": -1.5}]}
+    assert {t: v.rank for t, v in generated_logprobs([7], tie, 2)[0].items()} == {9: 1, 8: 2, 7: 3}
     out = request_output([1, 2], {"choices": [{"text": "ab", "token_ids": [7, 4], "logprobs": lp,
                                                "finish_reason": "length",
                                                "prompt_logprobs": [None, {"2": {"logprob": -1.0, "rank": 3}}]}],
@@ -336,7 +340,10 @@ def test_a_deadline_or_a_cancel_closes_the_upstream_requests(remote, upstream, p
         with pytest.raises(EngineCancelled):
             s.decode(long)
         assert lim.aborted == 3 and not lim.expired
-    # three cut calls of 1200 tokens each left the upstream after a few hundred tokens at most
+    # rows the prune callback stops are closed too (their streams, not the whole call)
+    stopped = s.decode(long, prune=lambda *a: True)
+    assert all(d.pruned and len(d.tokens) < 50 for _, d in stopped)
+    # four cut calls of 1200 tokens each left the upstream after a few hundred tokens at most
     assert settled() - start < 1200
     assert tr.outstanding == 0
     [(_, d)] = s.decode([DecodeRequest((), 4)])  # the transport goes on working
@@ -496,7 +503,7 @@ def test_the_front_does_not_start_without_the_processor_or_the_upstream(upstream
     try:
         done = subprocess.run([sys.executable, "-m", "refine.cli", "serve", "--upstream", proxy.url,
                                "--upstream-api-key", UPSTREAM_KEY, "--port", str(_free_port())],
-                              capture_output=True, text=True, timeout=300, env=_env(), cwd=REPO)
+                              capture_output=True, text=True, timeout=120, env=_env(), cwd=REPO)
     finally:
         proxy.server.shutdown()
     assert done.returncode == 2, done.stderr[-2000:]

@@ -476,7 +476,7 @@ class HTTPTransport(AsyncTransport):
             raise UpstreamError(f"the upstream at {self.url} failed a probe completion: {plain}")
         free = request_output(prompt, plain, k).outputs[0]
         top = free.logprobs[0]
-        if math.log(sum(math.exp(v.logprob) for v in top.values())) > 1e-3:
+        if math.log(sum(math.exp(v.logprob) for v in top.values())) > 1e-2:  # probabilities sum to at most 1
             raise UpstreamError(f"the upstream at {self.url} returns logits, not log-probabilities: start it with "
                                 "--logprobs-mode raw_logprobs (vLLM's default)")
         target = max(top, key=lambda t: (top[t].rank, t))  # the least likely of the top K
@@ -491,7 +491,9 @@ class HTTPTransport(AsyncTransport):
             return False, (f"the upstream at {self.url} does not force tokens (asked for {[target, target]}, got "
                            f"{got.token_ids}): start vllm serve with --logits-processors {PROCESSOR_FQCN}, refine "
                            "installed in its environment")
-        if abs(got.logprobs[0][target].logprob - top[target].logprob) > 1e-3:
+        # the same prompt in another batch: equal up to the kernels' numerics (~1e-2 in bf16 on GPUs); after the
+        # processors the forced token, the only one left, would have log-probability 0, the model gives it < -0.69
+        if abs(got.logprobs[0][target].logprob - top[target].logprob) > 0.1:
             raise UpstreamError(f"the upstream at {self.url} reports the forced token's log-probability after the "
                                 f"logits processors ({got.logprobs[0][target].logprob:.4f}, the model gives "
                                 f"{top[target].logprob:.4f}): start it with --logprobs-mode raw_logprobs")
