@@ -36,6 +36,11 @@ class DeadlineReached(BudgetExhausted):
     stop_reason = "max_seconds"
 
 
+class UpstreamError(RefineError):
+    """A model server refine reaches over HTTP (``refine serve --upstream``) cannot be used: unreachable, refusing,
+    misconfigured, or it failed a request."""
+
+
 class MissingDependency(RefineError, ImportError):
     """An optional dependency is missing; the message says which command installs it."""
 

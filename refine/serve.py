@@ -40,6 +40,13 @@ return); the search also checks the deadline before each step.
 A client that disconnects cancels its request at once: the initial generation's engine requests are aborted,
 and its refinements abort their in-flight engine requests and stop (``refine_engine_requests_aborted_total``
 counts them). The offline :class:`~refine.integrations.vllm.RefineLLM` and ``refine batch`` keep a ``vllm.LLM``.
+
+Front mode: ``refine serve --upstream http://HOST:PORT [--upstream-api-key KEY]`` starts no engine; it serves the
+same endpoints, with the same checks and caps, over an already running ``vllm serve`` that has refine's forcing
+processor registered (:class:`~refine.serve_upstream.UpstreamEngine`, :mod:`refine.backends.vllm.http`). Such a
+front keeps no state between requests, so several can run behind any HTTP load balancer. Start-up fails with a
+clear message when the upstream is unreachable or lacks the processor; an upstream failure during a request gets
+a 502.
 """
 
 
@@ -54,7 +61,7 @@ import uuid
 from typing import Any, Mapping
 
 from .about import VLLM_INSTALL, pip_extra
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, UpstreamError
 from .limits import LimitError, RequestLimits
 
 log = logging.getLogger("refine.serve")
@@ -409,6 +416,12 @@ def build_app(engine: Engine, model_name: str, limits: RequestLimits | None = No
             return JSONResponse(status_code=400, content=RequestError(str(exc), named and named.group(1)).body())
         except RequestCancelled:
             raise
+        except UpstreamError:  # the model server behind a front failed: log it whole, answer 502
+            ref = uuid.uuid4().hex[:12]
+            log.exception("request %s failed upstream", ref)
+            return JSONResponse(status_code=502, content=RequestError(
+                f"the model server failed while serving the request (reference {ref} in the server log)",
+                status=502).body())
         except Exception:  # an engine failure: log it whole, answer 500, keep serving
             ref = uuid.uuid4().hex[:12]
             log.exception("request %s failed", ref)
@@ -499,13 +512,38 @@ def cmd_serve(args) -> int:
         if not (module and attr):
             raise ConfigError(f"`--allow-plugin` takes 'module:Class' import paths, but got {path!r}")
     plugins = set(args.allow_plugin) | plugin_paths(defaults)
-    path = resolve(args.model)
     api_key = args.api_key or os.environ.get("REFINE_API_KEY") or None
     defaults = prepare_defaults(defaults, limits)  # fails before an engine starts
-    engine = Engine(str(path), engine_kwargs(args), args.max_concurrent_refinements)
-    app = build_app(engine, args.served_model_name or path.name, limits, api_key, defaults, plugins)
+    if args.upstream:
+        engine = upstream_engine(args)
+        name = engine.model_name
+    else:
+        for flag in ("upstream_api_key", "upstream_model"):
+            if getattr(args, flag, None):
+                raise ConfigError(f"`--{flag.replace('_', '-')}` goes with `--upstream URL`")
+        path = resolve(args.model)
+        engine = Engine(str(path), engine_kwargs(args), args.max_concurrent_refinements)
+        name = path.name
+    app = build_app(engine, args.served_model_name or name, limits, api_key, defaults, plugins)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def upstream_engine(args) -> Any:
+    """The connected :class:`~refine.serve_upstream.UpstreamEngine` for ``--upstream`` (engine arguments are
+    refused: they configure the upstream, where they were given to ``vllm serve``)."""
+    from .models import resolve
+    from .serve_upstream import UpstreamEngine
+
+    given = [name for name in ENGINE_ARGS if getattr(args, name, None) is not None]
+    if given:
+        raise ConfigError(f"`--{given[0].replace('_', '-')}` is an engine argument: with `--upstream` the engine is "
+                          "the upstream's, so give it to `vllm serve` there")
+    key = args.upstream_api_key or os.environ.get("REFINE_UPSTREAM_API_KEY") or None
+    tokenizer = str(resolve(args.model)) if args.model else None
+    engine = UpstreamEngine(args.upstream, tokenizer, key, args.upstream_model, args.max_concurrent_refinements)
+    engine.connect()
+    return engine
 
 
 def _field_docs(cls: type) -> dict[str, str]:
@@ -543,6 +581,17 @@ def add_parser(sub) -> None:
                         "free slot; unrefined requests never wait for one). Default: 16")
     p.add_argument("--api-key", default=None,
                    help="require `Authorization: Bearer KEY` on /v1 endpoints (default: $REFINE_API_KEY, else none)")
+    front = p.add_argument_group(
+        "front", "serve in front of a running `vllm serve` (started with --logits-processors "
+                 "refine.backends.vllm:ForcedTokensProcessor) instead of starting an engine")
+    front.add_argument("--upstream", default=None, metavar="URL",
+                       help="base URL of the vLLM server, e.g. http://10.0.0.5:8000; --model is then only the "
+                            "model's local folder for its tokenizer (default: the upstream's model path, when it is "
+                            "a folder on this machine)")
+    front.add_argument("--upstream-api-key", default=None, metavar="KEY",
+                       help="the upstream's API key (default: $REFINE_UPSTREAM_API_KEY, else none)")
+    front.add_argument("--upstream-model", default=None, metavar="NAME",
+                       help="the upstream model to use when it serves several")
     engine = p.add_argument_group("engine", "vLLM engine arguments, passed through")
     for name, (kind, what) in ENGINE_ARGS.items():
         engine.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=what)

@@ -44,10 +44,16 @@ on an event loop, whose sessions may run in several threads at once, their reque
 scheduler; a deadline and a cancel event bound per thread (``transport.limits(...)``) abort engine requests in the
 middle of a call. With an ``AsyncLLM`` the engine core runs in a process of its own, so exact entropies come
 through ``collective_rpc("refine_take_entropies")`` (the worker extension, which :func:`make_async_engine` sets).
+:class:`~refine.backends.vllm.http.HTTPTransport` reaches an already running ``vllm serve`` (started with
+``--logits-processors refine.backends.vllm:ForcedTokensProcessor``) over its OpenAI HTTP API; there the forcing spec
+travels in ``vllm_xargs`` in its flat encoding (:func:`flat_force_spec`), and entropies are always the top-K
+estimate (the processor's records stay in the server's worker process). Import it from its module (it needs
+``httpx``, which vLLM's server brings).
 
 Modules: :mod:`~refine.backends.vllm.processor` (the forcing processor and its spec),
 :mod:`~refine.backends.vllm.engine` (engine construction), :mod:`~refine.backends.vllm.transport`,
-:mod:`~refine.backends.vllm.session`, :mod:`~refine.backends.vllm.backend`; the backend-free maths live in
+:mod:`~refine.backends.vllm.http` (the transport over HTTP), :mod:`~refine.backends.vllm.session`,
+:mod:`~refine.backends.vllm.backend`; the backend-free maths live in
 :mod:`refine.backends.logprobs` and :mod:`refine.backends.prefix`.
 
 Counting forward tokens
@@ -90,9 +96,12 @@ from .engine import (  # noqa: E402
 )
 from .processor import (  # noqa: E402
     EXTRA_KEY,
+    FLAT_PREFIX,
     PROCESSOR_FQCN,
     ForcedTokensProcessor,
+    flat_force_spec,
     force_spec,
+    spec_from_extra_args,
     take_entropies,
 )
 from .session import VLLMSession  # noqa: E402
@@ -108,6 +117,7 @@ from .transport import (  # noqa: E402
 __all__ = [
     "AsyncTransport", "CallLimits", "EngineCancelled", "EngineDeadline", "EngineTransport", "LLMTransport",
     "engine_options", "make_async_engine", "CPU_KV_CACHE_BYTES", "EXTRA_KEY", "METHODS", "PROCESSOR_FQCN", "WORKER_EXTENSION", "EntropyWorkerExtension",
+    "FLAT_PREFIX", "flat_force_spec", "spec_from_extra_args",
     "ForcedTokensProcessor", "VLLMBackend", "VLLMSession", "force_spec", "make_llm", "take_entropies",
     "topk_entropy_estimate", "_registered", "_scores_from_logprobs", "_start", "_take_entropies_rpc",
 ]

@@ -19,6 +19,10 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDi
 
 #: key in ``SamplingParams.extra_args`` that carries a forcing spec (not ``refine_*``: those are refine options)
 EXTRA_KEY = "_refine_force"
+#: prefix of the flat encoding's keys: ``FLAT_PREFIX + field`` (see the module docstring)
+FLAT_PREFIX = EXTRA_KEY + "."
+#: the fields of a spec
+SPEC_FIELDS = ("force", "ban", "ban_from", "ban_until", "eos_at", "eos", "key")
 #: import path of the processor, for ``LLM(logits_processors=[...])`` / ``--logits-processors``
 PROCESSOR_FQCN = "refine.backends.vllm:ForcedTokensProcessor"
 
@@ -34,22 +38,38 @@ class _Spec:
     __slots__ = ("force", "ban", "ban_from", "ban_until", "eos_at", "eos", "key")
 
     def __init__(self, d: dict[str, Any]) -> None:
+        where = f"the forcing spec (extra_args[{EXTRA_KEY!r}] or {FLAT_PREFIX}<field>)"
         if not isinstance(d, dict):
-            raise ValueError(f"extra_args[{EXTRA_KEY!r}] must be a dict, got {type(d).__name__}")
-        unknown = set(d) - {"force", "ban", "ban_from", "ban_until", "eos_at", "eos", "key"}
+            raise ValueError(f"{where} must be a dict, got {type(d).__name__}")
+        unknown = set(d) - set(SPEC_FIELDS)
         if unknown:
-            raise ValueError(f"extra_args[{EXTRA_KEY!r}] has unknown fields {sorted(unknown)}")
-        self.force = tuple(int(t) for t in d.get("force", ()))
-        self.ban = tuple(int(t) for t in d.get("ban", ()))
+            raise ValueError(f"{where} has unknown fields {sorted(unknown)}; its fields are {list(SPEC_FIELDS)}")
+
+        def ids(name: str) -> tuple[int, ...]:
+            value = d.get(name, ())
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"{where}: `{name}` must be a list of token ids, got {value!r}")
+            return tuple(number(name, t) for t in value)
+
+        def number(name: str, value: Any) -> int:
+            try:
+                if isinstance(value, bool) or int(value) != value:
+                    raise ValueError
+                return int(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}: `{name}` must hold integers, got {value!r}") from None
+
+        self.force = ids("force")
+        self.ban = ids("ban")
         if any(t < 0 for t in self.force + self.ban):
-            raise ValueError(f"extra_args[{EXTRA_KEY!r}]: token ids must be >= 0")
-        self.ban_from = int(d.get("ban_from", 0))
-        self.ban_until = int(d.get("ban_until", 0))
+            raise ValueError(f"{where}: token ids must be >= 0")
+        self.ban_from = number("ban_from", d.get("ban_from", 0))
+        self.ban_until = number("ban_until", d.get("ban_until", 0))
         eos_at = d.get("eos_at")
-        self.eos_at = None if eos_at is None else int(eos_at)
-        self.eos = int(d.get("eos", -1))
+        self.eos_at = None if eos_at is None else number("eos_at", eos_at)
+        self.eos = number("eos", d.get("eos", -1))
         if self.eos_at is not None and self.eos < 0:
-            raise ValueError(f"extra_args[{EXTRA_KEY!r}]: `eos_at` needs `eos`")
+            raise ValueError(f"{where}: `eos_at` needs `eos`")
         key = d.get("key")
         self.key = None if key is None else str(key)
 
@@ -90,11 +110,50 @@ def force_spec(
     return d
 
 
+def flat_force_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The flat encoding of a spec (a :func:`force_spec` dict): ``{FLAT_PREFIX + field: value}``, values int, str
+    or lists of int, as vLLM's OpenAI server accepts them in ``vllm_xargs``.
+
+    >>> flat_force_spec(force_spec([5, 6], eos_at=9, eos=2))
+    {'_refine_force.force': [5, 6], '_refine_force.eos_at': 9, '_refine_force.eos': 2}
+    """
+    if not isinstance(spec, dict):
+        raise ValueError(f"a forcing spec is a dict (see force_spec()), got {type(spec).__name__}")
+    unknown = set(spec) - set(SPEC_FIELDS)
+    if unknown:
+        raise ValueError(f"a forcing spec has no fields {sorted(unknown)}; its fields are {list(SPEC_FIELDS)}")
+    flat: dict[str, Any] = {}
+    for name, value in spec.items():
+        if value is None:
+            continue
+        if name in ("force", "ban"):
+            value = [int(t) for t in value]
+        elif name == "key":
+            value = str(value)
+        else:
+            value = int(value)
+        flat[FLAT_PREFIX + name] = value
+    return flat
+
+
+def spec_from_extra_args(extra: Any) -> dict[str, Any] | None:
+    """The forcing spec a request's ``extra_args`` carry, in either encoding (see the module docstring), as a
+    :func:`force_spec`-shaped dict; None when they carry none. Both encodings at once: ``ValueError``."""
+    if not extra:
+        return None
+    flat = {k[len(FLAT_PREFIX):]: v for k, v in extra.items() if isinstance(k, str) and k.startswith(FLAT_PREFIX)}
+    if EXTRA_KEY in extra:
+        if flat:
+            raise ValueError(f"extra_args carry a forcing spec twice: {EXTRA_KEY!r} and "
+                             f"{sorted(FLAT_PREFIX + k for k in flat)}; send one encoding")
+        return extra[EXTRA_KEY]
+    return flat or None
+
+
 def _spec_of(params: SamplingParams | None) -> _Spec | None:
     extra = getattr(params, "extra_args", None) if params is not None else None
-    if not extra or EXTRA_KEY not in extra:
-        return None
-    return _Spec(extra[EXTRA_KEY])
+    spec = spec_from_extra_args(extra)
+    return None if spec is None else _Spec(spec)
 
 
 def _record_entropy(key: str, pos: int, value: float) -> None:

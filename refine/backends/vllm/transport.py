@@ -292,7 +292,7 @@ class AsyncTransport(EngineTransport):
         caller's limits or an error (reported to ``on_abort``), not a row the ``watch`` callback stopped."""
         if not ids:
             return
-        fut = self._submit(self.engine.abort(list(ids)))
+        fut = self._submit(self._abort_requests(list(ids)))
         with contextlib.suppress(Exception):
             fut.result(timeout=10)
         if counted:
@@ -301,6 +301,10 @@ class AsyncTransport(EngineTransport):
                     lim.aborted += len(ids)
             if self.on_abort is not None:
                 self.on_abort(len(ids))
+
+    async def _abort_requests(self, ids: list[str]) -> None:
+        """Abort the engine requests ``ids`` (on the event loop)."""
+        await self.engine.abort(ids)
 
     @property
     def outstanding(self) -> int:
