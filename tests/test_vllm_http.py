@@ -382,6 +382,49 @@ def test_the_front_refines_like_the_in_process_backend(front, local):
     assert d["choices"][0]["message"]["content"] == r["text"] == expected.text
 
 
+def _series(url: str, series: str) -> float:
+    """One exact series of ``url``/metrics (``name{labels}``), 0 when absent."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(series + " "):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_client_that_leaves_the_front_closes_its_upstream_requests(front, upstream):
+    """A client hanging up mid-refinement is counted as cancelled and its refinement ends within seconds, no
+    upstream request is left running, and the front serves the next request."""
+    import http.client
+    import socket
+
+    host, port = front.removeprefix("http://").split(":")
+    cancelled = 'refine_requests_cancelled_total{endpoint="chat"}'
+    before = _series(front, cancelled)
+    body = {"messages": [{"role": "user", "content": "Write a short story about a lighthouse keeper."}],
+            "max_tokens": 32, "temperature": 0,
+            "vllm_xargs": {"refine_objective": "mean", "refine_top_k": 4, "refine_max_positions": 8,
+                           "refine_budget_max_sweeps": 2, "refine_prune_margin": -1, "refine_moves": "regenerate"}}
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("POST", "/v1/chat/completions", body=json.dumps(body),
+                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {FRONT_KEY}"})
+    deadline = time.time() + 120
+    while _series(front, "refine_refinements_running") < 1 or _metric(upstream, "vllm:num_requests_running") < 1:
+        assert time.time() < deadline, "the refinement never reached the upstream"
+        time.sleep(0.05)
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    deadline = time.time() + 10
+    while _series(front, cancelled) < before + 1 or _series(front, "refine_refinements_running"):
+        assert time.time() < deadline, "the front did not cancel the refinement"
+        time.sleep(0.05)
+    deadline = time.time() + 15
+    while _metric(upstream, "vllm:num_requests_running"):
+        assert time.time() < deadline, "the upstream still runs the requests of a cancelled refinement"
+        time.sleep(0.1)
+    status, d = _post(front + "/v1/completions", {"prompt": "Hi", "max_tokens": 2})
+    assert status == 200 and d["choices"]
+
+
 def test_the_front_keeps_the_servers_checks(front):
     for xargs, param in [({"refine_strategy": "os:system"}, "strategy"),
                          ({"refine": {"strategy": "best_first", "objective": {"mean": 1, "os:system": {}}}},
