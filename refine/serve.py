@@ -417,16 +417,16 @@ def build_app(engine: Engine, model_name: str, limits: RequestLimits | None = No
         except RequestCancelled:
             raise
         except UpstreamError:  # the model server behind a front failed: log it whole, answer 502
-            ref = uuid.uuid4().hex[:12]
-            log.exception("request %s failed upstream", ref)
-            return JSONResponse(status_code=502, content=RequestError(
-                f"the model server failed while serving the request (reference {ref} in the server log)",
-                status=502).body())
+            return logged_failure(502, "request %s failed upstream", "the model server failed")
         except Exception:  # an engine failure: log it whole, answer 500, keep serving
-            ref = uuid.uuid4().hex[:12]
-            log.exception("request %s failed", ref)
-            return JSONResponse(status_code=500, content=RequestError(
-                f"internal error while serving the request (reference {ref} in the server log)", status=500).body())
+            return logged_failure(500, "request %s failed", "internal error")
+
+    def logged_failure(status: int, log_message: str, what: str) -> JSONResponse:
+        """Log the exception being handled under a fresh reference and answer ``status`` naming that reference."""
+        ref = uuid.uuid4().hex[:12]
+        log.exception(log_message, ref)
+        return JSONResponse(status_code=status, content=RequestError(
+            f"{what} while serving the request (reference {ref} in the server log)", status=status).body())
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:

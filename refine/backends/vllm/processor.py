@@ -117,22 +117,12 @@ def flat_force_spec(spec: dict[str, Any]) -> dict[str, Any]:
     >>> flat_force_spec(force_spec([5, 6], eos_at=9, eos=2))
     {'_refine_force.force': [5, 6], '_refine_force.eos_at': 9, '_refine_force.eos': 2}
     """
-    if not isinstance(spec, dict):
-        raise ValueError(f"a forcing spec is a dict (see force_spec()), got {type(spec).__name__}")
-    unknown = set(spec) - set(SPEC_FIELDS)
-    if unknown:
-        raise ValueError(f"a forcing spec has no fields {sorted(unknown)}; its fields are {list(SPEC_FIELDS)}")
+    checked = _Spec(spec)  # the processor's own checks: a spec it would refuse is refused here
     flat: dict[str, Any] = {}
     for name, value in spec.items():
-        if value is None:
-            continue
-        if name in ("force", "ban"):
-            value = [int(t) for t in value]
-        elif name == "key":
-            value = str(value)
-        else:
-            value = int(value)
-        flat[FLAT_PREFIX + name] = value
+        if value is not None:
+            value = getattr(checked, name)
+            flat[FLAT_PREFIX + name] = list(value) if isinstance(value, tuple) else value
     return flat
 
 
