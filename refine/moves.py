@@ -41,6 +41,9 @@ class Proposal:
             :class:`~refine.backends.base.DecodeRequest`).
         prior: immediate change in log-probability at ``position`` (used to rank proposals when the budget
             cannot afford all of them).
+        fork: ``(parent key, keep)``: a decode proposal that branches off the decode proposal with that
+            :attr:`key`, evaluated in the same call, after its first ``keep`` generated tokens (``tokens`` and
+            ``max_new`` as the parent's; see ``DecodeRequest.fork``). Only where :attr:`Search.can_fork`.
     """
 
     move: str
@@ -54,6 +57,7 @@ class Proposal:
     beam: int = 1
     temperature: float = 0.0
     seed: int | None = None
+    fork: tuple[tuple, int] | None = None
 
     @property
     def key(self) -> tuple:
@@ -61,7 +65,8 @@ class Proposal:
         deterministic; a sample is fixed by its seed)."""
         if not self.decode:
             return (self.tokens,)
-        return (self.tokens, self.max_new, self.min_new, self.force_eos, self.beam, self.temperature, self.seed)
+        base = (self.tokens, self.max_new, self.min_new, self.force_eos, self.beam, self.temperature, self.seed)
+        return base if self.fork is None else base + (self.fork,)
 
 
 @dataclass

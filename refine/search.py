@@ -225,16 +225,28 @@ class Search:
         self._memo[(tokens,)] = hyp
         return hyp
 
+    @property
+    def can_fork(self) -> bool:
+        """Whether decode proposals may branch off each other (``Proposal.fork``): the session supports it."""
+        return self.session.supports_fork
+
     @staticmethod
-    def _request(p: Proposal) -> DecodeRequest:
-        return DecodeRequest(p.tokens, p.max_new, p.min_new, p.force_eos, p.beam, p.temperature, p.seed)
+    def _requests(props: Sequence[Proposal]) -> tuple[list[Proposal], list[DecodeRequest]]:
+        """The decode requests of ``props`` (decode proposals), a branch pointing at its parent's index; a branch
+        whose parent is not among ``props`` is left out (it cannot run without it)."""
+        index = {p.key: i for i, p in enumerate(props) if p.fork is None}
+        kept = [p for p in props if p.fork is None or p.fork[0] in index]
+        index = {p.key: i for i, p in enumerate(kept) if p.fork is None}
+        reqs = [DecodeRequest(p.tokens, p.max_new, p.min_new, p.force_eos, p.beam, p.temperature, p.seed,
+                              None if p.fork is None else (index[p.fork[0]], p.fork[1])) for p in kept]
+        return kept, reqs
 
     def _cost(self, parent: Hypothesis, props: Sequence[Proposal]) -> int:
         """Forward tokens evaluating ``props`` costs at most: the generator's scoring and decoding, and the
         scorer's scoring of the scored proposals (a re-decoded one's text is known only after decoding: its
         scorer cost is checked then, in :meth:`_run`)."""
         scored = [p.tokens for p in props if not p.decode]
-        decoded = [self._request(p) for p in props if p.decode]
+        _, decoded = self._requests([p for p in props if p.decode])
         cost = self.session.score_cost(scored, parent.tokens) if scored else 0
         if decoded:
             cost += self.session.decode_cost(decoded, parent.tokens)
@@ -303,7 +315,7 @@ class Search:
             for p, (start, sc) in zip(scored, self.session.score([p.tokens for p in scored], parent.tokens)):
                 items.append((p, p.tokens, Scores.concat([parent.scores.slice(0, start), sc])))
         if decoded:
-            reqs = [self._request(p) for p in decoded]
+            decoded, reqs = self._requests(decoded)
             room = self.remaining_tokens()
             limit = None if room == float("inf") else room - self._scorer_reserve(parent, len(decoded))
             if limit is not None:

@@ -298,3 +298,57 @@ def test_sampled_request_needs_a_seed():
         DecodeRequest((), 3, temperature=1.0)
     with pytest.raises(ValueError, match="beam"):
         DecodeRequest((), 3, beam=0)
+
+
+def test_a_branch_draws_what_a_request_from_its_prefix_draws(llama, backend):
+    """A ``fork`` request equals an ordinary request from its parent's tokens plus the parent's first ``keep``
+    generated tokens, with the same seed: same tokens, scores and densities of its own draws. A branch whose
+    parent stops first comes back unrun (the parent's output, ``forked`` False). Spending stays within the
+    reported cost."""
+    T = 1.3
+    parent = DecodeRequest((5,), 10, min_new=9, temperature=T, seed=3)  # no EOS before 9 tokens
+    short = DecodeRequest((5,), 3, temperature=T, seed=4)  # stops after 3 tokens, before its branch at 5
+    keeps = (1, 4, 8)
+    reqs = [parent, short, *(DecodeRequest((5,), 10, temperature=T, seed=10 + k, fork=(0, k)) for k in keeps),
+            DecodeRequest((5,), 10, fork=(0, 2)),  # a greedy branch of a sampled row
+            DecodeRequest((5,), 10, temperature=T, seed=20, fork=(1, 5)),
+            DecodeRequest((5, 7), 6)]  # an unrelated greedy row
+    ((_, first),) = backend.open(PROMPT, topk=4, max_batch_tokens=4096).decode([parent])
+    session = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+    cost = session.decode_cost(reqs, first.tokens)
+    out = session.decode(reqs, first.tokens)  # the parent's own output as base: drafts are on offer
+    assert session.forward_tokens <= cost and out[0][1].tokens == first.tokens
+    gen = out[0][1].tokens[1:]
+    assert len(gen) > max(keeps) and 1 not in gen[:-1]  # the parent ran past every branch point
+    for req, (_, dec) in zip(reqs[2:6], out[2:6]):
+        k = req.fork[1]
+        assert dec.forked is True and dec.tokens[: 1 + k] == out[0][1].tokens[: 1 + k]
+        plain = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+        ((_, ref),) = plain.decode([DecodeRequest(dec.tokens[: 1 + k], 10 - k, temperature=req.temperature,
+                                                  seed=req.seed)])
+        assert dec.tokens == ref.tokens
+        lp, _ = full_logprobs(llama, PROMPT, dec.tokens)
+        np.testing.assert_allclose(dec.scores.logprobs, lp[len(dec.tokens) - len(dec.scores.logprobs):], atol=1e-4)
+        if req.sampled:
+            np.testing.assert_allclose(dec.sample_logprobs, ref.sample_logprobs, atol=1e-6)
+        else:
+            assert dec.sample_logprobs is None
+    unrun = out[6][1]
+    assert unrun.forked is False and unrun.tokens == out[1][1].tokens and len(unrun.sample_logprobs) == 0
+    assert out[0][1].forked is None and out[-1][1].tokens[:2] == (5, 7)
+
+
+def test_fork_requests_are_checked():
+    with pytest.raises(ValueError, match="fork"):
+        DecodeRequest((5,), 4, fork=(0, 0))  # keeps nothing: an ordinary request
+    with pytest.raises(ValueError, match="fork"):
+        DecodeRequest((5,), 4, fork=(0, 4))  # keeps every token it may have
+
+
+def test_a_fork_must_name_a_plain_request_with_its_tokens(backend):
+    session = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+    with pytest.raises(ValueError, match="parent's tokens"):
+        session.decode([DecodeRequest((5,), 4), DecodeRequest((6,), 4, fork=(0, 1))])
+    with pytest.raises(ValueError, match="plain"):
+        session.decode([DecodeRequest((5,), 4), DecodeRequest((5,), 4, fork=(0, 1)),
+                        DecodeRequest((5,), 4, fork=(1, 2))])

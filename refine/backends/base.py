@@ -65,6 +65,14 @@ class DecodeRequest:
         beam: beam width (1: greedy). Not combined with sampling.
         temperature: 0 decodes deterministically; above 0 samples at this temperature.
         seed: the sampling seed (required when ``temperature > 0``).
+        fork: ``(parent, keep)``: branch off request ``parent`` of the same :meth:`Session.decode` call once it
+            has generated ``keep`` (>= 1) tokens. The request keeps the parent's ``tokens`` and first ``keep``
+            generated tokens, then decodes on by its own rules (its first own token is drawn from the very
+            distribution the parent draws its next token from), so it costs no prefill: a continuation of a
+            prefix that is itself being decoded. ``tokens`` and ``max_new`` count as the parent's do (equal
+            ``tokens``; ``max_new`` > ``keep``). A parent that stops before ``keep`` tokens leaves the branch
+            unrun: its result is the parent's output with ``Decoded.forked`` False. Only backends whose sessions
+            set :attr:`Session.supports_fork` take such requests.
     """
 
     tokens: tuple[int, ...]
@@ -74,6 +82,7 @@ class DecodeRequest:
     beam: int = 1
     temperature: float = 0.0
     seed: int | None = None
+    fork: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.beam < 1:
@@ -83,6 +92,11 @@ class DecodeRequest:
         if self.temperature > 0 and (self.beam > 1 or self.seed is None):
             raise ValueError("a sampled request (`temperature` > 0) needs a `seed` and `beam=1`, "
                              f"but has seed={self.seed!r}, beam={self.beam!r}")
+        if self.fork is not None:
+            parent, keep = self.fork
+            if parent < 0 or not 1 <= keep < self.max_new or self.beam > 1:
+                raise ValueError(f"`fork`=(parent, keep) needs parent >= 0, 1 <= keep < max_new and beam=1, but is "
+                                 f"{self.fork!r} with max_new={self.max_new}, beam={self.beam}")
 
     @property
     def sampled(self) -> bool:
@@ -101,6 +115,9 @@ class Decoded:
     #: for a sampled request: per generated token, its log-probability under the distribution it was drawn
     #: from (a forced EOS: 0); ``None`` otherwise. The sum is the proposal's log-density.
     sample_logprobs: np.ndarray | None = None
+    #: for a ``fork`` request: whether it branched off (False: its parent stopped before the branch point, and
+    #: ``tokens``/``scores`` are the parent's); None for other requests
+    forked: bool | None = None
 
 
 #: ``prune(row, tokens, scores) -> bool``: called during decoding with a row's partial output and its scores
@@ -114,6 +131,8 @@ class Session(ABC):
     prompt: tuple[int, ...]
     forward_tokens: int
     forward_calls: int
+    #: whether :meth:`decode` takes ``fork`` requests (see :class:`DecodeRequest`)
+    supports_fork: bool = False
 
     @abstractmethod
     def score(self, seqs: Sequence[Sequence[int]], base: Sequence[int] = ()) -> list[tuple[int, Scores]]:

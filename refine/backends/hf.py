@@ -128,8 +128,12 @@ class HFBackend(Backend):
 class HFSession(Session, GradientSession):
     """One prompt's scoring/decoding state. See the module docstring for the caching scheme.
 
-    It also has the :class:`~refine.backends.base.GradientSession` capability (gradient-guided strategies).
+    It also has the :class:`~refine.backends.base.GradientSession` capability (gradient-guided strategies), and
+    its :meth:`decode` takes ``fork`` requests: a branch copies its parent's cache row when the parent reaches
+    the branch point.
     """
+
+    supports_fork = True
 
     def __init__(self, backend: HFBackend, prompt: Sequence[int], topk: int, max_batch_tokens: int) -> None:
         if len(prompt) == 0:
@@ -320,14 +324,16 @@ class HFSession(Session, GradientSession):
 
     @staticmethod
     def _groups(requests) -> list[list[int]]:
-        """Request indices split by how they decode: greedy or sampled rows together, beam rows apart."""
-        plain = [i for i, r in enumerate(requests) if r.beam == 1]
+        """Request indices split by how they decode: greedy or sampled rows together, beam rows apart (``fork``
+        requests are left out: they join their parent's chunk)."""
+        plain = [i for i, r in enumerate(requests) if r.beam == 1 and r.fork is None]
         beams = [i for i, r in enumerate(requests) if r.beam > 1]
         return [g for g in (plain, beams) if g]
 
     def _plan(self, requests, feds) -> list[tuple[list[int], int]]:
         """Chunks of request indices, each with its plain worst-case cost (no drafts): a beam request counts
-        ``beam`` rows after its first step."""
+        ``beam`` rows after its first step; a ``fork`` request is in its parent's chunk (after the others) and
+        costs one row per step after its first own token."""
         out = []
         for group in self._groups(requests):
             widths = [len(feds[i]) * requests[i].beam for i in group]
@@ -335,9 +341,27 @@ class HFSession(Session, GradientSession):
                 idx = group[a:b]
                 first = len(idx) * max(len(feds[i]) for i in idx)
                 out.append((idx, first + sum(requests[i].beam * max(requests[i].max_new - 1, 0) for i in idx)))
+        home = {i: k for k, (idx, _) in enumerate(out) for i in idx}
+        for i, r in enumerate(requests):
+            if r.fork is not None:
+                idx, cost = out[home[r.fork[0]]]
+                out[home[r.fork[0]]] = (idx + [i], cost + max(r.max_new - r.fork[1] - 1, 0))
         return out
 
+    @staticmethod
+    def _check_forks(requests) -> None:
+        for i, r in enumerate(requests):
+            if r.fork is None:
+                continue
+            parent = r.fork[0]
+            if parent >= len(requests) or requests[parent].fork is not None or requests[parent].beam > 1:
+                raise ValueError(f"request {i}: `fork` needs the index of a plain (not beam, not fork) request of "
+                                 f"the same call, but names {parent}")
+            if tuple(requests[parent].tokens) != tuple(r.tokens):
+                raise ValueError(f"request {i}: a `fork` request has its parent's tokens")
+
     def decode_cost(self, requests, base=()):
+        self._check_forks(requests)
         starts, lens, feds, chain = self._layout([tuple(r.tokens) for r in requests], tuple(base), decode=True)
         return self._ensure_cost(chain) + sum(cost for _, cost in self._plan(requests, feds))
 
@@ -346,6 +370,7 @@ class HFSession(Session, GradientSession):
 
     def decode(self, requests, base=(), limit=None, prune: PruneFn | None = None):
         requests = list(requests)
+        self._check_forks(requests)
         base = tuple(base)
         call0 = self.forward_tokens
         starts, lens, feds, chain = self._layout([tuple(r.tokens) for r in requests], base, decode=True)
@@ -360,7 +385,9 @@ class HFSession(Session, GradientSession):
             if rows[0][0].beam > 1:
                 decs = self._beam_chunk(*rows, row_prune)
             else:
-                decs = self._decode_chunk(*rows, base, room, row_prune)
+                forks = {j: (idx.index(requests[i].fork[0]), requests[i].fork[1])
+                         for j, i in enumerate(idx) if requests[i].fork is not None}
+                decs = self._decode_chunk(*rows, base, room, row_prune, forks)
             for i, dec in zip(idx, decs):
                 out[i] = (starts[i], dec)
         return out  # type: ignore[return-value]
@@ -436,7 +463,7 @@ class HFSession(Session, GradientSession):
                     return list(base[j + 1 : j + 1 + size])
         return []
 
-    def _decode_chunk(self, reqs, starts, lens, feds, base, room, prune) -> list[Decoded]:
+    def _decode_chunk(self, reqs, starts, lens, feds, base, room, prune, forks=None) -> list[Decoded]:
         """Greedy or sampled decoding of one chunk of rows, verifying drafts from ``base`` to take several tokens
         per step.
 
@@ -447,15 +474,28 @@ class HFSession(Session, GradientSession):
         distributions as without drafts (a draft token d survives with probability q(d)), and the output equals
         plain decoding; only the number of sequential forward calls changes. Drafting is skipped whenever it
         could push the chunk past ``room`` forward tokens. Rows that ``prune`` rejects stop.
+
+        ``forks`` maps a branch row to ``(parent row, keep)`` (see ``DecodeRequest.fork``): the branch is not in
+        the first forward; when its parent has generated ``keep`` tokens, it draws its own next token from the
+        parent's distribution there and joins the batch with a copy of the parent's cache row. A parent with
+        branches still to come takes no drafts (its cache row then holds exactly its prefix), and rows of a fork
+        family are never pruned.
         """
         dev = self.backend.device
         eos_ids = self.backend.tokenizer.eos_ids
         B = len(reqs)
+        forks = forks or {}
         spent0 = self.forward_tokens
-        inp, mask, pos, cols = self._batch(lens, feds, left_pad=True)
+        roots = [r for r in range(B) if r not in forks]
+        pending: dict[int, list[int]] = {}  # parent row -> its branches not yet spawned
+        for ch, (par, _) in sorted(forks.items()):
+            pending.setdefault(par, []).append(ch)
+        family = set(forks) | set(pending)
+        inp, mask, pos, root_cols = self._batch([lens[r] for r in roots], [feds[r] for r in roots], left_pad=True)
         W = inp.shape[1]
-        res = self._forward(inp, self._fork(B, max(lens)), attention_mask=mask, position_ids=pos)
-        cache, logits = res.past_key_values, res.logits  # logits (B, W, V)
+        res = self._forward(inp, self._fork(len(roots), max(lens[r] for r in roots)), attention_mask=mask,
+                            position_ids=pos)
+        cache, logits = res.past_key_values, res.logits  # (roots, W, V)
 
         rec: list[list[tuple]] = [[] for _ in range(B)]  # per row: (logprob, topk ids, topk logprobs, entropy)
         toks: list[list[int]] = [list(r.tokens) for r in reqs]
@@ -465,11 +505,12 @@ class HFSession(Session, GradientSession):
             lp, tid, tlp, ent = lp.double().tolist(), tid.cpu().numpy(), tlp.double().cpu().numpy(), ent.tolist()
             rec[r] += [(lp[j], tid[j], tlp[j], ent[j]) for j in range(len(targets))]
 
-        # scores of the forced tokens (request tokens from `start` on): fed columns c0 .. W-2
-        for r, req in enumerate(reqs):
-            forced = list(req.tokens[starts[r]:])
+        # scores of the forced tokens (request tokens from `start` on): fed columns c0 .. W-2 (a branch copies
+        # its parent's records when it spawns)
+        for j, r in enumerate(roots):
+            forced = list(reqs[r].tokens[starts[r]:])
             if forced:
-                record(r, logits[r, cols[r] : W - 1], forced)
+                record(r, logits[j, root_cols[j] : W - 1], forced)
 
         # sampled rows: a generator per row (seeded by its request) and the log-density of each drawn token
         gens = [torch.Generator().manual_seed(int(r.seed)) if r.sampled else None for r in reqs]
@@ -488,24 +529,45 @@ class HFSession(Session, GradientSession):
         checked = [0] * B  # n_new at the last prune checkpoint
         edit = [len(r.tokens) - 1 for r in reqs]
         dsize = [8] * B
-        alive = []
-        for r, req in enumerate(reqs):  # first generated token, from the last column
+        alive, rows_kept = [], []
+        for j, r in enumerate(roots):  # first generated token, from the last column
+            req = reqs[r]
             if req.max_new > 0:
-                t = choose(r, torch.log_softmax(logits[r, -1].float(), -1), 0)
-                record(r, logits[r, -1:], [t])
+                t = choose(r, torch.log_softmax(logits[j, -1].float(), -1), 0)
+                record(r, logits[j, -1:], [t])
                 toks[r].append(t)
                 n_new[r] = 1
                 if t not in eos_ids and req.max_new > 1:
                     alive.append(r)
-        keep = torch.tensor(alive, device=dev, dtype=torch.long)
+                    rows_kept.append(j)
+        keep = torch.tensor(rows_kept, device=dev, dtype=torch.long)
         cache.batch_select_indices(keep)
         mask, cur = mask[keep], pos[keep, -1] + 1  # cur: position of each row's next fed token
+        spawned: set[int] = set()
+
+        def spawn(r: int, j: int, logp) -> list[tuple[int, int]]:
+            """Branch off row ``r`` (batch row ``j``) the branches that keep its ``n_new[r]`` tokens; returns
+            ``(branch, j)`` for those that go on decoding."""
+            out = []
+            for ch in [c for c in pending.get(r, []) if forks[c][1] == n_new[r]]:
+                pending[r].remove(ch)
+                spawned.add(ch)
+                toks[ch], rec[ch] = list(toks[r]), list(rec[r])
+                t = choose(ch, logp, n_new[r])
+                record(ch, logits[j, :1], [t])
+                toks[ch].append(t)
+                n_new[ch] = n_new[r] + 1
+                if t not in eos_ids and n_new[ch] < reqs[ch].max_new:
+                    out.append((ch, j))
+            return out
 
         while alive:
             # 1. drafts, if the worst case stays within `room`
             drafts = []
             for r in alive:
                 left = reqs[r].max_new - n_new[r] - 1 - (1 if reqs[r].force_eos else 0)
+                if pending.get(r):  # its cache row must hold exactly its prefix when a branch copies it
+                    left = 0
                 drafts.append(self._draft(toks[r], base, edit[r], min(dsize[r], max(left, 0))))
             width = self._width(drafts, [hits[r][0] / hits[r][1] for r in alive])
             drafts = [d[: width - 1] for d in drafts]
@@ -525,9 +587,11 @@ class HFSession(Session, GradientSession):
             res = self._forward(inp, cache, attention_mask=mask, position_ids=step_pos)
             cache, logits = res.past_key_values, res.logits  # (A, width, V)
             # 3. accept the drafted tokens decoding would have chosen, then the first choice that differs
-            still = []
+            still, joining = [], []
             for j, (r, d) in enumerate(zip(alive, drafts)):
                 logp = torch.log_softmax(logits[j].float(), -1)  # (width, V)
+                if pending.get(r):
+                    joining += spawn(r, j, logp[0])
                 new: list[int] = []
                 for c in range(len(d) + 1):
                     t = choose(r, logp[c], n_new[r])
@@ -551,7 +615,7 @@ class HFSession(Session, GradientSession):
                 # output as it was there (a finished row's own end is not one): pruning decisions are the same
                 # whether drafts took one token per call or many
                 last = n_new[r] - 1 if done else n_new[r]
-                while prune is not None and checked[r] + self.prune_every <= last:
+                while prune is not None and r not in family and checked[r] + self.prune_every <= last:
                     checked[r] += self.prune_every
                     ahead = n_new[r] - checked[r]  # tokens generated past the checkpoint
                     if prune(r, tuple(toks[r][: len(toks[r]) - ahead]), self._scores(rec[r][: len(rec[r]) - ahead])):
@@ -559,15 +623,23 @@ class HFSession(Session, GradientSession):
                         break
                 if not done and r not in pruned:
                     still.append(j)
-            if len(still) < A:
-                keep = torch.tensor(still, device=dev, dtype=torch.long)
+            if len(still) < A or joining:
+                keep = torch.tensor(still + [j for _, j in joining], device=dev, dtype=torch.long)
                 cache.batch_select_indices(keep)
                 mask, cur = mask[keep], cur[keep]
-            alive = [alive[j] for j in still]
+            alive = [alive[j] for j in still] + [ch for ch, _ in joining]
 
-        return [Decoded(tuple(toks[r]), self._scores(rec[r]), pruned=r in pruned,
-                        sample_logprobs=np.asarray(drawn[r], dtype=np.float64) if reqs[r].sampled else None)
-                for r in range(B)]
+        out = []
+        for r in range(B):
+            if r in forks and r not in spawned:  # the parent stopped first: the branch never ran
+                par = forks[r][0]
+                out.append(Decoded(tuple(toks[par]), self._scores(rec[par]), forked=False,
+                                   sample_logprobs=np.zeros(0) if reqs[r].sampled else None))
+                continue
+            out.append(Decoded(tuple(toks[r]), self._scores(rec[r]), pruned=r in pruned,
+                               sample_logprobs=np.asarray(drawn[r], dtype=np.float64) if reqs[r].sampled else None,
+                               forked=True if r in forks else None))
+        return out
 
     def _beam_chunk(self, reqs, starts, lens, feds, prune) -> list[Decoded]:
         """Beam search for one chunk of requests, all beams of all requests in one batch per step.

@@ -48,12 +48,21 @@ from the latest to the earliest. An accepted move at cut t_j then keeps every la
 batched decode. When a state fills its block (the usual case), its cuts are uniform over its positions, as with
 ``"uniform"``.
 
+Block cuts with all of a block's steps in one batch also fold the block's extension into that batch, on backends
+that branch decodes (``Search.can_fork``; the Hugging Face backend does): the block's cuts are drawn first (their
+law does not depend on the state), the extension is decoded as one row, each proposal cut inside the old state
+as another, and each proposal cut inside the new block branches off the extension row when that row reaches
+its cut, with a copy of its cache. A block then takes as many sequential decoding steps as its longest
+proposal, not the extension's steps plus those. The draws have the same law as extending first and proposing
+after: a proposal's suffix is drawn from q given its prefix, whichever row's cache holds that prefix.
+
 ``alpha=inf`` is greedy acceptance: a proposal is accepted only if it raises the target by more than
 ``tolerance``; its proposal temperature defaults to 1 (sampling from p), since 1/alpha = 0 would re-decode the same
 greedy suffix.
 
 What it returns: ``output="best"`` (default) the best output by the refine objective among the starting output and
-every proposal evaluated, like every refine strategy (never worse than the start, and bound like every strategy by
+every complete proposal evaluated (one that ended or has the full length cap; an earlier block's draw is not an
+answer), like every refine strategy (never worse than the start, and bound like every strategy by
 :meth:`~refine.search.Search.admissible`: finished stays finished, no more degenerate); ``output="sample"`` the
 final state of the first chain, a sample from the target (up to mixing), whatever its objective. The chains
 themselves move by the MH rule alone: the admissibility rules compare a candidate with the output it would
@@ -197,8 +206,11 @@ class PowerSampling(Strategy):
         return len(toks) < limit and toks[-1] not in eos
 
     def _keep_best(self, search: Search, results: list[tuple[Proposal, Hypothesis]]) -> None:
-        """Offer the best admissible proposal as the output (the chain itself ignores admissibility)."""
-        ok = [r for r in results if search.admissible(r[1], search.current)]
+        """Offer the best admissible complete proposal as the output (the chain itself ignores admissibility).
+        Complete: it ended, or it has the full length cap; an earlier block's draw cut at that block's length
+        is a state of a shorter target, not an answer (its mean log P per token would flatter it)."""
+        cap = search.max_output_tokens
+        ok = [r for r in results if (r[1].ended or len(r[1].tokens) >= cap) and search.admissible(r[1], search.current)]
         if ok:
             search.accept(*max(ok, key=lambda r: r[1].value))
 
@@ -209,6 +221,8 @@ class PowerSampling(Strategy):
         limit = self._limit()
         eos = frozenset(search.tokenizer.eos_ids)
         parent = next((s.hyp for s in self.states if s is not None), search.current)
+        if self.cut == "block" and self.proposals >= self.steps and search.can_fork:
+            return self._block_step(search, limit, eos, parent)
 
         # 1. start of a block: extend every chain that can grow (or draw its first output)
         grow = [c for c, s in enumerate(self.states) if self._done[c] == 0 and self._open(s, limit, eos)]
@@ -280,6 +294,56 @@ class PowerSampling(Strategy):
             self._done = [0] * self.chains
             self._cut_next = [None] * self.chains
             self._grown = False
+        return True
+
+    def _block_step(self, search: Search, limit: int, eos: frozenset[int], parent: Hypothesis) -> bool:
+        """A whole block in one evaluation: every chain's extension and its ``steps`` proposals (see the module
+        docstring), then the MH steps in order, latest cut first."""
+        plans = {}  # chain -> (extension proposal or None, [(cut, proposal or None)])
+        for c, state in enumerate(self.states):
+            toks = () if state is None else state.hyp.tokens
+            n = len(toks)
+            grow = self._draw(search, toks, limit - n) if self._open(state, limit, eos) else None
+            offers = []
+            for t in self._block_cuts(search, state, self.steps, limit):
+                if t < n or (t == n and grow is not None):  # the prefix is known: an ordinary draw
+                    offers.append((t, self._draw(search, toks[:t], limit - t)))
+                elif grow is not None:  # inside the extension: branch off it after its first t - n tokens
+                    seed = int(search.rng.integers(2**62))
+                    offers.append((t, Proposal("power", t, toks, decode=True, max_new=limit - n,
+                                               temperature=self.temperature, seed=seed, fork=(grow.key, t - n))))
+                else:  # past the end of a state that cannot grow: the step stays
+                    offers.append((t, None))
+            plans[c] = (grow, offers)
+        props = [p for grow, offers in plans.values() for p in [grow, *(q for _, q in offers)] if p is not None]
+        results = search.evaluate(props, parent=parent, prune=False, admissible_only=False)
+        by_key = {p.key: h for p, h in results}
+        for c, (grow, offers) in plans.items():
+            if grow is not None:
+                h = by_key.get(grow.key)
+                if h is None:  # invalid (e.g. too short) or not afforded: its branches are void, the block is retried
+                    if self.states[c] is None:
+                        self._tries += 1
+                    continue
+                old = np.zeros(0) if self.states[c] is None else self.states[c].logq
+                self.states[c] = ChainState(h, np.concatenate([old, h.sampled]))
+            for t, p in offers:
+                cur = self.states[c]
+                if p is None or t >= len(cur.hyp.tokens):  # a cut past the state's end: the step stays
+                    self.observe(c, cur)
+                    continue
+                h = by_key.get(p.key)  # None: outside the target's support (invalid) or not afforded: rejected
+                if h is not None:
+                    assert h.tokens[:t] == cur.hyp.tokens[:t], "latest cut first keeps every later offer's prefix"
+                    new = ChainState(h, np.concatenate([cur.logq[:t], h.sampled]))
+                    if self.accepts(search, cur, new, t):
+                        self.states[c] = new
+                self.observe(c, self.states[c])
+        self._keep_best(search, results)
+        if any(s is None for s in self.states):
+            return self._tries < MAX_INIT_TRIES * self.chains
+        if all(grow is None or by_key.get(grow.key) is not None for grow, _ in plans.values()):
+            self._block += 1
         return True
 
     def _block_cuts(self, search: Search, state: ChainState, k: int, limit: int) -> list[int]:

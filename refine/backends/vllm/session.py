@@ -211,6 +211,8 @@ class VLLMSession(Session):
         ``prune(row, tokens, scores)`` (scores with estimated entropies) and aborted when it returns True.
         """
         requests = list(requests)
+        if any(r.fork is not None for r in requests):
+            raise ValueError("the vLLM backend does not take `fork` requests (supports_fork is False)")
         if not requests:
             return []
         odd = [r for r in requests if r.beam > 1 or r.sampled]
