@@ -253,7 +253,7 @@ def plot(results: dict, folder: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     summary = results["summary"]
-    fig, axes = report.new_figure(2, width=6.0)
+    fig, axes = report.new_figure(3, width=5.0)
     for ax, xkey, xlabel in zip(axes, ("seconds", "forward_tokens"),
                                 ("wall time per prompt (s)", "forward tokens per prompt")):
         for j, m in enumerate(summary):
@@ -267,7 +267,9 @@ def plot(results: dict, folder: Path) -> list[str]:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("mean log P per token")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    # in a panel of its own (inside a plot, it hid points)
+    axes[2].axis("off")
+    axes[2].legend(*axes[0].get_legend_handles_labels(), loc="center left", fontsize=7, frameon=False)
     fig.suptitle(f"{len(results['items'])} prompts, outputs <= {results['settings']['max_new_tokens']} tokens "
                  "(dashed: beam-8)")
     return [report.save_figure(fig, folder / "frontier.png")]
@@ -315,7 +317,8 @@ def render(results: dict, plots: list[str]) -> str:
                   f"{target['ref_mean_logp']:.3f}: {'met' if target['logp_met'] else 'not met'}; time "
                   f"{target['time_vs_ref']:.3f}x power_ref's: {'met' if target['time_met'] else 'not met'}). "
                   f"power_ref returns its chain's final state (the paper's output) and accepted {acc:.0%} of its "
-                  "MH proposals; power returns the best output it visited.", ""]
+                  "MH proposals; power returns the best complete output it visited (ended or at the length cap, "
+                  "within the library's rules: finished stays finished, no added repetition).", ""]
     parts += ["## Plots", ""]
     parts += [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(parts)

@@ -27,8 +27,8 @@ distribution ``generate`` sampled from with no other warper) and the target's lo
 of each drawn token are read without another forward pass.
 
 What it returns: the **final state of the chain**, the paper's output (a sample from the target, up to mixing).
-refine's ``power`` strategy with ``output="best"`` (its default) returns instead the best output it visited by
-the objective; with ``output="sample"`` it returns the final state too.
+refine's ``power`` strategy with ``output="best"`` (its default) returns instead the best complete output it
+visited by the objective; with ``output="sample"`` it returns the final state too.
 
 Seeded: the cut positions and the acceptance draws come from ``numpy.random.default_rng(seed)``, the tokens from
 torch's CPU generator seeded with ``seed`` (its state before the call is restored after it).

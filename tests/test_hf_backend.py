@@ -352,3 +352,18 @@ def test_a_fork_must_name_a_plain_request_with_its_tokens(backend):
     with pytest.raises(ValueError, match="plain"):
         session.decode([DecodeRequest((5,), 4), DecodeRequest((5,), 4, fork=(0, 1)),
                         DecodeRequest((5,), 4, fork=(1, 2))])
+
+
+def test_drafting_leaves_room_for_branches_to_come(backend):
+    """With ``limit`` at the plain cost, a row that drafts (in step with ``base``) may only speculate with room
+    that the branches not yet spawned will not need."""
+    T = 0.5
+    drafter = DecodeRequest((5,), 12, min_new=11, temperature=T, seed=7)
+    ((_, first),) = backend.open(PROMPT, topk=4, max_batch_tokens=4096).decode([drafter])
+    parent = DecodeRequest((5,), 12, min_new=11, temperature=T, seed=8)
+    reqs = [drafter, parent] + [DecodeRequest((5,), 12, temperature=T, seed=20 + k, fork=(1, k)) for k in (8, 9, 10)]
+    session = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+    limit = session.decode_cost(reqs, first.tokens)
+    out = session.decode(reqs, first.tokens, limit)
+    assert out[0][1].tokens == first.tokens and all(dec.forked for _, dec in out[2:])
+    assert session.forward_tokens <= limit

@@ -212,14 +212,16 @@ def test_alpha_inf_accepts_only_improvements(backend):
     assert len(moves) == 12 and all(b >= a for a, b in itertools.pairwise(moves))
 
 
-def test_run_through_the_api_counts_every_token(backend):
+@pytest.mark.parametrize("cap", [120, 250, 400, 1000])
+def test_run_through_the_api_counts_every_token(backend, cap):
+    """Within any token budget, branches included (blocks in one batch, drafts from the parent on offer)."""
     prompt = [7, 8, 9]
     start = generate_greedy(backend, prompt, 12)
     res = refine_tokens(backend, prompt, start, {"objective": "mean", "max_new_tokens": 12, "strategy": "power",
-                                                 "strategy_options": {"blocks": 3, "steps": 2, "chains": 2},
-                                                 "budget": {"max_forward_tokens": 400}})
+                                                 "strategy_options": {"blocks": 3, "steps": 4, "chains": 2},
+                                                 "budget": {"max_forward_tokens": cap}})
     assert res.score >= res.initial_score
-    assert 0 < res.stats.forward_tokens <= 400
+    assert 0 < res.stats.forward_tokens <= cap
     assert res.stats.stop_reason in ("converged", "max_forward_tokens")
 
 

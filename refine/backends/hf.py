@@ -573,6 +573,7 @@ class HFSession(Session, GradientSession):
             drafts = [d[: width - 1] for d in drafts]
             if room is not None and width > 1:
                 plain_rest = sum(reqs[r].max_new - n_new[r] - 1 for r in alive)
+                plain_rest += sum(reqs[c].max_new - forks[c][1] - 1 for kids in pending.values() for c in kids)
                 if (self.forward_tokens - spent0) + len(alive) * width + plain_rest > room:
                     drafts, width = [[] for _ in alive], 1
             # 2. one forward: each row feeds its last token and its draft; pads are masked
