@@ -302,9 +302,9 @@ def test_sampled_request_needs_a_seed():
 
 def test_a_branch_draws_what_a_request_from_its_prefix_draws(llama, backend):
     """A ``fork`` request equals an ordinary request from its parent's tokens plus the parent's first ``keep``
-    generated tokens, with the same seed: same tokens, scores and densities of its own draws. A branch whose
-    parent stops first comes back unrun (the parent's output, ``forked`` False). Spending stays within the
-    reported cost."""
+    generated tokens, with the same seed: same tokens, scores and densities of its own draws, also when the
+    parent drafts (a branch point inside a draft). A branch whose parent stops first comes back unrun (the
+    parent's output, ``forked`` False)."""
     T = 1.3
     parent = DecodeRequest((5,), 10, min_new=9, temperature=T, seed=3)  # no EOS before 9 tokens
     short = DecodeRequest((5,), 3, temperature=T, seed=4)  # stops after 3 tokens, before its branch at 5
@@ -315,9 +315,8 @@ def test_a_branch_draws_what_a_request_from_its_prefix_draws(llama, backend):
             DecodeRequest((5, 7), 6)]  # an unrelated greedy row
     ((_, first),) = backend.open(PROMPT, topk=4, max_batch_tokens=4096).decode([parent])
     session = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
-    cost = session.decode_cost(reqs, first.tokens)
-    out = session.decode(reqs, first.tokens)  # the parent's own output as base: drafts are on offer
-    assert session.forward_tokens <= cost and out[0][1].tokens == first.tokens
+    out = session.decode(reqs, first.tokens)  # the parent's own output as base: it drafts, in step with it
+    assert out[0][1].tokens == first.tokens and session.accepted_draft_tokens > 0
     gen = out[0][1].tokens[1:]
     assert len(gen) > max(keeps) and 1 not in gen[:-1]  # the parent ran past every branch point
     for req, (_, dec) in zip(reqs[2:6], out[2:6]):

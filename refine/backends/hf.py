@@ -477,9 +477,9 @@ class HFSession(Session, GradientSession):
 
         ``forks`` maps a branch row to ``(parent row, keep)`` (see ``DecodeRequest.fork``): the branch is not in
         the first forward; when its parent has generated ``keep`` tokens, it draws its own next token from the
-        parent's distribution there and joins the batch with a copy of the parent's cache row. A parent with
-        branches still to come takes no drafts (its cache row then holds exactly its prefix), and rows of a fork
-        family are never pruned.
+        parent's distribution there (the column of the parent's call that predicts that token) and joins the
+        batch with a copy of the parent's cache row, its mask hiding the parent's columns after that one (draft
+        tokens the branch does not share). Rows of a fork family are never pruned.
         """
         dev = self.backend.device
         eos_ids = self.backend.tokenizer.eos_ids
@@ -545,20 +545,23 @@ class HFSession(Session, GradientSession):
         mask, cur = mask[keep], pos[keep, -1] + 1  # cur: position of each row's next fed token
         spawned: set[int] = set()
 
-        def spawn(r: int, j: int, logp) -> list[tuple[int, int]]:
-            """Branch off row ``r`` (batch row ``j``) the branches that keep its ``n_new[r]`` tokens; returns
-            ``(branch, j)`` for those that go on decoding."""
+        def spawn(r: int, j: int, col: int, new: list[int], logp) -> list[tuple[int, int, int, int]]:
+            """Branch off row ``r`` (batch row ``j``, at column ``col`` of this call, after this call's accepted
+            tokens ``new``) the branches that keep its ``n_new[r]`` tokens; returns ``(branch, j, col, position of
+            its next fed token)`` for those that go on decoding."""
             out = []
             for ch in [c for c in pending.get(r, []) if forks[c][1] == n_new[r]]:
                 pending[r].remove(ch)
                 spawned.add(ch)
-                toks[ch], rec[ch] = list(toks[r]), list(rec[r])
+                toks[ch], rec[ch] = list(toks[r]) + new, list(rec[r])
+                if new:
+                    record(ch, logits[j, :col], new)
                 t = choose(ch, logp, n_new[r])
-                record(ch, logits[j, :1], [t])
+                record(ch, logits[j, col : col + 1], [t])
                 toks[ch].append(t)
                 n_new[ch] = n_new[r] + 1
                 if t not in eos_ids and n_new[ch] < reqs[ch].max_new:
-                    out.append((ch, j))
+                    out.append((ch, j, col, int(cur[j]) + col + 1))
             return out
 
         while alive:
@@ -566,8 +569,6 @@ class HFSession(Session, GradientSession):
             drafts = []
             for r in alive:
                 left = reqs[r].max_new - n_new[r] - 1 - (1 if reqs[r].force_eos else 0)
-                if pending.get(r):  # its cache row must hold exactly its prefix when a branch copies it
-                    left = 0
                 drafts.append(self._draft(toks[r], base, edit[r], min(dsize[r], max(left, 0))))
             width = self._width(drafts, [hits[r][0] / hits[r][1] for r in alive])
             drafts = [d[: width - 1] for d in drafts]
@@ -591,10 +592,10 @@ class HFSession(Session, GradientSession):
             still, joining = [], []
             for j, (r, d) in enumerate(zip(alive, drafts)):
                 logp = torch.log_softmax(logits[j].float(), -1)  # (width, V)
-                if pending.get(r):
-                    joining += spawn(r, j, logp[0])
                 new: list[int] = []
                 for c in range(len(d) + 1):
+                    if pending.get(r):
+                        joining += spawn(r, j, c, list(new), logp[c])
                     t = choose(r, logp[c], n_new[r])
                     new.append(t)
                     n_new[r] += 1
@@ -625,10 +626,13 @@ class HFSession(Session, GradientSession):
                 if not done and r not in pruned:
                     still.append(j)
             if len(still) < A or joining:
-                keep = torch.tensor(still + [j for _, j in joining], device=dev, dtype=torch.long)
+                keep = torch.tensor(still + [j for _, j, _, _ in joining], device=dev, dtype=torch.long)
                 cache.batch_select_indices(keep)
-                mask, cur = mask[keep], cur[keep]
-            alive = [alive[j] for j in still] + [ch for ch, _ in joining]
+                mask, cur = mask[keep], cur[keep]  # copies: a branch's row can change alone
+                for k, (_, _, col, nxt) in enumerate(joining, start=len(still)):
+                    mask[k, mask.shape[1] - width + col + 1 :] = 0
+                    cur[k] = nxt
+            alive = [alive[j] for j in still] + [ch for ch, _, _, _ in joining]
 
         out = []
         for r in range(B):

@@ -70,7 +70,8 @@ replace, and applying them to the chain's moves would change the distribution it
 lists the improvements of the best output seen. Stochastic: ``RefineConfig.seed`` fixes the cut positions, the
 acceptance draws and every sampling seed, so a run is reproducible.
 
-Its length is ``blocks x (1 + ceil(steps / proposals))`` evaluations per chain (more when draws are dropped);
+Its length is ``blocks x (1 + ceil(steps / proposals))`` evaluations per chain (more when draws are dropped;
+``blocks`` when each block's extension and steps share one batch);
 ``budget.max_sweeps`` does not bound it (one sweep is counted when the schedule ends), the other budget limits do.
 Pruning is never applied to its proposals.
 
