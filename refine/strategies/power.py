@@ -194,10 +194,30 @@ class PowerSampling(Strategy):
         """Length limit of the current block."""
         return min(self._limit_total, (self._block + 1) * self._block_len)
 
-    def _draw(self, search: Search, prefix: tuple[int, ...], max_new: int) -> Proposal:
+    def _draw(self, search: Search, prefix: tuple[int, ...], max_new: int,
+              fork: tuple[tuple, int] | None = None) -> Proposal:
+        """A suffix drawn from the proposal after ``prefix``; ``fork=(key, keep)``: after the first ``keep``
+        tokens of the draw with that key (``prefix`` and ``max_new`` being that draw's)."""
         seed = int(search.rng.integers(2**62))
-        return Proposal("power", len(prefix), prefix, decode=True, max_new=max_new, temperature=self.temperature,
-                        seed=seed)
+        position = len(prefix) + (0 if fork is None else fork[1])
+        return Proposal("power", position, prefix, decode=True, max_new=max_new, temperature=self.temperature,
+                        seed=seed, fork=fork)
+
+    def _extend(self, c: int, h: Hypothesis) -> None:
+        """Chain ``c``'s state becomes its extension ``h`` (drawn after the state, or from nothing)."""
+        old = np.zeros(0) if self.states[c] is None else self.states[c].logq
+        assert h.sampled is not None and len(old) + len(h.sampled) == len(h.tokens)
+        self.states[c] = ChainState(h, np.concatenate([old, h.sampled]))
+
+    def _mh_step(self, search: Search, c: int, t: int, h: Hypothesis | None) -> None:
+        """One MH step of chain ``c`` to the proposal ``h`` cut at ``t`` (None: outside the target's support, or
+        not afforded: rejected), then :meth:`observe`."""
+        cur = self.states[c]
+        if h is not None:
+            new = ChainState(h, np.concatenate([cur.logq[:t], h.sampled]))
+            if self.accepts(search, cur, new, t):
+                self.states[c] = new
+        self.observe(c, self.states[c])
 
     def _open(self, state: ChainState | None, limit: int, eos: frozenset[int]) -> bool:
         """Whether a chain needs a draw before its MH steps: no state yet, or one that may grow to ``limit``."""
@@ -240,9 +260,7 @@ class PowerSampling(Strategy):
                     if self.states[c] is None:
                         self._tries += 1
                     continue
-                old = np.zeros(0) if self.states[c] is None else self.states[c].logq
-                assert h.sampled is not None and len(old) + len(h.sampled) == len(h.tokens)
-                self.states[c] = ChainState(h, np.concatenate([old, h.sampled]))
+                self._extend(c, h)
             self._keep_best(search, results)
             if any(s is None for s in self.states):
                 return self._tries < MAX_INIT_TRIES * self.chains
@@ -284,11 +302,7 @@ class PowerSampling(Strategy):
                         self._cut_next[c] = t  # the cut stands; its suffix is drawn again from cur
                     break  # this and the later offers: dropped (see the module docstring)
                 self._done[c] += 1
-                h = by_key.get(p.key)  # None: outside the target's support (invalid) or not afforded: rejected
-                new = None if h is None else ChainState(h, np.concatenate([cur.logq[:t], h.sampled]))
-                if new is not None and self.accepts(search, cur, new, t):
-                    self.states[c] = new
-                self.observe(c, self.states[c])
+                self._mh_step(search, c, t, by_key.get(p.key))
         self._keep_best(search, results)
         if all(d >= self.steps for d, s in zip(self._done, self.states) if s is not None):
             self._block += 1
@@ -310,9 +324,7 @@ class PowerSampling(Strategy):
                 if t < n or (t == n and grow is not None):  # the prefix is known: an ordinary draw
                     offers.append((t, self._draw(search, toks[:t], limit - t)))
                 elif grow is not None:  # inside the extension: branch off it after its first t - n tokens
-                    seed = int(search.rng.integers(2**62))
-                    offers.append((t, Proposal("power", t, toks, decode=True, max_new=limit - n,
-                                               temperature=self.temperature, seed=seed, fork=(grow.key, t - n))))
+                    offers.append((t, self._draw(search, toks, limit - n, fork=(grow.key, t - n))))
                 else:  # past the end of a state that cannot grow: the step stays
                     offers.append((t, None))
             plans[c] = (grow, offers)
@@ -326,20 +338,15 @@ class PowerSampling(Strategy):
                     if self.states[c] is None:
                         self._tries += 1
                     continue
-                old = np.zeros(0) if self.states[c] is None else self.states[c].logq
-                self.states[c] = ChainState(h, np.concatenate([old, h.sampled]))
+                self._extend(c, h)
             for t, p in offers:
                 cur = self.states[c]
                 if p is None or t >= len(cur.hyp.tokens):  # a cut past the state's end: the step stays
                     self.observe(c, cur)
                     continue
-                h = by_key.get(p.key)  # None: outside the target's support (invalid) or not afforded: rejected
-                if h is not None:
-                    assert h.tokens[:t] == cur.hyp.tokens[:t], "latest cut first keeps every later offer's prefix"
-                    new = ChainState(h, np.concatenate([cur.logq[:t], h.sampled]))
-                    if self.accepts(search, cur, new, t):
-                        self.states[c] = new
-                self.observe(c, self.states[c])
+                h = by_key.get(p.key)
+                assert h is None or h.tokens[:t] == cur.hyp.tokens[:t], "latest cut first keeps later prefixes"
+                self._mh_step(search, c, t, h)
         self._keep_best(search, results)
         if any(s is None for s in self.states):
             return self._tries < MAX_INIT_TRIES * self.chains
