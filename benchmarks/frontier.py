@@ -16,8 +16,11 @@ objective ``mean`` with the library defaults and with wider neighbourhoods, one 
 - ``beam_regen``: the defaults with the ``regenerate_beam`` move (suffixes re-decoded by a beam of 4);
 - ``beam_regen_all``: the same at every position, in one batched block;
 - ``power``: the ``power`` strategy at the settings of Karan & Du (2025): alpha 4, the output grown in 4 blocks,
-  10 MH steps per block, one chain (32 tokens in the full run), 4 MH steps prepared and decoded in one batch
-  (``proposals=4``: the same chain, fewer sequential decodes); the best output by the objective is kept.
+  10 MH steps per block, one chain (32 tokens in the full run), a block's extension and MH steps decoded in one
+  batch; the best complete output by the objective is kept. As in the paper, no repetition guard
+  (``repeat_guard=None``): the reference has none, and the guard would turn away outputs the chain reaches
+  (the comparison is of the sampler, not of the library's quality rules);
+- ``power_guarded``: the same with the library's default repetition guard, as a user gets it;
 - ``gradient``: gradient-guided substitutions (one backward pass ranks every position and token), each with its
   suffix re-decoded; ``relaxed``: a continuous relaxation over the top tokens, projected back and scored
   exactly; ``hybrid``: relaxed rounds alternating with coordinate sweeps; ``population``: a genetic search
@@ -71,7 +74,8 @@ SETTINGS = {
     "best_first": {"strategy": "best_first", "strategy_options": {"pool": 4}, "budget": {"max_sweeps": 6}},
     "beam_regen": {"moves": ["regenerate_beam"], "regen_beam": 4},
     "beam_regen_all": {"moves": ["regenerate_beam"], "regen_beam": 4, "max_positions": None, "block_size": 32},
-    "power": {"strategy": "power", "strategy_options": {"alpha": 4.0, "blocks": 4, "steps": 10}},
+    "power": {"strategy": "power", "strategy_options": {"alpha": 4.0, "blocks": 4, "steps": 10}, "repeat_guard": None},
+    "power_guarded": {"strategy": "power", "strategy_options": {"alpha": 4.0, "blocks": 4, "steps": 10}},
     "gradient": {"strategy": "gradient", "strategy_options": {"regenerate": True}},
     "relaxed": {"strategy": "relaxed"},
     "hybrid": {"strategy": "hybrid"},
@@ -84,7 +88,8 @@ LABELS = {"greedy": "greedy", "beam4": "beam-4", "beam8": "beam-8", "beam16": "b
           "no_prune": "refine: all positions, no pruning",
           "wide": "refine: top-8, all positions", "best_first": "refine: best-first, pool 4",
           "beam_regen": "refine: beam-4 re-decoding", "beam_regen_all": "refine: beam-4 re-decoding, all positions",
-          "power": "power sampling (alpha 4, 4 blocks x 10 steps, a block's steps in one batch)",
+          "power": "power sampling (alpha 4, 4 blocks x 10 steps, a block in one batch, no repetition guard)",
+          "power_guarded": "power sampling, library's repetition guard on",
           "power_ref": "power sampling, reference implementation (batch 1, re-prefill)",
           "gradient": "refine: gradient-guided (re-decoding)", "relaxed": "refine: continuous relaxation",
           "hybrid": "refine: hybrid (relaxed + coordinate)", "population": "refine: population (8, 3 generations)"}
@@ -156,13 +161,22 @@ def run_item(ctx: Context, item: data.Item, s: Sizes, cfgs: dict[str, RefineConf
             outs[f"beam{k}"] = r.beam(prompt, s.max_new_tokens, k)
     if "bestofN" in names:
         outs["bestofN"] = best_of_n(ctx, prompt, s.max_new_tokens, ctx.seed + index)
+    finals = {}  # power settings: the chain's final state (a draw from the target, the paper's output)
     for name, cfg in cfgs.items():
-        outs[name], _ = r.refine(prompt, outs["greedy"], cfg)
+        outs[name], result = r.refine(prompt, outs["greedy"], cfg)
+        samples = result.extras.get("samples") if cfg.strategy == "power" else None
+        if samples and samples[0] is not None:
+            finals[name] = samples[0]["tokens"]
     if "power_ref" in names:
         outs["power_ref"] = power_ref(ctx, prompt, s.max_new_tokens, ctx.seed + index)
     names = list(outs)
-    scores = r.score_outputs(prompt, [outs[m].tokens for m in names])
+    scores = r.score_outputs(prompt, [outs[m].tokens for m in names] + list(finals.values()))
     methods = {m: r.describe(outs[m], sc) for m, sc in zip(names, scores)}
+    for m, sc in zip(finals, scores[len(names):]):
+        methods[m]["final_mean_logp"] = sc[1]
+        methods[m]["final_text"] = r.decode(finals[m])
+    if "power_ref" in methods:
+        methods["power_ref"]["final_mean_logp"] = methods["power_ref"]["mean_logp"]
     for m in cfgs:
         rec = methods[m]
         rec["score_check"] = abs(rec["engine_score"] - rec["mean_logp"])
@@ -194,6 +208,8 @@ def summarise(items: list[dict]) -> dict:
             row["stop_reasons"] = dict(Counter(x["stop_reason"] for x in recs))
             row["max_score_check"] = max(x["score_check"] for x in recs)
             row["hook_mismatches"] = sum(x["hook_mismatch"] for x in recs)
+        if all("final_mean_logp" in x for x in recs):
+            row["final_mean_logp"], row["final_mean_logp_se"] = mean_se([x["final_mean_logp"] for x in recs])
         if m == "power_ref":
             row["acceptance"] = sum(x["accepted"] for x in recs) / max(sum(x["proposals"] for x in recs), 1)
         out[m] = row
@@ -210,6 +226,7 @@ def power_target(summary: dict) -> dict | None:
     logp_ok = p["mean_logp"] >= ref["mean_logp"]
     time_ok = time_ratio <= POWER_TIME_TARGET
     return {"power_mean_logp": p["mean_logp"], "ref_mean_logp": ref["mean_logp"], "time_vs_ref": time_ratio,
+            "power_final_mean_logp": p.get("final_mean_logp"),
             "logp_met": logp_ok, "time_met": time_ok, "met": logp_ok and time_ok}
 
 
@@ -245,6 +262,9 @@ def headline(results: dict) -> dict[str, float]:
     target = results.get("power_target")
     if target is not None:
         out["frontier.power_time_vs_ref"] = target["time_vs_ref"]
+    for m, row in results["summary"].items():
+        if "final_mean_logp" in row:
+            out[f"frontier.final_mean_logp.{m}"] = row["final_mean_logp"]
     return out
 
 
@@ -318,7 +338,12 @@ def render(results: dict, plots: list[str]) -> str:
                   f"{target['time_vs_ref']:.3f}x power_ref's: {'met' if target['time_met'] else 'not met'}). "
                   f"power_ref returns its chain's final state (the paper's output) and accepted {acc:.0%} of its "
                   "MH proposals; power returns the best complete output it visited (ended or at the length cap, "
-                  "within the library's rules: finished stays finished, no added repetition).", ""]
+                  "within the library's rules: finished stays finished; no repetition guard in this setting).", ""]
+        if target.get("power_final_mean_logp") is not None:
+            parts += [f"Chain against chain: the final state of power's chain has mean log P "
+                      f"{target['power_final_mean_logp']:.3f}, the reference's {target['ref_mean_logp']:.3f} (the same "
+                      "target and proposals; power takes a block's MH steps latest cut first, the reference in the "
+                      "order drawn, and the two chains use different random draws).", ""]
     parts += ["## Plots", ""]
     parts += [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(parts)

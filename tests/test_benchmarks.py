@@ -518,7 +518,15 @@ def test_frontier_runs_a_subset_of_methods(tmp_path, model_dir, data_dir, capsys
     flat = json.loads((tmp_path / "summary.json").read_text())
     assert flat["frontier.power_time_vs_ref"] == pytest.approx(target["time_vs_ref"])
     assert flat["frontier.mean_logp.power_ref"] == pytest.approx(summ["power_ref"]["mean_logp"])
-    assert "Target: power's mean log P >= power_ref's" in (tmp_path / "frontier" / "report.md").read_text()
+    # the chain's final state is scored beside the best output (the reference's output is its final state)
+    rec = item["methods"]["power"]
+    assert rec["final_text"] and rec["final_mean_logp"] < 0
+    assert item["methods"]["power_ref"]["final_mean_logp"] == item["methods"]["power_ref"]["mean_logp"]
+    assert target["power_final_mean_logp"] == pytest.approx(rec["final_mean_logp"])
+    assert flat["frontier.final_mean_logp.power"] == pytest.approx(rec["final_mean_logp"])
+    assert res["configs"]["power"]["repeat_guard"] is None  # the paper's setting: no guard
+    report_md = (tmp_path / "frontier" / "report.md").read_text()
+    assert "Target: power's mean log P >= power_ref's" in report_md and "Chain against chain" in report_md
     assert "--methods power_ref,power" in res["environment"]["command"]
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import InputError, require
 from .prefix import common_prefix
+from .sampling import inverse_cdf
 from ..types import Scores
 from .base import (Backend, DecodeRequest, Decoded, GradientSession, PruneFn, Session, TokenGradients,
                    TokenizerView)
@@ -415,8 +416,7 @@ class HFSession(Session, GradientSession):
         if allowed is None:
             return self.backend.tokenizer.eos_ids[0], 0.0
         q = torch.log_softmax(allowed.double() / req.temperature, -1)  # (V,)
-        t = int(torch.multinomial(q.exp(), 1, generator=gen))
-        return t, float(q[t])
+        return (t := inverse_cdf(q.exp(), gen)), float(q[t])
 
     #: the fixed cost of one forward call, in forward tokens' worth of compute: on a CPU a small batch is
     #: bound by reading the weights (measured here for a 135M model: one token ~100 ms, each further token of
