@@ -21,6 +21,8 @@ objective ``mean`` with the library defaults and with wider neighbourhoods, one 
   (``repeat_guard=None``): the reference has none, and the guard would turn away outputs the chain reaches
   (the comparison is of the sampler, not of the library's quality rules);
 - ``power_guarded``: the same with the library's default repetition guard, as a user gets it;
+- ``power_smc``: the same target by sequential Monte Carlo (:data:`PARTICLES` particles grown in 4 blocks, one
+  batched decode per block, resampled when the effective sample size halves), no repetition guard;
 - ``gradient``: gradient-guided substitutions (one backward pass ranks every position and token), each with its
   suffix re-decoded; ``relaxed``: a continuous relaxation over the top tokens, projected back and scored
   exactly; ``hybrid``: relaxed rounds alternating with coordinate sweeps; ``population``: a genetic search
@@ -63,6 +65,8 @@ POWER_TIME_TARGET = 0.25
 GRADIENT_STRATEGIES = ("gradient", "relaxed", "hybrid")
 #: samples of the best-of-N baseline
 BEST_OF = 16
+#: particles of the ``power_smc`` setting
+PARTICLES = 16
 #: per setting: the fields that differ from the library defaults (a ``budget`` entry updates the suite's budget)
 SETTINGS = {
     "default": {},
@@ -76,6 +80,8 @@ SETTINGS = {
     "beam_regen_all": {"moves": ["regenerate_beam"], "regen_beam": 4, "max_positions": None, "block_size": 32},
     "power": {"strategy": "power", "strategy_options": {"alpha": 4.0, "blocks": 4, "steps": 10}, "repeat_guard": None},
     "power_guarded": {"strategy": "power", "strategy_options": {"alpha": 4.0, "blocks": 4, "steps": 10}},
+    "power_smc": {"strategy": "power_smc", "strategy_options": {"alpha": 4.0, "blocks": 4, "particles": PARTICLES},
+                  "repeat_guard": None},
     "gradient": {"strategy": "gradient", "strategy_options": {"regenerate": True}},
     "relaxed": {"strategy": "relaxed"},
     "hybrid": {"strategy": "hybrid"},
@@ -90,6 +96,7 @@ LABELS = {"greedy": "greedy", "beam4": "beam-4", "beam8": "beam-8", "beam16": "b
           "beam_regen": "refine: beam-4 re-decoding", "beam_regen_all": "refine: beam-4 re-decoding, all positions",
           "power": "power sampling (alpha 4, 4 blocks x 10 steps, a block in one batch, no repetition guard)",
           "power_guarded": "power sampling, library's repetition guard on",
+          "power_smc": f"power sampling by SMC ({PARTICLES} particles, 4 blocks, no repetition guard)",
           "power_ref": "power sampling, reference implementation (batch 1, re-prefill)",
           "gradient": "refine: gradient-guided (re-decoding)", "relaxed": "refine: continuous relaxation",
           "hybrid": "refine: hybrid (relaxed + coordinate)", "population": "refine: population (8, 3 generations)"}

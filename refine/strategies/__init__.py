@@ -8,6 +8,7 @@ from .hybrid import Hybrid
 from .population import Population
 from .power import PowerSampling
 from .relaxed import Relaxed
+from .smc import PowerSMC
 
 __all__ = ["Strategy", "BestFirst", "CoordinateDescent", "GradientGuided", "Hybrid", "Population",
-           "PowerSampling", "Relaxed"]
+           "PowerSampling", "PowerSMC", "Relaxed"]

@@ -220,7 +220,7 @@ class VLLMSession(Session):
             raise InputError(
                 f"the vLLM backend re-decodes greedily only, but got a request with beam={odd[0].beam}, "
                 f"temperature={odd[0].temperature}: use the Hugging Face backend for the `regenerate_beam` move, "
-                "the `power` strategy and `population` (sampled proposals)"
+                "the `power` and `power_smc` strategies and `population` (sampled proposals)"
             )
         self._check_ids([r.tokens for r in requests])
         if not self.backend.can_decode:

@@ -1,0 +1,201 @@
+"""Power sampling by sequential Monte Carlo: particles grown block by block, weighted and resampled.
+
+The target is the same as :mod:`refine.strategies.power`'s with ``target="logp"``: pi(y) ∝ p(y|x)^alpha over
+outputs that end (EOS) within the length cap or reach it. Instead of a Metropolis–Hastings chain, ``particles``
+partial outputs grow together, ``ceil(max_new_tokens / blocks)`` tokens at a time:
+
+1. every particle that can still grow is extended to the block's length limit L_k by a draw from the proposal
+   q (each token from p^(1/temperature), renormalised; temperature 1/alpha by default), all particles in one
+   batched decode; a particle that ended stays as it is;
+2. its weight is multiplied by the incremental weight of the new tokens s after its prefix u,
+
+       w(s | u) = p(s | x, u)^alpha / q(s | u)
+
+   (at temperature 1/alpha each token contributes sum_v p(v)^alpha, the normaliser of its step: a look-ahead
+   that favours prefixes whose continuations the model is sure of). The intermediate targets are
+   pi_k(y) ∝ p(y|x)^alpha over outputs of at most L_k tokens (ended, or cut at L_k), and the weighted particles
+   after the last block target pi itself;
+3. when the effective sample size ``1 / sum W_i^2`` of the normalised weights is at most ``ess * particles``
+   (and another block follows), the particles are resampled (systematic resampling) and their weights reset.
+
+Each block is one batched decode of at most ``particles`` rows, so the output costs ``blocks`` evaluations of
+one block's length each: fewer sequential decoding steps than the MH chain, whose proposals re-decode
+everything after their cut. The estimate of the normalising constant, ``log_evidence`` in the extras,
+is unbiased in Z (not in log Z) and exact in the limit of many particles; the weighted particles are a
+consistent estimate of pi as the particles (or independent runs, weighted by their evidence) grow.
+A proposal the engine refuses (an empty output, below ``min_tokens``) is outside the target's support: its
+weight is 0.
+
+What it returns: ``output="best"`` (default) the best output by the refine objective among the start and
+every complete particle (ended, or at the full length cap), bound like every strategy by
+:meth:`~refine.search.Search.admissible`; ``output="sample"`` one final particle drawn by its weight.
+``extras["particles"]`` lists the final particles with their normalised weights. Stochastic:
+``RefineConfig.seed`` fixes every draw.
+
+Example:
+    >>> from refine import RefineConfig
+    >>> cfg = RefineConfig(strategy="power_smc", max_new_tokens=32, seed=1,
+    ...                    strategy_options={"alpha": 4.0, "blocks": 4, "particles": 16})
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..moves import Proposal
+from ..search import Search
+from ..strategy import STRATEGIES, Strategy
+from ..types import Hypothesis
+from .options import choice, count, number, rate
+
+OUTPUTS = ("best", "sample")
+
+
+@dataclass(frozen=True)
+class Particle:
+    """One particle: its output so far (``None`` before the first block) and its log weight."""
+
+    hyp: Hypothesis | None
+    logw: float
+
+
+def systematic_resample(weights: np.ndarray, u: float) -> np.ndarray:
+    """Indices of ``len(weights)`` particles drawn by systematic resampling with the uniform ``u`` in [0, 1):
+    particle i is copied ``floor`` or ``ceil`` of ``n * W_i`` times, and ``E[copies of i] = n * W_i``."""
+    n = len(weights)
+    c = np.cumsum(weights / weights.sum())
+    c[-1] = 1.0  # no index past the end from rounding
+    return np.searchsorted(c, (u + np.arange(n)) / n, side="right")
+
+
+@STRATEGIES.register("power_smc")
+class PowerSMC(Strategy):
+    """Sequential Monte Carlo power sampling; see the module docstring for the maths and the options' meaning.
+
+    Args:
+        alpha: the power (> 0).
+        particles: particles grown side by side (the rows of each block's batch).
+        blocks: blocks the output grows by.
+        temperature: proposal temperature; ``None``: 1/alpha.
+        ess: resample when the effective sample size is at most this share of ``particles`` (0: never,
+            1: after every block but the last).
+        output: ``"best"`` (best by objective) or ``"sample"`` (a final particle drawn by weight).
+    """
+
+    def __init__(self, alpha: float = 4.0, particles: int = 16, blocks: int = 4, temperature: float | None = None,
+                 ess: float = 0.5, output: str = "best") -> None:
+        self.alpha = number("alpha", alpha, 0.0)
+        self.particles = count("particles", particles)
+        self.blocks = count("blocks", blocks)
+        self.temperature = 1.0 / self.alpha if temperature is None else number("temperature", temperature, 0.0)
+        self.ess = rate("ess", ess)
+        self.output = choice("output", output, OUTPUTS)
+
+    def start(self, search: Search) -> None:
+        self._cap = search.max_output_tokens
+        self._block_len = math.ceil(self._cap / self.blocks)
+        self._block = 0
+        self.state = [Particle(None, 0.0) for _ in range(self.particles)]
+        self.log_evidence = 0.0
+        self.resampled = 0
+
+    def increment(self, prefix_len: int, h: Hypothesis) -> float:
+        """log w(s | u) of the tokens ``h`` added after its first ``prefix_len`` tokens."""
+        new_logp = float(np.sum(h.scores.logprobs[prefix_len:]))
+        assert h.sampled is not None and len(h.sampled) == len(h.tokens) - prefix_len
+        return self.alpha * new_logp - float(np.sum(h.sampled))
+
+    def _grows(self, part: Particle, limit: int, eos: frozenset[int]) -> bool:
+        if part.hyp is None:
+            return True
+        toks = part.hyp.tokens
+        return math.isfinite(part.logw) and len(toks) < limit and toks[-1] not in eos
+
+    def step(self, search: Search) -> bool:
+        if self._block >= self.blocks:
+            search.end_sweep()
+            return False
+        limit = min(self._cap, (self._block + 1) * self._block_len)
+        eos = frozenset(search.tokenizer.eos_ids)
+        props: dict[int, Proposal] = {}
+        for i, part in enumerate(self.state):
+            if self._grows(part, limit, eos):
+                prefix = () if part.hyp is None else part.hyp.tokens
+                props[i] = Proposal("power_smc", len(prefix), prefix, decode=True, max_new=limit - len(prefix),
+                                    temperature=self.temperature, seed=int(search.rng.integers(2**62)))
+        results = search.evaluate(list(props.values()), parent=search.current, prune=False, admissible_only=False)
+        by_key = {p.key: h for p, h in results}
+        before = np.array([p.logw for p in self.state])
+        inc = np.zeros(self.particles)
+        new = list(self.state)
+        for i, p in props.items():
+            h = by_key.get(p.key)
+            if h is None:  # outside the target's support (or not afforded): weight 0
+                inc[i] = -math.inf
+                new[i] = Particle(self.state[i].hyp, -math.inf)
+            else:
+                inc[i] = self.increment(len(p.tokens), h)
+                new[i] = Particle(h, before[i] + inc[i])
+        self.state = new
+        self._update_evidence(before, inc)
+        self._keep_best(search, results)
+        self._block += 1
+        logw = np.array([p.logw for p in self.state])
+        if not np.isfinite(logw).any():  # every particle left the support: nothing to grow
+            return False
+        if self._block < self.blocks:
+            w = np.exp(logw - logw.max())
+            ess = 1.0 / float(np.sum((w / w.sum()) ** 2))  # equal weights give n up to rounding
+            if ess <= (self.ess + 1e-9) * self.particles:
+                idx = systematic_resample(w, float(search.rng.random()))
+                self.state = [Particle(self.state[j].hyp, 0.0) for j in idx]
+                self.resampled += 1
+        return True
+
+    def _update_evidence(self, before: np.ndarray, inc: np.ndarray) -> None:
+        """log Z_hat += log sum_i W_i w_i, with W the normalised weights before the block."""
+        finite = np.isfinite(before)
+        if not finite.any():
+            self.log_evidence = -math.inf
+            return
+        lw = before - before[finite].max()
+        W = np.where(finite, np.exp(lw), 0.0)
+        W /= W.sum()
+        terms = np.where(W > 0, np.log(np.where(W > 0, W, 1.0)) + inc, -math.inf)
+        self.log_evidence += float(np.logaddexp.reduce(terms))
+
+    def _keep_best(self, search: Search, results: list[tuple[Proposal, Hypothesis]]) -> None:
+        """Offer the best admissible complete particle as the output (ended, or at the full length cap)."""
+        ok = [r for r in results if (r[1].ended or len(r[1].tokens) >= self._cap)
+              and search.admissible(r[1], search.current)]
+        if ok:
+            search.accept(*max(ok, key=lambda r: r[1].value))
+
+    def weights(self) -> np.ndarray:
+        """The particles' normalised weights."""
+        logw = np.array([p.logw for p in self.state])
+        if not np.isfinite(logw).any():
+            return np.zeros(len(logw))
+        w = np.exp(logw - logw[np.isfinite(logw)].max())
+        return w / w.sum()
+
+    def result(self, search: Search) -> Hypothesis:
+        w = self.weights()
+        if self.output == "sample" and w.sum() > 0:
+            return self.state[int(search.rng.choice(len(w), p=w))].hyp
+        return search.best()
+
+    def extras(self, search: Search) -> dict[str, Any]:
+        """``"particles"``: each final particle (tokens, text, sum log P, finished, normalised weight);
+        ``"log_evidence"``: the estimate of log Z; ``"resampled"``: how many times the particles were resampled."""
+        decode = search.tokenizer.decode
+        w = self.weights()
+        return {"particles": [None if p.hyp is None else
+                              {"tokens": list(p.hyp.tokens), "text": decode(p.hyp.tokens),
+                               "logprob": p.hyp.logprob, "ended": p.hyp.ended, "weight": float(wi)}
+                              for p, wi in zip(self.state, w)],
+                "log_evidence": self.log_evidence, "resampled": self.resampled}
