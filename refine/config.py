@@ -113,7 +113,8 @@ class RefineConfig:
             ``prune_keep`` best of the suffixes decoded together, as a beam of that width would keep it.
             Paths that pay for an unlikely token early and recover later survive. ``None``: margin only.
         budget: a :class:`Budget` or a dict of its fields.
-        seed: random seed of stochastic strategies (``power``: cut positions, acceptance draws, sampling seeds);
+        seed: random seed of stochastic strategies (``power``: cut positions, acceptance draws, sampling seeds;
+            ``power_smc``: sampling seeds and resampling draws);
             coordinate descent and best-first are deterministic.
         max_batch_tokens: memory limit: token positions per forward call (rows x length).
         topk_store: tokens kept per position from each forward (>= ``top_k``); extra ones absorb filtering.

@@ -196,7 +196,8 @@ class RefineResult:
         stats: compute spent.
         prompt_tokens: the prompt token ids used for scoring.
         extras: what the strategy reports besides the output (:meth:`refine.strategy.Strategy.extras`), e.g.
-            ``power``'s final chain states under ``"samples"``; plain JSON data.
+            ``power``'s final chain states under ``"samples"``, ``power_smc``'s weighted particles under
+            ``"particles"``; plain JSON data.
     """
 
     tokens: list[int]

@@ -127,3 +127,19 @@ def test_through_the_api_never_worse_within_budget(backend, cap):
 def test_bad_options_name_the_field(options, field):
     with pytest.raises(ConfigError, match=f"strategy_options.{field}"):
         RefineConfig(strategy="power_smc", strategy_options=options)
+
+
+def test_particles_outside_the_support_leave_the_start(backend):
+    """Every draw below ``min_tokens`` is refused by the engine: the particles all get weight 0, the strategy
+    stops after its first block, the output is the start and the evidence is reported as unknown."""
+    prompt = [7, 8, 9]
+    start = generate_greedy(backend, prompt, 12)
+    res = refine_tokens(backend, prompt, start, {"objective": "mean", "max_new_tokens": 12, "min_tokens": 0,
+                                                 "strategy": "power_smc",
+                                                 "strategy_options": {"particles": 4, "blocks": 3}})
+    assert res.extras["log_evidence"] is not None
+    strict = refine_tokens(backend, prompt, start, {"objective": "mean", "max_new_tokens": 12, "min_tokens": 12,
+                                                    "strategy": "power_smc",
+                                                    "strategy_options": {"particles": 4, "blocks": 3}})
+    assert strict.tokens == list(start) and strict.extras["log_evidence"] is None
+    assert strict.stats.steps == 1 and strict.extras["particles"] == [None] * 4  # no particle ever drew

@@ -191,11 +191,13 @@ class PowerSMC(Strategy):
 
     def extras(self, search: Search) -> dict[str, Any]:
         """``"particles"``: each final particle (tokens, text, sum log P, finished, normalised weight);
-        ``"log_evidence"``: the estimate of log Z; ``"resampled"``: how many times the particles were resampled."""
+        ``"log_evidence"``: the estimate of log Z (``None`` when every particle left the target's support);
+        ``"resampled"``: how many times the particles were resampled."""
         decode = search.tokenizer.decode
         w = self.weights()
         return {"particles": [None if p.hyp is None else
                               {"tokens": list(p.hyp.tokens), "text": decode(p.hyp.tokens),
                                "logprob": p.hyp.logprob, "ended": p.hyp.ended, "weight": float(wi)}
                               for p, wi in zip(self.state, w)],
-                "log_evidence": self.log_evidence, "resampled": self.resampled}
+                "log_evidence": self.log_evidence if math.isfinite(self.log_evidence) else None,
+                "resampled": self.resampled}
