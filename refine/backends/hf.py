@@ -416,7 +416,8 @@ class HFSession(Session, GradientSession):
         if allowed is None:
             return self.backend.tokenizer.eos_ids[0], 0.0
         q = torch.log_softmax(allowed.double() / req.temperature, -1)  # (V,)
-        return (t := inverse_cdf(q.exp(), gen)), float(q[t])
+        t = inverse_cdf(q.exp(), gen)
+        return t, float(q[t])
 
     #: the fixed cost of one forward call, in forward tokens' worth of compute: on a CPU a small batch is
     #: bound by reading the weights (measured here for a 135M model: one token ~100 ms, each further token of
