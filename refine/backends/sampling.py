@@ -23,6 +23,6 @@ def inverse_cdf(weights, generator) -> int:
         raise ValueError("inverse_cdf needs at least one positive weight")
     u = torch.rand((), generator=generator, dtype=torch.float64) * total
     t = int(torch.searchsorted(c, u, right=True))
-    if t >= len(c) or weights[t] <= 0:  # u rounded onto the total (or onto a flat run): the last token with weight
-        t = int(torch.nonzero(weights[: min(t, len(c) - 1) + 1] > 0)[-1])
+    if t >= len(c):  # u rounded onto the total: the last token with weight
+        t = int(torch.nonzero(weights > 0)[-1])
     return t

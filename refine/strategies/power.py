@@ -93,6 +93,7 @@ from ..moves import Proposal
 from ..search import Search
 from ..strategy import STRATEGIES, Strategy
 from ..types import Hypothesis
+from .complete import keep_best_complete
 from .options import choice, count, number
 
 CUTS = ("uniform", "entropy", "block")
@@ -226,15 +227,6 @@ class PowerSampling(Strategy):
         toks = state.hyp.tokens
         return len(toks) < limit and toks[-1] not in eos
 
-    def _keep_best(self, search: Search, results: list[tuple[Proposal, Hypothesis]]) -> None:
-        """Offer the best admissible complete proposal as the output (the chain itself ignores admissibility).
-        Complete: it ended, or it has the full length cap; an earlier block's draw cut at that block's length
-        is a state of a shorter target, not an answer (its mean log P per token would flatter it)."""
-        cap = search.max_output_tokens
-        ok = [r for r in results if (r[1].ended or len(r[1].tokens) >= cap) and search.admissible(r[1], search.current)]
-        if ok:
-            search.accept(*max(ok, key=lambda r: r[1].value))
-
     def step(self, search: Search) -> bool:
         if self._block >= self.blocks:
             search.end_sweep()
@@ -261,7 +253,7 @@ class PowerSampling(Strategy):
                         self._tries += 1
                     continue
                 self._extend(c, h)
-            self._keep_best(search, results)
+            keep_best_complete(search, results)
             if any(s is None for s in self.states):
                 return self._tries < MAX_INIT_TRIES * self.chains
             self._grown = True
@@ -303,7 +295,7 @@ class PowerSampling(Strategy):
                     break  # this and the later offers: dropped (see the module docstring)
                 self._done[c] += 1
                 self._mh_step(search, c, t, by_key.get(p.key))
-        self._keep_best(search, results)
+        keep_best_complete(search, results)
         if all(d >= self.steps for d, s in zip(self._done, self.states) if s is not None):
             self._block += 1
             self._done = [0] * self.chains
@@ -347,7 +339,7 @@ class PowerSampling(Strategy):
                 h = by_key.get(p.key)
                 assert h is None or h.tokens[:t] == cur.hyp.tokens[:t], "latest cut first keeps later prefixes"
                 self._mh_step(search, c, t, h)
-        self._keep_best(search, results)
+        keep_best_complete(search, results)
         if any(s is None for s in self.states):
             return self._tries < MAX_INIT_TRIES * self.chains
         if all(grow is None or by_key.get(grow.key) is not None for grow, _ in plans.values()):

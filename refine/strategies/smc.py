@@ -50,6 +50,7 @@ from ..moves import Proposal
 from ..search import Search
 from ..strategy import STRATEGIES, Strategy
 from ..types import Hypothesis
+from .complete import keep_best_complete
 from .options import choice, count, number, rate
 
 OUTPUTS = ("best", "sample")
@@ -61,6 +62,15 @@ class Particle:
 
     hyp: Hypothesis | None
     logw: float
+
+
+def normalised(logw: np.ndarray) -> np.ndarray:
+    """Weights ``exp(logw)`` scaled to sum to 1 (all zeros when none is finite)."""
+    finite = np.isfinite(logw)
+    if not finite.any():
+        return np.zeros(len(logw))
+    w = np.where(finite, np.exp(logw - logw[finite].max()), 0.0)
+    return w / w.sum()
 
 
 def systematic_resample(weights: np.ndarray, u: float) -> np.ndarray:
@@ -142,14 +152,13 @@ class PowerSMC(Strategy):
                 new[i] = Particle(h, before[i] + inc[i])
         self.state = new
         self._update_evidence(before, inc)
-        self._keep_best(search, results)
+        keep_best_complete(search, results)
         self._block += 1
-        logw = np.array([p.logw for p in self.state])
-        if not np.isfinite(logw).any():  # every particle left the support: nothing to grow
+        w = self.weights()
+        if not w.any():  # every particle left the support: nothing to grow
             return False
         if self._block < self.blocks:
-            w = np.exp(logw - logw.max())
-            ess = 1.0 / float(np.sum((w / w.sum()) ** 2))  # equal weights give n up to rounding
+            ess = 1.0 / float(np.sum(w**2))  # equal weights give n up to rounding
             if ess <= (self.ess + 1e-9) * self.particles:
                 idx = systematic_resample(w, float(search.rng.random()))
                 self.state = [Particle(self.state[j].hyp, 0.0) for j in idx]
@@ -158,30 +167,16 @@ class PowerSMC(Strategy):
 
     def _update_evidence(self, before: np.ndarray, inc: np.ndarray) -> None:
         """log Z_hat += log sum_i W_i w_i, with W the normalised weights before the block."""
-        finite = np.isfinite(before)
-        if not finite.any():
+        W = normalised(before)
+        if not W.any():
             self.log_evidence = -math.inf
             return
-        lw = before - before[finite].max()
-        W = np.where(finite, np.exp(lw), 0.0)
-        W /= W.sum()
         terms = np.where(W > 0, np.log(np.where(W > 0, W, 1.0)) + inc, -math.inf)
         self.log_evidence += float(np.logaddexp.reduce(terms))
 
-    def _keep_best(self, search: Search, results: list[tuple[Proposal, Hypothesis]]) -> None:
-        """Offer the best admissible complete particle as the output (ended, or at the full length cap)."""
-        ok = [r for r in results if (r[1].ended or len(r[1].tokens) >= self._cap)
-              and search.admissible(r[1], search.current)]
-        if ok:
-            search.accept(*max(ok, key=lambda r: r[1].value))
-
     def weights(self) -> np.ndarray:
         """The particles' normalised weights."""
-        logw = np.array([p.logw for p in self.state])
-        if not np.isfinite(logw).any():
-            return np.zeros(len(logw))
-        w = np.exp(logw - logw[np.isfinite(logw)].max())
-        return w / w.sum()
+        return normalised(np.array([p.logw for p in self.state]))
 
     def result(self, search: Search) -> Hypothesis:
         w = self.weights()
