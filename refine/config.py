@@ -40,7 +40,8 @@ class Budget:
     """Limits on one refinement. The search stops at the first limit reached and returns the best output so far.
 
     ``max_forward_tokens`` is a hard limit: an evaluation that could exceed it is shrunk or skipped, never run.
-    ``max_seconds`` is checked before each evaluation.
+    ``max_seconds`` is checked before each evaluation and, on backends that can stop a call part-way (the HF
+    backend between two decoding steps, vLLM's async engine), during one.
 
     Attributes:
         max_sweeps: passes over the output's positions.

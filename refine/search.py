@@ -442,12 +442,45 @@ class Search:
 
         The one place the budget's step-level limits are checked (``max_seconds``, ``max_sweeps``,
         ``patience``; ``max_forward_tokens`` is enforced inside :meth:`evaluate`) and the one writer of
-        :attr:`stats`, with :meth:`evaluate`, :meth:`accept` and :meth:`end_sweep`.
+        :attr:`stats`, with :meth:`evaluate`, :meth:`accept` and :meth:`end_sweep`. ``max_seconds`` also becomes
+        the session's :attr:`~refine.backends.base.Session.deadline`, so a backend that can stops a long call.
         """
         init = self.initial
         assert init is not None, "score_initial() first"
         strategy = self.strategy
         strategy.start(self)
+        budget = self.budget
+        if budget.max_seconds is not None:
+            self.session.deadline = time.monotonic() + max(budget.max_seconds - self.elapsed(), 0.0)
+        try:
+            stop = self._drive(strategy, progress)
+        finally:
+            self.session.deadline = None
+        best = strategy.result(self)
+        self._count()
+        self.stats.forward_tokens = self.spent
+        self.stats.seconds = self.elapsed()
+        self.stats.stop_reason = stop
+        decode = self.tokenizer.decode
+        return RefineResult(
+            tokens=list(best.tokens),
+            text=decode(best.tokens),
+            score=best.value,
+            initial_tokens=list(init.tokens),
+            initial_text=decode(init.tokens),
+            initial_score=init.value,
+            terms=dict(best.terms),
+            initial_terms=dict(init.terms),
+            edits=list(self.edits),
+            stats=self.stats,
+            prompt_tokens=list(self.session.prompt),
+            ended=best.ended,
+            initial_ended=init.ended,
+            extras=strategy.extras(self),
+        )
+
+    def _drive(self, strategy: Strategy, progress: "ProgressFn | None") -> str:
+        """Steps of ``strategy`` until it stops or a limit binds; returns the stop reason."""
         budget = self.budget
         idle = 0
         stop = "converged"
@@ -475,28 +508,7 @@ class Search:
                 progress(self)
             if not more:
                 break
-        best = strategy.result(self)
-        self._count()
-        self.stats.forward_tokens = self.spent
-        self.stats.seconds = self.elapsed()
-        self.stats.stop_reason = stop
-        decode = self.tokenizer.decode
-        return RefineResult(
-            tokens=list(best.tokens),
-            text=decode(best.tokens),
-            score=best.value,
-            initial_tokens=list(init.tokens),
-            initial_text=decode(init.tokens),
-            initial_score=init.value,
-            terms=dict(best.terms),
-            initial_terms=dict(init.terms),
-            edits=list(self.edits),
-            stats=self.stats,
-            prompt_tokens=list(self.session.prompt),
-            ended=best.ended,
-            initial_ended=init.ended,
-            extras=strategy.extras(self),
-        )
+        return stop
 
 
 ProgressFn = Callable[["Search"], None]

@@ -109,6 +109,34 @@ def test_patience_and_time_limits(backend):
     assert res.stats.stop_reason == "max_seconds" and res.tokens == out
 
 
+def test_time_limit_stops_a_long_decoding_call(backend, monkeypatch):
+    """``max_seconds`` bounds one long call too: the HF session stops decoding between two steps once the
+    search's deadline passed. Each forward here sleeps 20 ms, so a time limit of 0.3 s allows at most ~15 calls,
+    where the first block (60 sampled tokens, one call per token) alone needs 60."""
+    import time
+
+    from refine.backends.hf import HFSession
+
+    plain = HFSession._forward
+    opened = []
+
+    def slow(self, *args, **kw):
+        time.sleep(0.02)
+        if self not in opened:
+            opened.append(self)
+        return plain(self, *args, **kw)
+
+    monkeypatch.setattr(HFSession, "_forward", slow)
+    out = generate_greedy(backend, [7, 8, 9], 4)
+    cfg = {"objective": "mean", "max_new_tokens": 60, "min_tokens": 1, "strategy": "power_smc",
+           "strategy_options": {"particles": 2, "blocks": 1}, "budget": {"max_seconds": 0.3}}
+    opened.clear()
+    res = refine_tokens(backend, [7, 8, 9], out, cfg)
+    assert res.stats.stop_reason == "max_seconds" and res.tokens == out
+    assert res.stats.forward_calls < 0.3 / 0.02 + 2
+    assert all(s.deadline is None for s in opened)  # the limit belongs to that refinement only
+
+
 @pytest.mark.parametrize(
     "prompt, output, match",
     [

@@ -133,6 +133,11 @@ class Session(ABC):
     forward_calls: int
     #: whether :meth:`decode` takes ``fork`` requests (see :class:`DecodeRequest`)
     supports_fork: bool = False
+    #: ``time.monotonic()`` value after which :meth:`decode` may stop part-way by raising
+    #: :class:`~refine.errors.DeadlineReached` (what it spent stays counted); None: no deadline. The engine sets
+    #: it from ``Budget.max_seconds`` once the output being refined is scored; a backend may ignore it (the
+    #: engine still checks the limit before each step).
+    deadline: float | None = None
 
     @abstractmethod
     def score(self, seqs: Sequence[Sequence[int]], base: Sequence[int] = ()) -> list[tuple[int, Scores]]:

@@ -9,11 +9,12 @@ suffixes. Log-softmax is taken in fp32. The caller's tensors and caches are neve
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import InputError, require
+from ..errors import DeadlineReached, InputError, require
 from .prefix import common_prefix
 from .sampling import inverse_cdf
 from ..types import Scores
@@ -153,6 +154,11 @@ class HFSession(Session, GradientSession):
         self._eos = torch.tensor(backend.tokenizer.eos_ids, device=backend.device)
 
     # ------------------------------------------------------------------ the context cache
+
+    def _check_deadline(self) -> None:
+        """Stop a decoding call between two steps once :attr:`deadline` has passed."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise DeadlineReached()
 
     def _forward(self, input_ids, cache, **kw):
         self.forward_tokens += int(input_ids.numel())
@@ -566,6 +572,7 @@ class HFSession(Session, GradientSession):
             return out
 
         while alive:
+            self._check_deadline()
             # 1. drafts, if the worst case stays within `room`
             drafts = []
             for r in alive:
@@ -681,6 +688,7 @@ class HFSession(Session, GradientSession):
         cur = pos[:, -1] + 1  # position of each row's next fed token
         n = 0  # tokens generated so far by every unfinished beam
         while any(alive):
+            self._check_deadline()
             logp_all, _, top_id, top_lp, ent = self._summaries(step_logits)
             new_alive: list[list[tuple]] = [[] for _ in range(B)]
             for r, req in enumerate(reqs):
