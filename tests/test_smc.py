@@ -81,11 +81,21 @@ def test_wrong_weights_fail_the_distribution_check(toy):
     backend, P = toy
 
     class NoDensities(PowerSMC):  # weights p^alpha only: forgets that the tokens were drawn from q
-        def increment(self, prefix_len, h):
-            return self.alpha * float(np.sum(h.scores.logprobs[prefix_len:]))
+        def increment(self, prev, h):
+            return self.alpha * float(np.sum(h.scores.logprobs[0 if prev is None else len(prev.tokens):]))
 
     smc = run_particles(backend, seed=1, strategy_cls=NoDensities, particles=3000, blocks=3, ess=1.0)
     assert tv(weighted_law(smc), power_law(P, ALPHA)) > SMC_TV_BOUND
+
+
+def test_tilt_multiplies_the_target_by_the_exponentiated_objective(toy):
+    """With objective ``sum`` the objective is log p itself, so ``tilt`` t targets p^(alpha + t): the proposal
+    (temperature 1/alpha) is unchanged and only the weights account for the tilt."""
+    backend, P = toy
+    tilted = power_law(P, ALPHA + 1.0)
+    assert tv(power_law(P, ALPHA), tilted) > 2 * SMC_TV_BOUND  # the check can tell the two targets apart
+    smc = run_particles(backend, seed=2, particles=3000, blocks=3, ess=1.0, tilt=1.0)
+    assert tv(weighted_law(smc), tilted) < SMC_TV_BOUND
 
 
 def test_systematic_resampling_copies_in_proportion():
@@ -123,6 +133,7 @@ def test_through_the_api_never_worse_within_budget(backend, cap):
 
 @pytest.mark.parametrize("options, field", [({"particles": 0}, "particles"), ({"alpha": -1}, "alpha"),
                                             ({"ess": 2}, "ess"), ({"output": "all"}, "output"),
+                                            ({"tilt": -1}, "tilt"), ({"tilt": True}, "tilt"),
                                             ({"blocks": 0}, "blocks")])
 def test_bad_options_name_the_field(options, field):
     with pytest.raises(ConfigError, match=f"strategy_options.{field}"):

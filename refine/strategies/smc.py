@@ -26,6 +26,13 @@ consistent estimate of pi as the particles (or independent runs, weighted by the
 A proposal the engine refuses (an empty output, below ``min_tokens``) is outside the target's support: its
 weight is 0.
 
+``tilt`` t > 0 multiplies the target by exp(t * objective(y)): pi(y) ∝ p(y|x)^alpha * exp(t * objective(y)), for
+an objective with a ``reward`` (or coverage) term a reward-tilted power distribution. The incremental weight
+gains t * (objective(u + s) - objective(u)) (the empty output counts 0), so the intermediate targets score each
+partial output by the objective of that partial output: a look-ahead that is exact for terms a prefix already
+decides (a forbidden word, a comma where none is allowed) and neutral for those it cannot (a required ending
+scores the same on every unfinished particle). Whatever the intermediate scores, the final weights target pi.
+
 What it returns: ``output="best"`` (default) the best output by the refine objective among the start and
 every complete particle (ended, or at the full length cap), bound like every strategy by
 :meth:`~refine.search.Search.admissible`; ``output="sample"`` one final particle drawn by its weight.
@@ -94,16 +101,18 @@ class PowerSMC(Strategy):
         ess: resample when the effective sample size is at most this share of ``particles`` (0: never,
             1: after every block but the last).
         output: ``"best"`` (best by objective) or ``"sample"`` (a final particle drawn by weight).
+        tilt: weight t of exp(t * objective) in the target (>= 0; 0: plain p^alpha).
     """
 
     def __init__(self, alpha: float = 4.0, particles: int = 16, blocks: int = 4, temperature: float | None = None,
-                 ess: float = 0.5, output: str = "best") -> None:
+                 ess: float = 0.5, output: str = "best", tilt: float = 0.0) -> None:
         self.alpha = number("alpha", alpha, 0.0)
         self.particles = count("particles", particles)
         self.blocks = count("blocks", blocks)
         self.temperature = 1.0 / self.alpha if temperature is None else number("temperature", temperature, 0.0)
         self.ess = rate("ess", ess)
         self.output = choice("output", output, OUTPUTS)
+        self.tilt = 0.0 if (type(tilt) in (int, float) and tilt == 0) else number("tilt", tilt, 0.0)
 
     def start(self, search: Search) -> None:
         self._cap = search.max_output_tokens
@@ -113,11 +122,15 @@ class PowerSMC(Strategy):
         self.log_evidence = 0.0
         self.resampled = 0
 
-    def increment(self, prefix_len: int, h: Hypothesis) -> float:
-        """log w(s | u) of the tokens ``h`` added after its first ``prefix_len`` tokens."""
+    def increment(self, prev: Hypothesis | None, h: Hypothesis) -> float:
+        """log w(s | u) of the tokens ``h`` added after ``prev`` (its prefix; ``None``: the empty output)."""
+        prefix_len = 0 if prev is None else len(prev.tokens)
         new_logp = float(np.sum(h.scores.logprobs[prefix_len:]))
         assert h.sampled is not None and len(h.sampled) == len(h.tokens) - prefix_len
-        return self.alpha * new_logp - float(np.sum(h.sampled))
+        inc = self.alpha * new_logp - float(np.sum(h.sampled))
+        if self.tilt:
+            inc += self.tilt * (h.value - (0.0 if prev is None else prev.value))
+        return inc
 
     def _grows(self, part: Particle, limit: int, eos: frozenset[int]) -> bool:
         if part.hyp is None:
@@ -148,7 +161,7 @@ class PowerSMC(Strategy):
                 inc[i] = -math.inf
                 new[i] = Particle(self.state[i].hyp, -math.inf)
             else:
-                inc[i] = self.increment(len(p.tokens), h)
+                inc[i] = self.increment(self.state[i].hyp, h)
                 new[i] = Particle(h, before[i] + inc[i])
         self.state = new
         self._update_evidence(before, inc)
