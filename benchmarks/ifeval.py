@@ -14,6 +14,7 @@ repeated word trigram), the judge's mean log P per token, cost and time.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -31,12 +32,14 @@ TITLE = "IFEval: verifiable instructions, refined with the checkers as a reward"
 METHODS = ["greedy", "beam8", "bestof16", "refine"]
 BASELINES = METHODS[:-1]
 LABELS = {"greedy": "greedy", "beam8": "beam-8", "bestof16": "best-of-16 (reranked)",
-          "refine": "greedy+refine (defaults + reward)"}
+          "refine": "greedy+refine (defaults + reward, best-of-16's time)"}
 TEMPERATURE = 0.8
 NUMBERS = ["strict", "loose_share", "good", "ended", "repeats", "mean_logp", "judge_logp", "length",
            "forward_tokens", "seconds"]
 COMPARED = ["strict", "good", "judge_logp"]
 SUMMARY_PREFIXES = ("ifeval.",)
+#: the least time refinement gets when best-of-16 took less than greedy (its limit must be positive)
+MIN_SECONDS = 0.01
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ class Settings:
     max_sweeps: int
     reward_weight: float = 2.0
     bootstrap_resamples: int = 10_000
+    #: refinement may take as long as best-of-16 took on the same prompt (its greedy start included)
+    match_time: bool = True
 
 
 FULL = Settings(items=60, max_new_tokens=128, max_sweeps=3)
@@ -80,7 +85,11 @@ def run_item(ctx: Context, judge, item: data.Item, s: Settings, max_new_tokens: 
     greedy = r.greedy(prompt, max_new_tokens)
     outs = {"greedy": greedy, "beam8": r.beam(prompt, max_new_tokens, 8),
             "bestof16": r.best_of(prompt, max_new_tokens, 16, TEMPERATURE, ctx.seed, cfg)}
-    outs["refine"], _ = r.refine(prompt, greedy, cfg)
+    refine_cfg = cfg
+    if s.match_time:  # the budget best-of-16 used on this prompt, less the greedy start refinement begins from
+        left = max(outs["bestof16"].seconds - greedy.seconds, MIN_SECONDS)
+        refine_cfg = replace(cfg, budget={"max_sweeps": s.max_sweeps, "max_seconds": left})
+    outs["refine"], _ = r.refine(prompt, greedy, refine_cfg)
     scores = r.score_outputs(prompt, [outs[m].tokens for m in METHODS])
     methods = {m: r.describe(outs[m], sc) for m, sc in zip(METHODS, scores)}
     judged = judge.mean_logp(item.prompt, [methods[m]["text"] for m in METHODS])
@@ -109,7 +118,9 @@ def summarise(items: list[dict], s: Settings) -> dict:
             for m in METHODS:
                 row[m][0] += it["methods"][m]["passed"][j]
                 row[m][1] += 1
-    return {"items": len(items), "methods": methods, "refine_vs": intervals, "per_instruction": per_instruction}
+    stops = Counter(it["methods"]["refine"].get("stop_reason", "?") for it in items)
+    return {"items": len(items), "methods": methods, "refine_vs": intervals, "per_instruction": per_instruction,
+            "refine_stops": dict(stops)}
 
 
 def targets(summary: dict) -> list[dict]:
@@ -193,11 +204,15 @@ def render(results: dict, plots: list[str]) -> str:
              "of the prompt followed.",
              f"- Methods: greedy, beam-8, best-of-16 (temperature {results['temperature']}, reranked by the same "
              f"objective as refinement), and greedy+refine with the library's default objective plus the share of "
-             f"instructions followed as a reward (weight {s['reward_weight']}), at most {s['max_sweeps']} sweep(s).",
+             f"instructions followed as a reward (weight {s['reward_weight']}), at most {s['max_sweeps']} sweep(s)"
+             + (" and at most the wall time best-of-16 took on the same prompt (greedy's included; the limit "
+                "binds between decoding steps)." if s.get("match_time", False) else "."),
              f"- Judge: {results['judge']['name']} (mean log P per token of the answer after the instruction).",
              f"- Intervals: 95% paired bootstrap over prompts ({s['bootstrap_resamples']} resamples).", "",
              "## Targets", "", report.targets_table(summ["targets"]), "",
              "## Results", "", report.table(head, rows), "",
+             "Refinement stopped by: " + ", ".join(f"{k} {v}" for k, v in sorted(summ.get("refine_stops", {}).items()))
+             + " (prompts).", "",
              "refine − baseline on the same prompts (* the interval excludes zero):", "",
              report.table(["baseline", "strict accuracy", "good output", "judge log P"], ivs), "",
              "Per instruction (followed / prompts with it):", "", report.table(["instruction", *METHODS], per), "",
