@@ -88,7 +88,7 @@ def run_item(ctx: Context, judge, item: data.Item, s: Settings, max_new_tokens: 
     refine_cfg = cfg
     if s.match_time:  # the budget best-of-16 used on this prompt, less the greedy start refinement begins from
         left = max(outs["bestof16"].seconds - greedy.seconds, MIN_SECONDS)
-        refine_cfg = replace(cfg, budget={"max_sweeps": s.max_sweeps, "max_seconds": left})
+        refine_cfg = replace(cfg, budget=replace(cfg.budget, max_seconds=left))
     outs["refine"], _ = r.refine(prompt, greedy, refine_cfg)
     scores = r.score_outputs(prompt, [outs[m].tokens for m in METHODS])
     methods = {m: r.describe(outs[m], sc) for m, sc in zip(METHODS, scores)}

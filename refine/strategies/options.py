@@ -9,13 +9,14 @@ from typing import Any
 from ..errors import ConfigError
 
 
-def number(name: str, value: Any, low: float, inf_ok: bool = False) -> float:
-    """A finite number above ``low`` (``inf`` too with ``inf_ok``)."""
+def number(name: str, value: Any, low: float, inf_ok: bool = False, low_ok: bool = False) -> float:
+    """A finite number above ``low`` (``low`` itself too with ``low_ok``, ``inf`` too with ``inf_ok``)."""
     ok = (not isinstance(value, bool) and isinstance(value, (int, float))
-          and (math.isfinite(value) or (inf_ok and value == math.inf)) and value > low)
+          and (math.isfinite(value) or (inf_ok and value == math.inf)) and (value >= low if low_ok else value > low))
     if not ok:
         extra = " (inf allowed)" if inf_ok else ""
-        raise ConfigError(f"`strategy_options.{name}` has to be a number > {low}{extra}, but is {value!r}")
+        raise ConfigError(f"`strategy_options.{name}` has to be a number {'>=' if low_ok else '>'} {low}{extra}, "
+                          f"but is {value!r}")
     return float(value)
 
 

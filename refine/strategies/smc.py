@@ -112,7 +112,7 @@ class PowerSMC(Strategy):
         self.temperature = 1.0 / self.alpha if temperature is None else number("temperature", temperature, 0.0)
         self.ess = rate("ess", ess)
         self.output = choice("output", output, OUTPUTS)
-        self.tilt = 0.0 if (type(tilt) in (int, float) and tilt == 0) else number("tilt", tilt, 0.0)
+        self.tilt = number("tilt", tilt, 0.0, low_ok=True)
 
     def start(self, search: Search) -> None:
         self._cap = search.max_output_tokens
