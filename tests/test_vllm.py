@@ -561,6 +561,35 @@ def test_async_transport_refines_in_threads_as_alone(async_backend, prompts, gre
     assert_threads_change_nothing(async_backend, [(p, y) for p, y in zip(prompts, greedy)] * 2, cfg)
 
 
+def test_the_session_deadline_stops_a_call_on_an_offline_llm(vb, prompts, greedy):
+    """``Session.deadline`` (set by the search from ``max_seconds``) binds inside one ``vllm.LLM`` call: the engine
+    is stepped and its requests aborted at the deadline, even on a thread's first call inside ``limits`` (exempt
+    from the block's own deadline, never from the session's), and the engine goes on serving."""
+    import time
+
+    from refine.backends.vllm import EngineDeadline
+    from refine.errors import DeadlineReached
+
+    engine = vb.transport.engine.llm_engine
+    s = vb.open(prompts[0], K, 4096)
+    long = [DecodeRequest(tuple(greedy[0][:1]), 400, min_new=400)] * 3  # ~1200 engine tokens: many seconds
+    s.deadline = time.monotonic() + 0.3
+    t0 = time.monotonic()
+    with pytest.raises(DeadlineReached):
+        s.decode(long)
+    assert time.monotonic() - t0 < 2.0 and not engine.has_unfinished_requests()
+    with vb.transport.limits(60.0) as lim:
+        s.deadline = time.monotonic() + 0.3
+        with pytest.raises(EngineDeadline):
+            s.decode(long)
+        assert lim.calls == 1 and lim.expired and lim.aborted == 3
+    assert not engine.has_unfinished_requests()
+    s.deadline = None
+    [(_, d)] = s.decode([DecodeRequest((), 4)])
+    assert 0 < len(d.tokens) <= 4
+    assert s.score([greedy[0]])[0][1].logprobs.shape == (len(greedy[0]),)
+
+
 def test_async_transport_aborts_a_call_at_the_deadline_or_on_cancel(async_backend, prompts, greedy):
     import threading
     import time

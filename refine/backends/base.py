@@ -135,8 +135,9 @@ class Session(ABC):
     supports_fork: bool = False
     #: ``time.monotonic()`` value after which :meth:`decode` may stop part-way by raising
     #: :class:`~refine.errors.DeadlineReached` (what it spent stays counted); None: no deadline. The engine sets
-    #: it from ``Budget.max_seconds`` once the output being refined is scored; a backend may ignore it (the
-    #: engine still checks the limit before each step).
+    #: it from ``Budget.max_seconds`` once the output being refined is scored. Both shipped backends honour it
+    #: inside a call (between decoding steps; vLLM: engine requests aborted); a backend that cannot may ignore it,
+    #: and the engine still checks the limit before each step.
     deadline: float | None = None
 
     @abstractmethod

@@ -70,7 +70,7 @@ class VLLMSession(Session):
         self.forward_calls += steps
 
     def _generate(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[Any]:
-        outs = self.transport.generate(prompts, params)
+        outs = self.transport.generate(prompts, params, deadline=self.deadline)
         self._account(outs)
         return outs
 
@@ -80,7 +80,7 @@ class VLLMSession(Session):
         """Like :meth:`_generate`, with ``DELTA`` outputs: after new tokens ``watch(i, partial_output)`` is asked
         about every unfinished request ``i``; True aborts it (its partial output is returned with ``stopped=True``).
         """
-        outs = self.transport.generate_stepwise(prompts, params, watch)
+        outs = self.transport.generate_stepwise(prompts, params, watch, deadline=self.deadline)
         self._account(outs)
         return outs
 

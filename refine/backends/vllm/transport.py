@@ -20,7 +20,20 @@ set, it aborts the call's outstanding engine requests (``AsyncLLM.abort``) and r
 (a :class:`~refine.errors.DeadlineReached`: the search stops and returns its best output so far) or
 :class:`EngineCancelled`. The first call inside a :meth:`~EngineTransport.limits` block is exempt from the
 deadline (not from cancelling): it scores the output being refined, without which there is nothing to return.
-:class:`LLMTransport` checks both before each call (``llm.generate`` cannot be interrupted).
+
+A caller may also hand one call a deadline of its own (``generate(..., deadline=...)``, a ``time.monotonic()``
+value): the session passes its :attr:`~refine.backends.base.Session.deadline`, which the search sets from
+``Budget.max_seconds``, so that limit binds inside a long call on every transport, whether or not a
+:meth:`~EngineTransport.limits` block is open. It is never exempt, and the earlier of the two deadlines applies.
+
+:class:`AsyncTransport` watches both while it waits for outputs. :class:`LLMTransport` checks them before each
+call and, when the call has a deadline, between two engine steps: it then drives ``llm.llm_engine`` step by step
+itself instead of calling ``llm.generate`` (which cannot be interrupted), and aborts the call's requests when
+the deadline passes.
+
+A call cut short by a deadline raises before it returns outputs, so the session's ``forward_tokens`` do not count
+the engine work of its aborted requests (vLLM reports none for them): a refinement that hit ``max_seconds`` on
+vLLM reports a lower bound of its compute.
 """
 
 from __future__ import annotations
@@ -62,22 +75,27 @@ class CallLimits:
         deadline: ``time.monotonic()`` value after which calls are aborted; None: none.
         cancel: an event that, once set, aborts calls; None: none.
         calls: engine calls made so far under these limits (the first is exempt from the deadline).
-        expired: whether the deadline aborted (or refused) a call.
+        until: the current call's own deadline (``time.monotonic()``; its caller's, see the module docstring),
+            never exempt; set by each call for its duration.
+        expired: whether a deadline aborted (or refused) a call.
         aborted: engine requests aborted because of these limits.
     """
 
     deadline: float | None = None
     cancel: threading.Event | None = None
     calls: int = 0
+    until: float | None = None
     expired: bool = False
     aborted: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def remaining(self) -> float | None:
-        """Seconds left before the deadline applies to this call (None: no deadline for it)."""
-        if self.deadline is None or self.calls <= 1:
+        """Seconds left before a deadline stops this call: the earlier of the bound deadline (from the second
+        call on) and the call's own (None: no deadline for it)."""
+        ends = [d for d in (self.deadline if self.calls > 1 else None, self.until) if d is not None]
+        if not ends:
             return None
-        return self.deadline - time.monotonic()
+        return min(ends) - time.monotonic()
 
     def check(self) -> None:
         """Raise if the call should stop now (cancelled, or past the deadline)."""
@@ -149,23 +167,29 @@ class EngineTransport(ABC):
         finally:
             self._local.limits = outer
 
-    def _begin(self) -> CallLimits | None:
-        """The current thread's limits, counted as one more call and checked (raises if already past them)."""
+    def _begin(self, deadline: float | None = None) -> CallLimits | None:
+        """The limits of one call, checked (raises if already past them): the current thread's, counted as one
+        more call, with the call's own ``deadline`` folded in (limits of the call alone when no block is open)."""
         lim = getattr(self._local, "limits", None)
+        if lim is None and deadline is not None:
+            lim = CallLimits()
         if lim is not None:
             lim.calls += 1
+            lim.until = deadline
             lim.check()
         return lim
 
     # ------------------------------------------------------------------ engine calls
 
     @abstractmethod
-    def generate(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams]) -> list[Any]:
-        """Run one request per prompt to its end; their final ``RequestOutput`` s, in order."""
+    def generate(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
+                 deadline: float | None = None) -> list[Any]:
+        """Run one request per prompt to its end; their final ``RequestOutput`` s, in order. ``deadline``
+        (``time.monotonic()``): past it, the call's requests are aborted and :class:`EngineDeadline` raised."""
 
     @abstractmethod
     def generate_stepwise(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
-                          watch: Watch) -> list[PartialOutput]:
+                          watch: Watch, deadline: float | None = None) -> list[PartialOutput]:
         """Like :meth:`generate` with ``DELTA`` outputs: after new tokens of an unfinished request ``i``,
         ``watch(i, partial)`` decides whether to stop it (aborted, its partial output returned with
         ``stopped=True``)."""
@@ -178,6 +202,12 @@ class EngineTransport(ABC):
     def _delta(sp: SamplingParams) -> SamplingParams:
         sp = sp.clone()
         sp.output_kind = RequestOutputKind.DELTA
+        return sp
+
+    @staticmethod
+    def _final(sp: SamplingParams) -> SamplingParams:
+        sp = sp.clone()
+        sp.output_kind = RequestOutputKind.FINAL_ONLY
         return sp
 
 
@@ -196,48 +226,82 @@ class LLMTransport(EngineTransport):
     def get_tokenizer(self) -> Any:
         return self.engine.get_tokenizer()
 
-    def generate(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams]) -> list[Any]:
-        self._begin()
-        with self._lock:
-            return self.engine.generate([{"prompt_token_ids": p} for p in prompts], list(params), use_tqdm=False)
+    def generate(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
+                 deadline: float | None = None) -> list[Any]:
+        """``llm.generate``; with a deadline, the engine driven step by step so that the deadline can stop it."""
+        lim = self._begin(deadline)
+        if lim is None or lim.remaining() is None:
+            with self._lock:
+                return self.engine.generate([{"prompt_token_ids": p} for p in prompts], list(params),
+                                            use_tqdm=False)
+        final: list[Any] = [None] * len(prompts)
+
+        def keep(i: int, ro: Any) -> bool:
+            final[i] = ro
+            return False
+
+        self._steps(prompts, [self._final(sp) for sp in params], keep, lim)
+        if any(o is None or not o.finished for o in final):
+            raise RuntimeError("the engine ended a request without its final output")
+        return final
 
     def generate_stepwise(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
-                          watch: Watch) -> list[PartialOutput]:
+                          watch: Watch, deadline: float | None = None) -> list[PartialOutput]:
         """Drives ``llm.llm_engine`` (``add_request``/``step``/``abort_request``) under the lock."""
-        self._begin()
+        lim = self._begin(deadline)
+        outs = [PartialOutput(list(p)) for p in prompts]
+
+        def step(i: int, ro: Any) -> bool:
+            o = outs[i]
+            o.extend(ro)
+            if ro.finished:
+                return False
+            if watch(i, o):
+                o.stopped = True
+                return True
+            return False
+
+        self._steps(prompts, [self._delta(sp) for sp in params], step, lim)
+        return outs
+
+    def _steps(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
+               on_output: Callable[[int, Any], bool], lim: CallLimits | None) -> None:
+        """Add one request per prompt to ``llm.llm_engine`` and step it until they are over, handing each output
+        to ``on_output(i, output)`` (True aborts request ``i``); ``lim`` is checked after every engine step
+        (past a deadline, or cancelled: every request left is aborted and the error raised)."""
         with self._lock:
             engine = self.engine.llm_engine
             ids: list[str] = []
-            outs: list[PartialOutput] = []
+            live: set[str] = set()
             try:
                 for p, sp in zip(prompts, params):
                     rid = self.request_id()  # outputs and aborts use this external id
-                    engine.add_request(rid, {"prompt_token_ids": p}, self._delta(sp))
+                    engine.add_request(rid, {"prompt_token_ids": p}, sp)
                     ids.append(rid)
-                    outs.append(PartialOutput(list(p)))
+                    live.add(rid)
                 index = {rid: i for i, rid in enumerate(ids)}
-                live = set(ids)
                 while live and engine.has_unfinished_requests():
                     stop = []
                     for ro in engine.step():
                         i = index.get(ro.request_id)
                         if i is None or ro.request_id not in live:
                             continue
-                        o = outs[i]
-                        o.extend(ro)
                         if ro.finished:
                             live.discard(ro.request_id)
-                        elif watch(i, o):
-                            o.stopped = True
+                        if on_output(i, ro) and ro.request_id in live:
                             stop.append(ro.request_id)
                     if stop:
                         engine.abort_request(stop)
                         live.difference_update(stop)
+                    if lim is not None and live:
+                        lim.check()
             except BaseException:
                 with contextlib.suppress(Exception):
                     engine.abort_request(list(ids))
+                if lim is not None:
+                    with lim._lock:
+                        lim.aborted += len(live)
                 raise
-            return outs
 
     def collective_rpc(self, method: Any, args: tuple = ()) -> list[Any]:
         with self._lock:
@@ -331,11 +395,11 @@ class AsyncTransport(EngineTransport):
                 for i, (rid, p, sp) in enumerate(zip(ids, prompts, params))]
 
     def _run(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
-             on_output: Callable[[int, Any], bool]) -> None:
+             on_output: Callable[[int, Any], bool], deadline: float | None = None) -> None:
         """Start one request per prompt and hand each output to ``on_output(i, output)`` in this thread; True from
-        it aborts request ``i``. Returns when every request is over; aborts what is left on a deadline, a cancel
-        or an error."""
-        lim = self._begin()
+        it aborts request ``i``. Returns when every request is over; aborts what is left on a deadline (the
+        thread's limits' or ``deadline``), a cancel or an error."""
+        lim = self._begin(deadline)
         ids = [self.request_id() for _ in prompts]
         sink: queue.Queue[Any] = queue.Queue()
         with self._count_lock:
@@ -380,7 +444,8 @@ class AsyncTransport(EngineTransport):
 
     # ------------------------------------------------------------------ engine calls
 
-    def generate(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams]) -> list[Any]:
+    def generate(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
+                 deadline: float | None = None) -> list[Any]:
         final: list[Any] = [None] * len(prompts)
 
         def keep(i: int, ro: Any) -> bool:
@@ -388,13 +453,13 @@ class AsyncTransport(EngineTransport):
             return False
 
         params = [sp if sp.output_kind == RequestOutputKind.FINAL_ONLY else self._final(sp) for sp in params]
-        self._run(prompts, params, keep)
+        self._run(prompts, params, keep, deadline)
         if any(o is None or not o.finished for o in final):
             raise RuntimeError("the engine ended a request without its final output")
         return final
 
     def generate_stepwise(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
-                          watch: Watch) -> list[PartialOutput]:
+                          watch: Watch, deadline: float | None = None) -> list[PartialOutput]:
         outs = [PartialOutput(list(p)) for p in prompts]
 
         def step(i: int, ro: Any) -> bool:
@@ -407,15 +472,9 @@ class AsyncTransport(EngineTransport):
                 return True
             return False
 
-        self._run(prompts, [self._delta(sp) for sp in params], step)
+        self._run(prompts, [self._delta(sp) for sp in params], step, deadline)
         return outs
 
     def collective_rpc(self, method: Any, args: tuple = ()) -> list[Any]:
         fut = self._submit(self.engine.collective_rpc(method, args=args))
         return fut.result()
-
-    @staticmethod
-    def _final(sp: SamplingParams) -> SamplingParams:
-        sp = sp.clone()
-        sp.output_kind = RequestOutputKind.FINAL_ONLY
-        return sp
