@@ -4,8 +4,9 @@ A session needs three engine calls: run a batch of requests to their final outpu
 run a batch step by step so that a callback can stop rows early (:meth:`~EngineTransport.generate_stepwise`), and
 call the workers (:meth:`~EngineTransport.collective_rpc`, to read the forcing processor's entropy records).
 
-- :class:`LLMTransport` drives a ``vllm.LLM`` from the calling thread (``llm.generate``; the step-wise path adds
-  requests to ``llm.llm_engine`` and calls ``step()`` itself). A lock keeps the engine to one caller at a time.
+- :class:`LLMTransport` drives a ``vllm.LLM`` from the calling thread (``llm.generate``; the step-wise path, and
+  any call that a deadline or a cancel event could stop, adds requests to ``llm.llm_engine`` and calls ``step()``
+  itself). A lock keeps the engine to one caller at a time.
 - :class:`AsyncTransport` submits requests to a ``vllm.v1.engine.async_llm.AsyncLLM`` that lives on an asyncio
   event loop owned by someone else (a server's): every call, made from a worker thread, schedules one coroutine
   per request on that loop (``asyncio.run_coroutine_threadsafe``) and waits for them. Calls from several threads
@@ -26,10 +27,10 @@ value): the session passes its :attr:`~refine.backends.base.Session.deadline`, w
 ``Budget.max_seconds``, so that limit binds inside a long call on every transport, whether or not a
 :meth:`~EngineTransport.limits` block is open. It is never exempt, and the earlier of the two deadlines applies.
 
-:class:`AsyncTransport` watches both while it waits for outputs. :class:`LLMTransport` checks them before each
-call and, when the call has a deadline, between two engine steps: it then drives ``llm.llm_engine`` step by step
-itself instead of calling ``llm.generate`` (which cannot be interrupted), and aborts the call's requests when
-the deadline passes.
+:class:`AsyncTransport` watches both while it waits for outputs. :class:`LLMTransport` checks them between two
+engine steps: a call made under a deadline or inside a :meth:`~EngineTransport.limits` block drives
+``llm.llm_engine`` step by step itself instead of calling ``llm.generate`` (which cannot be interrupted), and
+aborts the call's requests when the deadline passes or the event is set.
 
 A call cut short by a deadline raises before it returns outputs, so the session's ``forward_tokens`` do not count
 the engine work of its aborted requests (vLLM reports none for them): a refinement that hit ``max_seconds`` on
@@ -182,17 +183,47 @@ class EngineTransport(ABC):
     # ------------------------------------------------------------------ engine calls
 
     @abstractmethod
+    def _drive(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
+               on_output: Callable[[int, Any], bool], deadline: float | None = None) -> None:
+        """Start one request per prompt and hand each output to ``on_output(i, output)`` in the calling thread;
+        True from it aborts request ``i``. Returns when every request is over; on a deadline (the thread's
+        limits' or ``deadline``), a cancel or an error, aborts what is left and raises."""
+
     def generate(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
                  deadline: float | None = None) -> list[Any]:
         """Run one request per prompt to its end; their final ``RequestOutput`` s, in order. ``deadline``
         (``time.monotonic()``): past it, the call's requests are aborted and :class:`EngineDeadline` raised."""
+        final: list[Any] = [None] * len(prompts)
 
-    @abstractmethod
+        def keep(i: int, ro: Any) -> bool:
+            final[i] = ro
+            return False
+
+        params = [sp if sp.output_kind == RequestOutputKind.FINAL_ONLY else self._final(sp) for sp in params]
+        self._drive(prompts, params, keep, deadline)
+        if any(o is None or not o.finished for o in final):
+            raise RuntimeError("the engine ended a request without its final output")
+        return final
+
     def generate_stepwise(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
                           watch: Watch, deadline: float | None = None) -> list[PartialOutput]:
         """Like :meth:`generate` with ``DELTA`` outputs: after new tokens of an unfinished request ``i``,
         ``watch(i, partial)`` decides whether to stop it (aborted, its partial output returned with
         ``stopped=True``)."""
+        outs = [PartialOutput(list(p)) for p in prompts]
+
+        def step(i: int, ro: Any) -> bool:
+            o = outs[i]
+            o.extend(ro)
+            if ro.finished:
+                return False
+            if watch(i, o):
+                o.stopped = True
+                return True
+            return False
+
+        self._drive(prompts, [self._delta(sp) for sp in params], step, deadline)
+        return outs
 
     @abstractmethod
     def collective_rpc(self, method: Any, args: tuple = ()) -> list[Any]:
@@ -228,47 +259,19 @@ class LLMTransport(EngineTransport):
 
     def generate(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
                  deadline: float | None = None) -> list[Any]:
-        """``llm.generate``; with a deadline, the engine driven step by step so that the deadline can stop it."""
-        lim = self._begin(deadline)
-        if lim is None or lim.remaining() is None:
+        """``llm.generate`` when nothing can stop the call; with a deadline or a thread's limits, the engine
+        stepped here so that they can."""
+        if deadline is None and getattr(self._local, "limits", None) is None:
             with self._lock:
                 return self.engine.generate([{"prompt_token_ids": p} for p in prompts], list(params),
                                             use_tqdm=False)
-        final: list[Any] = [None] * len(prompts)
+        return super().generate(prompts, params, deadline)
 
-        def keep(i: int, ro: Any) -> bool:
-            final[i] = ro
-            return False
-
-        self._steps(prompts, [self._final(sp) for sp in params], keep, lim)
-        if any(o is None or not o.finished for o in final):
-            raise RuntimeError("the engine ended a request without its final output")
-        return final
-
-    def generate_stepwise(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
-                          watch: Watch, deadline: float | None = None) -> list[PartialOutput]:
-        """Drives ``llm.llm_engine`` (``add_request``/``step``/``abort_request``) under the lock."""
+    def _drive(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
+               on_output: Callable[[int, Any], bool], deadline: float | None = None) -> None:
+        """Adds the requests to ``llm.llm_engine`` and steps it (``add_request``/``step``/``abort_request``)
+        under the lock; the limits are checked after every engine step."""
         lim = self._begin(deadline)
-        outs = [PartialOutput(list(p)) for p in prompts]
-
-        def step(i: int, ro: Any) -> bool:
-            o = outs[i]
-            o.extend(ro)
-            if ro.finished:
-                return False
-            if watch(i, o):
-                o.stopped = True
-                return True
-            return False
-
-        self._steps(prompts, [self._delta(sp) for sp in params], step, lim)
-        return outs
-
-    def _steps(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
-               on_output: Callable[[int, Any], bool], lim: CallLimits | None) -> None:
-        """Add one request per prompt to ``llm.llm_engine`` and step it until they are over, handing each output
-        to ``on_output(i, output)`` (True aborts request ``i``); ``lim`` is checked after every engine step
-        (past a deadline, or cancelled: every request left is aborted and the error raised)."""
         with self._lock:
             engine = self.engine.llm_engine
             ids: list[str] = []
@@ -394,11 +397,9 @@ class AsyncTransport(EngineTransport):
         return [asyncio.ensure_future(self._pump(rid, list(p), sp, sink, i))
                 for i, (rid, p, sp) in enumerate(zip(ids, prompts, params))]
 
-    def _run(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
-             on_output: Callable[[int, Any], bool], deadline: float | None = None) -> None:
-        """Start one request per prompt and hand each output to ``on_output(i, output)`` in this thread; True from
-        it aborts request ``i``. Returns when every request is over; aborts what is left on a deadline (the
-        thread's limits' or ``deadline``), a cancel or an error."""
+    def _drive(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
+               on_output: Callable[[int, Any], bool], deadline: float | None = None) -> None:
+        """Schedules one coroutine per request on the loop and waits for their outputs, watching the limits."""
         lim = self._begin(deadline)
         ids = [self.request_id() for _ in prompts]
         sink: queue.Queue[Any] = queue.Queue()
@@ -443,37 +444,6 @@ class AsyncTransport(EngineTransport):
                 self._outstanding -= len(ids)
 
     # ------------------------------------------------------------------ engine calls
-
-    def generate(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
-                 deadline: float | None = None) -> list[Any]:
-        final: list[Any] = [None] * len(prompts)
-
-        def keep(i: int, ro: Any) -> bool:
-            final[i] = ro
-            return False
-
-        params = [sp if sp.output_kind == RequestOutputKind.FINAL_ONLY else self._final(sp) for sp in params]
-        self._run(prompts, params, keep, deadline)
-        if any(o is None or not o.finished for o in final):
-            raise RuntimeError("the engine ended a request without its final output")
-        return final
-
-    def generate_stepwise(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
-                          watch: Watch, deadline: float | None = None) -> list[PartialOutput]:
-        outs = [PartialOutput(list(p)) for p in prompts]
-
-        def step(i: int, ro: Any) -> bool:
-            o = outs[i]
-            o.extend(ro)
-            if ro.finished:
-                return False
-            if watch(i, o):
-                o.stopped = True
-                return True
-            return False
-
-        self._run(prompts, [self._delta(sp) for sp in params], step, deadline)
-        return outs
 
     def collective_rpc(self, method: Any, args: tuple = ()) -> list[Any]:
         fut = self._submit(self.engine.collective_rpc(method, args=args))
