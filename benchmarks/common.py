@@ -195,15 +195,16 @@ class Runner:
 
     # ------------------------------------------------------------------ refinement
 
-    def refine(self, prompt: Sequence[int], start: Output, config: RefineConfig) -> tuple[Output, RefineResult]:
-        """Refine ``start`` (normally the greedy output); cost and time include producing ``start``.
+    def refine(self, prompt: Sequence[int], start: Output | None, config: RefineConfig) -> tuple[Output, RefineResult]:
+        """Refine ``start`` (normally the greedy output); cost and time include producing ``start``. ``None``:
+        a sampler (``power``, ``power_smc``) starts from nothing and its own cost is all there is.
 
         ``extra["hook_forward_tokens"]`` is what the forward hook saw during refinement: it should equal the
         engine's own ``stats.forward_tokens``.
         """
         with ForwardCounter(self.model) as fc:
             t0 = time.perf_counter()
-            result = refine_tokens(self.backend, prompt, start.tokens, config)
+            result = refine_tokens(self.backend, prompt, [] if start is None else start.tokens, config)
             seconds = time.perf_counter() - t0
         st = result.stats
         extra = {
@@ -212,6 +213,8 @@ class Runner:
             "sweeps": st.sweeps, "candidates": st.candidates, "stop_reason": st.stop_reason,
             "engine_score": result.score, "initial_score": result.initial_score,
         }
+        if start is None:
+            start = Output([], 0, 0, 0.0, {})
         out = Output(list(result.tokens), start.forward_tokens + st.forward_tokens,
                      start.forward_calls + st.forward_calls, start.seconds + seconds, extra)
         return out, result

@@ -118,6 +118,9 @@ def refine_tokens(
 ) -> RefineResult:
     """Refine ``output_ids`` (a decoded answer to ``prompt_ids``) with ``backend``. The caller's lists are not modified.
 
+    Empty ``output_ids`` start a sampler (``power``, ``power_smc``) from nothing; any other strategy raises
+    :class:`~refine.errors.InputError` (:meth:`~refine.search.Search.score_initial`).
+
     With ``config.scorer`` set, ``scorer_prompt`` and ``chat`` say how the scorer sees the prompt
     (:func:`scorer_prompt_ids`; default: ``prompt_ids`` decoded to text).
     """
@@ -126,8 +129,6 @@ def refine_tokens(
     vocab = backend.tokenizer.vocab_size
     if not prompt_ids:
         raise InputError("the prompt is empty; refine needs a prompt to condition on")
-    if not output_ids:
-        raise InputError("the output is empty; there is nothing to refine")
     check_ids(prompt_ids, vocab, "prompt")
     check_ids(output_ids, vocab, "output")
     limit = max_output_tokens(backend, len(prompt_ids), config)
@@ -168,7 +169,11 @@ def refine(
         prompt: text (a chat template is applied when the tokenizer has one, unless ``chat=False``) or token ids.
         output: the answer to refine, as text (taken as a complete answer: EOS is appended) or token ids.
             ``None``: decode one greedily first (``max_new_tokens`` at most; one that runs into the cap is
-            unfinished, see :attr:`RefineResult.initial_ended <refine.types.RefineResult>`).
+            unfinished, see :attr:`RefineResult.initial_ended <refine.types.RefineResult>`). ``""`` or ``[]``:
+            no start at all, for the samplers only (``strategy="power"`` or ``"power_smc"``): their draws are
+            the only candidates, as power sampling is used as a decoder (no greedy decode is paid for); the
+            result's ``initial_text`` is empty and its ``initial_score`` ``-inf``. Outputs then have at most
+            ``config.max_new_tokens`` tokens, or ``max_new_tokens`` when the config sets none.
         model: ``None`` (the embedded SmolLM2-135M-Instruct), a local model folder or GGUF file, a transformers
             model (with ``tokenizer``), or a :class:`~refine.backends.base.Backend`.
         scorer (an option): a second model that judges the edits ``model`` proposes (``RefineConfig.scorer``);
@@ -186,14 +191,19 @@ def refine(
         config = config.replace(**options)
     if isinstance(prompt, str) and not prompt.strip():
         raise InputError("the prompt is empty; refine needs a prompt to condition on")
-    if isinstance(output, str) and not output.strip():
-        raise InputError("the output is empty; there is nothing to refine")
+    if isinstance(output, str) and output and not output.strip():
+        raise InputError("the output is only whitespace; pass the answer to refine, None to decode one greedily, "
+                         "or \"\" to let a sampler (power, power_smc) start from nothing")
+    if (output == "" or (isinstance(output, (list, tuple)) and not output)) and config.max_new_tokens is None:
+        config = config.replace(max_new_tokens=max_new_tokens)  # a sampler from nothing: the same length cap
     backend = resolve_backend(model, tokenizer)
     prompt_ids = _as_ids(prompt, "prompt")
     if prompt_ids is None:
         prompt_ids = backend.encode_prompt(prompt, chat)
     if output is None:
         output_ids = generate_greedy(backend, prompt_ids, max_new_tokens, config.topk_store, config.max_batch_tokens)
+    elif isinstance(output, str) and not output:
+        output_ids = []
     else:
         output_ids = _as_ids(output, "output")
         if output_ids is None:

@@ -39,7 +39,11 @@ def _add_run(sub) -> None:
     p = sub.add_parser("run", help="refine the model's answer to a prompt", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("prompt", help="the prompt (a chat template is applied if the model has one)")
-    p.add_argument("--output", help="refine this answer instead of decoding one greedily")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--output", help="refine this answer instead of decoding one greedily")
+    start.add_argument("--from-nothing", action="store_true",
+                       help="no start: the sampler (--strategy power or power_smc) draws every output itself, "
+                            "no greedy decode first")
     p.add_argument("--model", default=None, help="local model folder or .gguf file (default: SmolLM2-135M-Instruct)")
     p.add_argument("--scorer", default=None, help=SCORER_HELP)
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
@@ -176,7 +180,9 @@ def cmd_run(args) -> int:
     load_s = time.perf_counter() - t0
     prompt_ids = backend.encode_prompt(args.prompt, chat=False if args.no_chat else None)
     t1 = time.perf_counter()
-    if args.output is None:
+    if args.from_nothing:
+        output_ids = []
+    elif args.output is None:
         output_ids = generate_greedy(backend, prompt_ids, args.max_new_tokens, config.topk_store)
     else:
         output_ids = backend.tokenizer.encode(args.output) + [backend.tokenizer.eos]
@@ -197,9 +203,17 @@ def cmd_run(args) -> int:
         return 0
     tv = backend.tokenizer
     color = sys.stdout.isatty()
-    st = result.stats
     print(f"objective : {config.objective_fn.describe()}"
           + ("" if args.scorer is None else f" (scored by {args.scorer})"))
+    if not result.initial_tokens:  # a sampler from nothing: no start to compare with
+        print(f"output    : {result.text!r}")
+        print(f"score     : {result.score:.4f}")
+        for name in result.terms:
+            print(f"  {name:<8}: {result.terms[name]:.4f}")
+        print(f"length    : {len(result.tokens)} tokens")
+        print(f"finished  : {_yes(result.ended)}")
+        _print_compute(result, args, None)
+        return 0
     print(f"initial   : {result.initial_text!r}")
     print(f"refined   : {result.text!r}")
     print(f"diff      : {token_diff(result.initial_tokens, result.tokens, tv.token_str, color)}")
@@ -215,12 +229,19 @@ def cmd_run(args) -> int:
         print(f"edit {k:<4} : {e.move} @{e.position}: {old!r} -> {new!r} ({e.gain:+.4f})")
     if not result.edits:
         print("edits     : none (no candidate beat the initial output)")
+    _print_compute(result, args, gen_s)
+    return 0
+
+
+def _print_compute(result, args, gen_s: float | None) -> None:
+    """The compute line (``gen_s``: seconds of the greedy decode refinement started from; None: none)."""
+    st = result.stats
+    greedy = "" if gen_s is None else f" (greedy decode {gen_s:.1f} s)"
     print(f"compute   : {st.forward_tokens} forward tokens in {st.forward_calls} calls, {st.candidates} candidates, "
-          f"{st.refused} refused, {st.steps} steps, {st.sweeps} sweeps, {st.seconds:.1f} s (greedy decode {gen_s:.1f} s); "
+          f"{st.refused} refused, {st.steps} steps, {st.sweeps} sweeps, {st.seconds:.1f} s{greedy}; "
           f"stopped: {st.stop_reason}")
     if args.scorer is not None:
         print(f"scorer    : {st.scorer_forward_tokens} of those forward tokens in {st.scorer_forward_calls} calls")
-    return 0
 
 
 def _add_optional(sub) -> None:

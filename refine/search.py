@@ -43,6 +43,13 @@ from .strategy import Strategy
 from .types import Edit, Hypothesis, RefineResult, Scores, Stats
 
 
+def _from_nothing() -> list[str]:
+    """Names of the registered strategies that may start from an empty output."""
+    from .strategy import STRATEGIES
+
+    return [n for n in STRATEGIES.names() if getattr(STRATEGIES.get(n), "from_nothing", False)]
+
+
 def changed_span(old: Sequence[int], new: Sequence[int]) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
     """``(position, old_tokens, new_tokens)`` of the smallest span that turns ``old`` into ``new``.
 
@@ -203,8 +210,22 @@ class Search:
         return out
 
     def score_initial(self, tokens: Sequence[int]) -> Hypothesis:
-        """Score the starting output; sets :attr:`current` and :attr:`initial`."""
+        """Score the starting output; sets :attr:`current` and :attr:`initial`.
+
+        An empty output is a start only for a sampler that draws its outputs from the model
+        (:attr:`Strategy.from_nothing <refine.strategy.Strategy.from_nothing>`): nothing is scored, the start's
+        value is ``-inf`` (any output beats it) and it holds no text for the admissibility rules to keep, so
+        the first complete draw the strategy offers is taken whatever it is.
+        """
         tokens = tuple(int(t) for t in tokens)
+        if not tokens:
+            if not self.strategy.from_nothing:
+                raise InputError(f"the output is empty; there is nothing to refine (strategy {self.strategy.name!r} "
+                                 "edits an output; only the samplers " + ", ".join(repr(n) for n in _from_nothing())
+                                 + " start from nothing)")
+            hyp = Hypothesis(tokens=(), scores=Scores.empty(1), value=-np.inf, terms={}, text="", ended=False)
+            self.current = self.initial = hyp
+            return hyp
         cost = self.session.score_cost([tokens])
         if self.scorer is not None:
             (row,) = self._scorer_rows([tokens])

@@ -25,6 +25,9 @@ class Strategy:
     """
 
     name: str = "strategy"
+    #: whether the strategy can start from an empty output: a sampler whose outputs are drawn from the model
+    #: (``power``, ``power_smc``) rather than edited from the start (:meth:`Search.score_initial`)
+    from_nothing: bool = False
 
     def __init__(self, **options) -> None:
         if options:

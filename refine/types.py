@@ -136,8 +136,13 @@ class Edit:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["old"], d["new"] = list(self.old), list(self.new)
-        d["gain"] = self.gain
+        d["before"], d["gain"] = _finite(self.before), _finite(self.gain)
         return d
+
+
+def _finite(x: float) -> float | None:
+    """``x``, or None where it is not finite (the value of an empty start is ``-inf``; JSON has no infinities)."""
+    return float(x) if np.isfinite(x) else None
 
 
 @dataclass
@@ -187,7 +192,8 @@ class RefineResult:
         tokens: refined output token ids.
         text: refined output text.
         score: objective value of the refined output.
-        initial_tokens, initial_text, initial_score: the same for the output before refinement.
+        initial_tokens, initial_text, initial_score: the same for the output before refinement (a sampler
+            started from nothing: empty, and ``-inf``, which :meth:`to_dict` writes as ``None``).
         ended, initial_ended: whether the refined and the initial output are finished (end with EOS within the
             length cap). A finished initial output is only ever replaced by a finished one; an unfinished
             (cut) one may be replaced by any admissible output that scores better, finished or not.
@@ -230,10 +236,10 @@ class RefineResult:
             "score": self.score,
             "initial_text": self.initial_text,
             "initial_tokens": list(self.initial_tokens),
-            "initial_score": self.initial_score,
+            "initial_score": _finite(self.initial_score),
             "ended": self.ended,
             "initial_ended": self.initial_ended,
-            "gain": self.gain,
+            "gain": _finite(self.gain),
             "terms": dict(self.terms),
             "initial_terms": dict(self.initial_terms),
             "edits": [e.to_dict() for e in self.edits],

@@ -84,3 +84,19 @@ def test_run_with_a_scorer(model_dir, scorer_dir, capsys):
     assert main(args + ["--no-progress"]) == 0
     out = capsys.readouterr().out
     assert f"(scored by {scorer_dir})" in out and "scorer    :" in out
+
+
+def test_run_from_nothing_samples_without_a_start(model_dir, capsys):
+    """``--from-nothing``: a sampler draws every output itself; no start is decoded, none is shown; another
+    strategy is refused, and the flag excludes ``--output``."""
+    args = ["run", "the cat", "--model", str(model_dir), "--no-chat", "--max-new-tokens", "8", "--objective", "mean",
+            "--strategy", "power", "--strategy-options", '{"alpha": 2, "blocks": 2, "steps": 3}', "--from-nothing"]
+    assert main([*args, "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["initial_tokens"] == [] and d["initial_text"] == "" and d["initial_score"] is None
+    assert 0 < len(d["tokens"]) <= 8 and d["timing"]["greedy_s"] < 0.5
+    assert main([*args, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "output" in out and "initial" not in out and "greedy decode" not in out
+    assert main(["run", "the cat", "--model", str(model_dir), "--no-chat", "--from-nothing"]) == 2
+    assert "start from nothing" in capsys.readouterr().err

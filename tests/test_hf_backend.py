@@ -113,8 +113,10 @@ def test_drafts_from_base_are_exact_and_save_calls(llama, backend):
     target = _plain_greedy(llama, (5,), 30)
     req = DecodeRequest((5,), 30)
     plain = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+    plain.walk_window = 0
     ((_, a),) = plain.decode([req], base=(5,))  # nothing to draft from
     drafted = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+    drafted.walk_window = 0  # drafts alone (a walk would take the whole continuation from one forward of base)
     ((_, b),) = drafted.decode([req], base=target)  # the base predicts the continuation exactly
     assert a.tokens == b.tokens == target
     np.testing.assert_allclose(a.scores.logprobs, b.scores.logprobs, atol=1e-4)
@@ -287,10 +289,83 @@ def test_sampled_decode_takes_drafts_and_draws_the_same_tokens(backend):
     ((_, first),) = plain.decode([req])
     assert plain.drafted_tokens == 0  # no base: nothing to draft from
     drafting = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+    drafting.walk_window = 0  # drafts alone, no walk along base
     ((_, again),) = drafting.decode([req], first.tokens)
     assert again.tokens == first.tokens
     np.testing.assert_allclose(again.sample_logprobs, first.sample_logprobs, atol=1e-6)
     assert drafting.accepted_draft_tokens > 0 and drafting.forward_calls < plain.forward_calls
+
+
+def _full_check(llama, start, dec):
+    """``dec``'s scores from ``start`` are the model's log-probs of its tokens."""
+    lp, _ = full_logprobs(llama, PROMPT, dec.tokens)
+    np.testing.assert_allclose(dec.scores.logprobs, lp[start:], atol=1e-4)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.5, 1.0])
+def test_a_walk_along_base_draws_what_decoding_draws_without_running_the_model(llama, backend, temperature):
+    """A request that continues a prefix of ``base`` takes its tokens from one forward of ``base`` while it
+    stays on it: the same tokens, the same densities (same generator, same order of draws) and exact scores;
+    where ``base`` and the draws part, decoding goes on with the same generator."""
+    sampled = temperature > 0
+    req = DecodeRequest((5,), 12, temperature=temperature, seed=7 if sampled else None)
+    plain = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+    ((_, first),) = plain.decode([req])
+    assert len(first.tokens) > 6
+    # base = the row's own output: the whole row is walked, one forward of base and no decoding call
+    walking = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+    ((start, again),) = walking.decode([req], first.tokens)
+    assert again.tokens == first.tokens and start >= 1
+    _full_check(llama, start, again)
+    if sampled:
+        np.testing.assert_allclose(again.sample_logprobs, first.sample_logprobs, atol=1e-6)
+    assert walking.forward_calls <= 2 < plain.forward_calls  # the prompt's cache, then base in one forward
+    assert walking.drafted_tokens == 0
+    # base leaves the row's path at position 4: walked up to there, decoded on from there, same draws
+    other = first.tokens[:4] + tuple(3 + (t - 2) % 30 for t in first.tokens[4:])  # every later token differs
+    assert all(a != b for a, b in zip(other[4:], first.tokens[4:]))
+    parted = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+    ((start, split),) = parted.decode([req], other)
+    assert split.tokens == first.tokens and start == 4
+    _full_check(llama, start, split)
+    if sampled:
+        np.testing.assert_allclose(split.sample_logprobs, first.sample_logprobs, atol=1e-6)
+
+
+def test_a_walk_keeps_length_rules_and_leaves_forks_beams_and_pruned_calls_alone(llama, backend):
+    base = _plain_greedy(llama, (5,), 20)
+    # min_new and force_eos count the walked tokens as generated ones
+    req = DecodeRequest((5,), 6, force_eos=True)
+    s = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+    ((_, dec),) = s.decode([req], base)
+    eos = backend.tokenizer.eos_ids[0]
+    assert dec.tokens == base[:6] + (eos,)
+    plain = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+    ((_, ref),) = plain.decode([req])
+    assert ref.tokens == dec.tokens
+    # a fork family and beams decode as before (no walk: the walk session's call count equals a plain one's)
+    reqs = [DecodeRequest((5,), 8), DecodeRequest((5,), 8, fork=(0, 3)), DecodeRequest((5,), 5, beam=2)]
+    a = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+    out_a = a.decode(reqs, base)
+    b = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+    b.walk_window = 0
+    out_b = b.decode(reqs, base)
+    assert [d.tokens for _, d in out_a] == [d.tokens for _, d in out_b]
+    assert a.forward_calls == b.forward_calls
+    # with a prune callback nothing walks (its checkpoints see every generated token)
+    seen = []
+    c = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+    c.decode([DecodeRequest((5,), 12)], base, prune=lambda r, toks, sc: seen.append(len(toks)) or False)
+    assert seen and seen[0] == 1 + c.prune_every
+
+
+def test_decode_cost_bounds_a_walking_call(llama, backend):
+    base = _plain_greedy(llama, (5,), 20)
+    reqs = [DecodeRequest(base[:k], 24 - k, temperature=1.0, seed=k) for k in (1, 3, 9, 15)]
+    s = backend.open(PROMPT, topk=4, max_batch_tokens=4096)
+    cost = s.decode_cost(reqs, base)
+    s.decode(reqs, base)
+    assert s.forward_tokens <= cost
 
 
 def test_sampled_request_needs_a_seed():

@@ -343,3 +343,52 @@ def test_a_block_in_one_batch_has_the_exact_law_of_its_kernels(toy):
             return self.alpha * (self.log_target(new.hyp) - self.log_target(cur.hyp))
 
     assert total_variation(block_states(backend, 6, 2000, seed=1, strategy_cls=NoDensities), law) > BLOCK_TV_BOUND
+
+
+def test_from_nothing_the_chains_draws_are_the_only_candidates(toy):
+    """An empty start (power sampling used as a decoder): nothing is decoded or scored before the chain, the
+    chain is the one a start would not have changed, the output is its best complete draw, and the result says
+    there was no start (its JSON holds no infinity)."""
+    import json
+
+    backend, _ = toy
+    cfg = {"objective": "sum", "max_new_tokens": N, "strategy": "power", "seed": 2,
+           "strategy_options": {"alpha": 1.0, "steps": 6, "blocks": 1, "chains": 2}}
+    res = refine_tokens(backend, [S], [], cfg)
+    assert res.initial_tokens == [] and res.initial_text == "" and not res.initial_ended
+    assert res.initial_score == -math.inf and res.initial_terms == {}
+    assert res.tokens and (res.ended or len(res.tokens) == N)
+    scored = backend.open([S], 4, 4096).score([res.tokens])[0][1].logprobs
+    assert res.score == pytest.approx(float(np.sum(scored)), abs=1e-4)
+    d = res.to_dict()
+    json.dumps(d, allow_nan=False)
+    assert d["initial_score"] is None and d["gain"] is None and d["edits"][0]["before"] is None
+    started = refine_tokens(backend, [S], [A, EOS], cfg)
+    assert started.extras == res.extras  # the start never seeds the chain
+    assert res.score <= started.score  # the start is one more candidate
+    finals = [s["logprob"] for s in res.extras["samples"] if s["ended"] or len(s["tokens"]) == N]
+    assert all(res.score >= f - 1e-9 for f in finals)
+
+
+def test_only_samplers_start_from_nothing(backend):
+    from refine.errors import InputError
+
+    for strategy in ("coordinate", "best_first", "population"):
+        with pytest.raises(InputError, match="start from nothing"):
+            refine_tokens(backend, [7, 8, 9], [], {"strategy": strategy, "max_new_tokens": 6})
+    res = refine_tokens(backend, [7, 8, 9], [], {"strategy": "power_smc", "max_new_tokens": 6, "seed": 1,
+                                                  "strategy_options": {"particles": 4, "blocks": 2}})
+    assert res.initial_tokens == [] and 0 < len(res.tokens) <= 6
+
+
+def test_refine_api_starts_a_sampler_from_an_empty_output(backend):
+    """``refine.refine(prompt, "")``: no greedy decode; with no ``max_new_tokens`` in the config, outputs are
+    capped by the call's ``max_new_tokens``; whitespace is still refused."""
+    import refine
+    from refine.errors import InputError
+
+    res = refine.refine([7, 8, 9], "", model=backend, strategy="power", seed=0, max_new_tokens=5,
+                        strategy_options={"blocks": 2, "steps": 2})
+    assert res.initial_tokens == [] and 0 < len(res.tokens) <= 5
+    with pytest.raises(InputError, match="whitespace"):
+        refine.refine([7, 8, 9], "  ", model=backend, strategy="power")

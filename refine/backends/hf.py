@@ -3,12 +3,16 @@
 The session keeps one batch-1 KV cache of ``prompt + shared output prefix`` (minus its
 last token). A call crops or extends that cache to its shared prefix (forwarding only
 the tokens not cached yet), copies it across the batch and forwards only the differing
-suffixes. Log-softmax is taken in fp32. The caller's tensors and caches are never touched.
+suffixes. A row that continues a prefix of the call's ``base`` first walks along it: one
+forward of ``base`` gives the next-token distribution at each of its positions, and the row
+draws from those until its tokens leave ``base`` (:meth:`HFSession._walk`). Log-softmax is
+taken in fp32. The caller's tensors and caches are never touched.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from typing import Any, Mapping, Sequence
 
@@ -369,8 +373,15 @@ class HFSession(Session, GradientSession):
 
     def decode_cost(self, requests, base=()):
         self._check_forks(requests)
-        starts, lens, feds, chain = self._layout([tuple(r.tokens) for r in requests], tuple(base), decode=True)
-        return self._ensure_cost(chain) + sum(cost for _, cost in self._plan(requests, feds))
+        base = tuple(base)
+        starts, lens, feds, chain = self._layout([tuple(r.tokens) for r in requests], base, decode=True)
+        cost = self._ensure_cost(chain) + sum(cost for _, cost in self._plan(requests, feds))
+        lo = self._walk_from(requests, base)
+        if lo is not None:  # the walk's forward along `base` may cost more than caching `chain` would
+            # (+1 per request: a walked row's first forward may feed one token more than it would have)
+            cost = max(cost, self._ensure_cost(self._base_chain(base, lo)) + len(base) - lo + 1
+                       + sum(cost for _, cost in self._plan(requests, feds)) + len(requests))
+        return cost
 
     #: generated tokens between two calls of the ``prune`` callback for a row
     prune_every = 4
@@ -380,24 +391,126 @@ class HFSession(Session, GradientSession):
         self._check_forks(requests)
         base = tuple(base)
         call0 = self.forward_tokens
-        starts, lens, feds, chain = self._layout([tuple(r.tokens) for r in requests], base, decode=True)
-        self._ensure(chain)
         out: list[tuple[int, Decoded] | None] = [None] * len(requests)
-        plan = self._plan(requests, feds)
+        walked: dict[int, tuple[list[float], Any]] = {}  # request -> (log q of its walked tokens, its generator)
+        if prune is None and self._walk_from(requests, base) is not None:
+            requests, walked = self._walk(requests, base, out)
+        live = [i for i in range(len(requests)) if out[i] is None]  # not finished on a walk
+        if not live:
+            return out  # type: ignore[return-value]
+        # the requests still to decode, a fork's parent index counted among them
+        sub = [requests[i] if requests[i].fork is None else
+               dataclasses.replace(requests[i], fork=(live.index(requests[i].fork[0]), requests[i].fork[1]))
+               for i in live]
+        starts, lens, feds, chain = self._layout([tuple(r.tokens) for r in sub], base, decode=True)
+        self._ensure(chain)
+        plan = self._plan(sub, feds)
         for k, (idx, _) in enumerate(plan):
             # drafting may spend what the plain worst case of the later chunks leaves of `limit`
             room = None if limit is None else limit - (self.forward_tokens - call0) - sum(c for _, c in plan[k + 1:])
-            rows = [requests[i] for i in idx], [starts[i] for i in idx], [lens[i] for i in idx], [feds[i] for i in idx]
-            row_prune = None if prune is None else (lambda r, *x, idx=idx: prune(idx[r], *x))
-            if rows[0][0].beam > 1:
+            reqs = [sub[i] for i in idx]
+            rows = reqs, [starts[i] for i in idx], [lens[i] for i in idx], [feds[i] for i in idx]
+            row_prune = None if prune is None else (lambda r, *x, idx=idx: prune(live[idx[r]], *x))
+            if reqs[0].beam > 1:
                 decs = self._beam_chunk(*rows, row_prune)
             else:
-                forks = {j: (idx.index(requests[i].fork[0]), requests[i].fork[1])
-                         for j, i in enumerate(idx) if requests[i].fork is not None}
-                decs = self._decode_chunk(*rows, base, room, row_prune, forks)
+                forks = {j: (idx.index(r.fork[0]), r.fork[1]) for j, r in enumerate(reqs) if r.fork is not None}
+                gens = {j: walked[live[i]][1] for j, i in enumerate(idx) if live[i] in walked}
+                decs = self._decode_chunk(*rows, base, room, row_prune, forks, gens)
             for i, dec in zip(idx, decs):
-                out[i] = (starts[i], dec)
+                if live[i] in walked and dec.sample_logprobs is not None:
+                    lq = np.asarray(walked[live[i]][0], dtype=np.float64)
+                    dec = dataclasses.replace(dec, sample_logprobs=np.concatenate([lq, dec.sample_logprobs]))
+                out[live[i]] = (starts[i], dec)
         return out  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ walking along the base
+
+    #: positions of ``base`` a walk may read (its distributions are held in memory, ``V`` floats each)
+    walk_window = 256
+
+    @staticmethod
+    def _walkable(requests, base: tuple[int, ...]) -> list[int]:
+        """Requests that continue a prefix of ``base``: plain greedy or sampled rows, no fork on either side."""
+        parents = {r.fork[0] for r in requests if r.fork is not None}
+        return [i for i, r in enumerate(requests)
+                if r.beam == 1 and r.fork is None and i not in parents and r.max_new > 0
+                and len(r.tokens) <= len(base) and tuple(r.tokens) == base[: len(r.tokens)]]
+
+    def _walk_from(self, requests, base: tuple[int, ...]) -> int | None:
+        """The first position of ``base`` whose distribution a walk needs; None: no request walks, because none
+        has a token of ``base`` ahead of it to follow (a row at the end of ``base`` alone would only move its
+        first decoding step into a call of its own) or the window is closed."""
+        idx = [i for i in self._walkable(requests, base) if len(base) - len(requests[i].tokens) < self.walk_window]
+        if not any(len(requests[i].tokens) < len(base) for i in idx):
+            return None
+        return min(len(requests[i].tokens) for i in idx)
+
+    def _base_chain(self, base: tuple[int, ...], lo: int) -> list[int]:
+        """The context cached before the walk's forward: the prompt and ``base`` up to the token before ``lo``
+        (the forward then feeds the token before ``lo`` and the rest of ``base``)."""
+        return list(self.prompt + base)[: len(self.prompt) + lo - 1]
+
+    def _walk(self, requests, base: tuple[int, ...], out: list):
+        """Advance every request that continues a prefix of ``base`` along it without running the model.
+
+        The distribution of the token after ``prompt + base[:i]`` is the same whatever row asks for it, so one
+        forward of ``base`` (from the earliest such request on) gives it at every position. A request then
+        chooses its tokens from those distributions exactly as decoding would (same rules, same generator, same
+        order of draws) while it stays on ``base``; the first token that leaves it (or the first one after the
+        end of ``base``) is its last walked token, and the rest is decoded as usual from there. A row that ends
+        (EOS or ``max_new``) on the walk is finished without a forward of its own: ``out`` receives it.
+
+        Returns the requests with each walked one replaced by its continuation (walked tokens appended, the
+        length rules shifted by as many tokens), and per walked request the log-probabilities of its sampled
+        walked tokens and its generator (decoding goes on drawing from it).
+        """
+        eos_ids = self.backend.tokenizer.eos_ids
+        lo = self._walk_from(requests, base)
+        assert lo is not None
+        self._ensure(self._base_chain(base, lo))
+        chain = list(self.prompt + base)
+        fed = chain[len(self.prompt) + lo - 1 :]
+        if not fed:  # walking from the very start of an empty prompt cannot happen (sessions need a prompt)
+            return requests, {}
+        res = self._forward(torch.tensor([fed], device=self.backend.device), self._cache)
+        self._cached += fed  # the cache now holds prompt + base
+        memo = torch.log_softmax(res.logits[0].float(), -1)  # row j: the token at position lo + j
+        requests = list(requests)
+        walked: dict[int, tuple[list[float], Any]] = {}
+        for i in self._walkable(requests, base):
+            r = requests[i]
+            t = len(r.tokens)
+            if t < lo:
+                continue
+            gen = torch.Generator().manual_seed(int(r.seed)) if r.sampled else None
+            toks, lqs = list(r.tokens), []
+            while True:
+                logp = memo[len(toks) - lo]
+                if gen is None:
+                    x = self._greedy(logp, len(toks) - t, r)
+                else:
+                    x, lq = self._sample(logp, len(toks) - t, r, gen)
+                    lqs.append(lq)
+                toks.append(x)
+                n_new = len(toks) - t
+                if x in eos_ids or n_new >= r.max_new:  # finished on the walk
+                    start = min(common_prefix(toks, base), len(toks) - 1)
+                    js = torch.arange(start - lo, len(toks) - lo, device=memo.device)
+                    _, lp, tid, tlp, ent = self._summaries(memo[js], torch.tensor(toks[start:], device=memo.device))
+                    sc = Scores(lp.double().cpu().numpy(), tid.cpu().numpy(), tlp.double().cpu().numpy(),
+                                ent.double().cpu().numpy())
+                    out[i] = (start, Decoded(tuple(toks), sc, sample_logprobs=None if gen is None
+                                             else np.asarray(lqs, dtype=np.float64)))
+                    break
+                pos = len(toks) - 1
+                if pos < len(base) and x == base[pos]:
+                    continue  # still on base: the next distribution is known
+                requests[i] = dataclasses.replace(r, tokens=tuple(toks), max_new=r.max_new - n_new,
+                                                  min_new=max(r.min_new - n_new, 0))
+                walked[i] = (lqs, gen)
+                break
+        return requests, walked
 
     def _allowed(self, logp, n_new: int, req: DecodeRequest):
         """One step's log-probs ``(V,)`` under the request's length rules (EOS masked before ``min_new``), or
@@ -470,7 +583,7 @@ class HFSession(Session, GradientSession):
                     return list(base[j + 1 : j + 1 + size])
         return []
 
-    def _decode_chunk(self, reqs, starts, lens, feds, base, room, prune, forks=None) -> list[Decoded]:
+    def _decode_chunk(self, reqs, starts, lens, feds, base, room, prune, forks=None, gens=None) -> list[Decoded]:
         """Greedy or sampled decoding of one chunk of rows, verifying drafts from ``base`` to take several tokens
         per step.
 
@@ -520,7 +633,9 @@ class HFSession(Session, GradientSession):
                 record(r, logits[j, root_cols[j] : W - 1], forced)
 
         # sampled rows: a generator per row (seeded by its request) and the log-density of each drawn token
-        gens = [torch.Generator().manual_seed(int(r.seed)) if r.sampled else None for r in reqs]
+        given = gens or {}  # row -> a generator already drawn from (a walked request's)
+        gens = [given[j] if j in given else torch.Generator().manual_seed(int(r.seed)) if r.sampled else None
+                for j, r in enumerate(reqs)]
         drawn: list[list[float]] = [[] for _ in range(B)]
 
         def choose(r: int, logp, n: int) -> int:

@@ -21,7 +21,8 @@ Block-wise (``blocks > 1``): the output grows ``ceil(max_new_tokens / blocks)`` 
 by extending the state with a draw from the proposal, then runs ``steps`` MH steps whose target is p^alpha over
 outputs cut at the block's length (cuts anywhere in the output so far). ``blocks=1`` draws one full output and runs
 ``steps`` MH steps on it. The starting output handed to refine does not seed the chain (the reverse density of
-its tokens is unknown); it is the first "best so far".
+its tokens is unknown); it is the first "best so far". An empty start (:attr:`from_nothing`: ``refine(prompt,
+"")``) makes the strategy a decoder, as the paper uses it: the chain's complete draws are the only candidates.
 
 Batching (each evaluation is one batched decode):
 
@@ -128,6 +129,8 @@ class PowerSampling(Strategy):
             block's ``steps`` with block cuts, 1 otherwise.
         output: ``"best"`` (best by objective) or ``"sample"`` (the first chain's final state).
     """
+
+    from_nothing = True
 
     def __init__(self, alpha: float = 4.0, steps: int = 10, blocks: int = 4, cut: str = "block",
                  temperature: float | None = None, target: str = "logp", chains: int = 1,

@@ -35,7 +35,8 @@ scores the same on every unfinished particle). Whatever the intermediate scores,
 
 What it returns: ``output="best"`` (default) the best output by the refine objective among the start and
 every complete particle (ended, or at the full length cap), bound like every strategy by
-:meth:`~refine.search.Search.admissible`; ``output="sample"`` one final particle drawn by its weight.
+:meth:`~refine.search.Search.admissible` (an empty start, :attr:`from_nothing`, leaves the particles as the
+only candidates); ``output="sample"`` one final particle drawn by its weight.
 ``extras["particles"]`` lists the final particles with their normalised weights. Stochastic:
 ``RefineConfig.seed`` fixes every draw.
 
@@ -103,6 +104,8 @@ class PowerSMC(Strategy):
         output: ``"best"`` (best by objective) or ``"sample"`` (a final particle drawn by weight).
         tilt: weight t of exp(t * objective) in the target (>= 0; 0: plain p^alpha).
     """
+
+    from_nothing = True
 
     def __init__(self, alpha: float = 4.0, particles: int = 16, blocks: int = 4, temperature: float | None = None,
                  ess: float = 0.5, output: str = "best", tilt: float = 0.0) -> None:
