@@ -526,7 +526,7 @@ def test_frontier_runs_a_subset_of_methods(tmp_path, model_dir, data_dir, capsys
     assert flat["frontier.final_mean_logp.power"] == pytest.approx(rec["final_mean_logp"])
     assert res["configs"]["power"]["repeat_guard"] is None  # the paper's setting: no guard
     report_md = (tmp_path / "frontier" / "report.md").read_text()
-    assert "Target: power's mean log P >= power_ref's" in report_md and "Chain against chain" in report_md
+    assert "power's mean log P >= power_ref's" in report_md and "Target (row: " in report_md and "Chain against chain" in report_md
     assert "--methods power_ref,power" in res["environment"]["command"]
 
 

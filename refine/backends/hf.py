@@ -379,7 +379,8 @@ class HFSession(Session, GradientSession):
         lo = self._walk_from(requests, base)
         if lo is not None:  # the walk's forward along `base` may cost more than caching `chain` would
             # (+1 per request: a walked row's first forward may feed one token more than it would have)
-            cost = max(cost, self._ensure_cost(self._base_chain(base, lo)) + len(base) - lo + 1
+            first = max(lo - 1, 0)
+            cost = max(cost, self._ensure_cost(self._base_chain(base, first)) + len(base) - first + 1
                        + sum(cost for _, cost in self._plan(requests, feds)) + len(requests))
         return cost
 
@@ -392,7 +393,9 @@ class HFSession(Session, GradientSession):
         base = tuple(base)
         call0 = self.forward_tokens
         out: list[tuple[int, Decoded] | None] = [None] * len(requests)
-        walked: dict[int, tuple[list[float], Any]] = {}  # request -> (log q of its walked tokens, its generator)
+        # request -> (its plain start, scores of its walked tokens before decoding's start, log q of its sampled
+        # walked tokens, its generator)
+        walked: dict[int, tuple[int, Scores, list[float], Any]] = {}
         if prune is None and self._walk_from(requests, base) is not None:
             requests, walked = self._walk(requests, base, out)
         live = [i for i in range(len(requests)) if out[i] is None]  # not finished on a walk
@@ -415,13 +418,17 @@ class HFSession(Session, GradientSession):
                 decs = self._beam_chunk(*rows, row_prune)
             else:
                 forks = {j: (idx.index(r.fork[0]), r.fork[1]) for j, r in enumerate(reqs) if r.fork is not None}
-                gens = {j: walked[live[i]][1] for j, i in enumerate(idx) if live[i] in walked}
+                gens = {j: walked[live[i]][3] for j, i in enumerate(idx) if live[i] in walked}
                 decs = self._decode_chunk(*rows, base, room, row_prune, forks, gens)
             for i, dec in zip(idx, decs):
-                if live[i] in walked and dec.sample_logprobs is not None:
-                    lq = np.asarray(walked[live[i]][0], dtype=np.float64)
-                    dec = dataclasses.replace(dec, sample_logprobs=np.concatenate([lq, dec.sample_logprobs]))
-                out[live[i]] = (starts[i], dec)
+                start = starts[i]
+                if live[i] in walked:  # report it as plain decoding would: from its own start, every density
+                    start, head, lq, _ = walked[live[i]]
+                    dec = dataclasses.replace(dec, scores=Scores.concat([head, dec.scores]))
+                    if dec.sample_logprobs is not None:
+                        dec = dataclasses.replace(dec, sample_logprobs=np.concatenate(
+                            [np.asarray(lq, dtype=np.float64), dec.sample_logprobs]))
+                out[live[i]] = (start, dec)
         return out  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ walking along the base
@@ -446,10 +453,10 @@ class HFSession(Session, GradientSession):
             return None
         return min(len(requests[i].tokens) for i in idx)
 
-    def _base_chain(self, base: tuple[int, ...], lo: int) -> list[int]:
-        """The context cached before the walk's forward: the prompt and ``base`` up to the token before ``lo``
-        (the forward then feeds the token before ``lo`` and the rest of ``base``)."""
-        return list(self.prompt + base)[: len(self.prompt) + lo - 1]
+    def _base_chain(self, base: tuple[int, ...], first: int) -> list[int]:
+        """The context cached before the walk's forward: the prompt and ``base`` up to the token before position
+        ``first`` (the forward then feeds that token and the rest of ``base``)."""
+        return list(self.prompt + base)[: len(self.prompt) + first - 1]
 
     def _walk(self, requests, base: tuple[int, ...], out: list):
         """Advance every request that continues a prefix of ``base`` along it without running the model.
@@ -462,31 +469,44 @@ class HFSession(Session, GradientSession):
         (EOS or ``max_new``) on the walk is finished without a forward of its own: ``out`` receives it.
 
         Returns the requests with each walked one replaced by its continuation (walked tokens appended, the
-        length rules shifted by as many tokens), and per walked request the log-probabilities of its sampled
-        walked tokens and its generator (decoding goes on drawing from it).
+        length rules shifted by as many tokens), and per walked request its ``start`` as plain decoding would
+        report it, the scores of its tokens from there to where decoding takes over (read from the same
+        distributions), the log-probabilities of its sampled walked tokens and its generator (decoding goes on
+        drawing from it). A walk changes no result: tokens, densities, ``start`` and scores are those of plain
+        decoding.
         """
         eos_ids = self.backend.tokenizer.eos_ids
         lo = self._walk_from(requests, base)
         assert lo is not None
-        self._ensure(self._base_chain(base, lo))
+        first = max(lo - 1, 0)  # the first position scored: a walked row's `start` is its last forced token's
+        self._ensure(self._base_chain(base, first))
         chain = list(self.prompt + base)
-        fed = chain[len(self.prompt) + lo - 1 :]
-        if not fed:  # walking from the very start of an empty prompt cannot happen (sessions need a prompt)
-            return requests, {}
+        fed = chain[len(self.prompt) + first - 1 :]
         res = self._forward(torch.tensor([fed], device=self.backend.device), self._cache)
         self._cached += fed  # the cache now holds prompt + base
-        memo = torch.log_softmax(res.logits[0].float(), -1)  # row j: the token at position lo + j
+        memo = torch.log_softmax(res.logits[0].float(), -1)  # row j: the token at position first + j
+
+        def scores(toks: list[int], a: int, b: int) -> Scores:
+            """Scores of ``toks[a:b]`` (positions on ``base`` or just past it) from the memo."""
+            if b <= a:
+                return Scores.empty(self.topk)
+            _, lp, tid, tlp, ent = self._summaries(memo[a - first : b - first],
+                                                   torch.tensor(toks[a:b], device=memo.device))
+            return Scores(lp.double().cpu().numpy(), tid.cpu().numpy(), tlp.double().cpu().numpy(),
+                          ent.double().cpu().numpy())
+
         requests = list(requests)
-        walked: dict[int, tuple[list[float], Any]] = {}
+        walked: dict[int, tuple[int, Scores, list[float], Any]] = {}
         for i in self._walkable(requests, base):
             r = requests[i]
             t = len(r.tokens)
             if t < lo:
                 continue
+            s0 = max(t - 1, 0)  # plain decoding's start for this row (`_layout`)
             gen = torch.Generator().manual_seed(int(r.seed)) if r.sampled else None
             toks, lqs = list(r.tokens), []
             while True:
-                logp = memo[len(toks) - lo]
+                logp = memo[len(toks) - first]
                 if gen is None:
                     x = self._greedy(logp, len(toks) - t, r)
                 else:
@@ -495,20 +515,16 @@ class HFSession(Session, GradientSession):
                 toks.append(x)
                 n_new = len(toks) - t
                 if x in eos_ids or n_new >= r.max_new:  # finished on the walk
-                    start = min(common_prefix(toks, base), len(toks) - 1)
-                    js = torch.arange(start - lo, len(toks) - lo, device=memo.device)
-                    _, lp, tid, tlp, ent = self._summaries(memo[js], torch.tensor(toks[start:], device=memo.device))
-                    sc = Scores(lp.double().cpu().numpy(), tid.cpu().numpy(), tlp.double().cpu().numpy(),
-                                ent.double().cpu().numpy())
-                    out[i] = (start, Decoded(tuple(toks), sc, sample_logprobs=None if gen is None
-                                             else np.asarray(lqs, dtype=np.float64)))
+                    out[i] = (s0, Decoded(tuple(toks), scores(toks, s0, len(toks)), sample_logprobs=None
+                                          if gen is None else np.asarray(lqs, dtype=np.float64)))
                     break
                 pos = len(toks) - 1
                 if pos < len(base) and x == base[pos]:
                     continue  # still on base: the next distribution is known
                 requests[i] = dataclasses.replace(r, tokens=tuple(toks), max_new=r.max_new - n_new,
                                                   min_new=max(r.min_new - n_new, 0))
-                walked[i] = (lqs, gen)
+                # decoding reports scores from its own start (the last walked token's position, `_layout`)
+                walked[i] = (s0, scores(toks, s0, min(common_prefix(toks, base), len(toks) - 1)), lqs, gen)
                 break
         return requests, walked
 
