@@ -50,6 +50,7 @@ from pathlib import Path
 from refine.config import RefineConfig
 
 from . import data, report
+from .bootstrap import paired_bootstrap
 from .common import Output, mean_se
 from .context import Context
 from .power_reference import power_reference
@@ -365,6 +366,16 @@ def render(results: dict, plots: list[str]) -> str:
                   f"power_ref returns its chain's final state (the paper's output) and accepted {acc:.0%} of its "
                   "MH proposals; power returns the best complete output it visited (ended or at the length cap, "
                   "within the library's rules: finished stays finished; no repetition guard in this setting).", ""]
+        a = [it["methods"][target["method"]]["mean_logp"] for it in results["items"]]
+        b = [it["methods"]["power_ref"]["mean_logp"] for it in results["items"]]
+        ci = paired_bootstrap(a, b)
+        wins = sum(x > y + 1e-9 for x, y in zip(a, b)), sum(abs(x - y) <= 1e-9 for x, y in zip(a, b))
+        parts += [f"Per prompt, {target['method']} − power_ref: {ci.diff:+.4f} mean log P (95% paired bootstrap "
+                  f"interval [{ci.lo:+.3f}, {ci.hi:+.3f}]; better on {wins[0]}, equal on {wins[1]}, worse on "
+                  f"{ci.items - wins[0] - wins[1]} of {ci.items} prompts). The mean log P half of the target compares "
+                  "point estimates; " + ("the interval excludes zero." if ci.excludes_zero else
+                                         "the interval holds zero: the two are at parity within this run's noise."),
+                  ""]
         if target.get("power_final_mean_logp") is not None:
             parts += [f"Chain against chain: the final state of power's chain has mean log P "
                       f"{target['power_final_mean_logp']:.3f}, the reference's {target['ref_mean_logp']:.3f} (the same "
