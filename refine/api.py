@@ -172,8 +172,9 @@ def refine(
             unfinished, see :attr:`RefineResult.initial_ended <refine.types.RefineResult>`). ``""`` or ``[]``:
             no start at all, for the samplers only (``strategy="power"`` or ``"power_smc"``): their draws are
             the only candidates, as power sampling is used as a decoder (no greedy decode is paid for); the
-            result's ``initial_text`` is empty and its ``initial_score`` ``-inf``. Outputs then have at most
-            ``config.max_new_tokens`` tokens, or ``max_new_tokens`` when the config sets none.
+            result's ``initial_text`` is empty and its ``initial_score`` ``-inf`` (so is its output, should no
+            draw complete within the budget). Outputs then have at most ``config.max_new_tokens`` tokens, or
+            ``max_new_tokens`` when the config sets none.
         model: ``None`` (the embedded SmolLM2-135M-Instruct), a local model folder or GGUF file, a transformers
             model (with ``tokenizer``), or a :class:`~refine.backends.base.Backend`.
         scorer (an option): a second model that judges the edits ``model`` proposes (``RefineConfig.scorer``);

@@ -233,7 +233,7 @@ class RefineResult:
         return {
             "text": self.text,
             "tokens": list(self.tokens),
-            "score": self.score,
+            "score": _finite(self.score),
             "initial_text": self.initial_text,
             "initial_tokens": list(self.initial_tokens),
             "initial_score": _finite(self.initial_score),

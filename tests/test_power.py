@@ -392,3 +392,17 @@ def test_refine_api_starts_a_sampler_from_an_empty_output(backend):
     assert res.initial_tokens == [] and 0 < len(res.tokens) <= 5
     with pytest.raises(InputError, match="whitespace"):
         refine.refine([7, 8, 9], "  ", model=backend, strategy="power")
+
+
+def test_from_nothing_with_no_complete_draw_returns_nothing_and_writes_null(toy):
+    """A budget that affords no complete draw leaves the empty start as the result: said plainly, valid JSON."""
+    import json
+
+    backend, _ = toy
+    res = refine_tokens(backend, [S], [], {"objective": "sum", "max_new_tokens": N, "strategy": "power", "seed": 0,
+                                           "strategy_options": {"blocks": 3, "steps": 2},
+                                           "budget": {"max_forward_tokens": 1}})
+    assert res.tokens == [] and res.score == -math.inf and res.stats.stop_reason == "max_forward_tokens"
+    d = res.to_dict()
+    json.dumps(d, allow_nan=False)
+    assert d["score"] is None and d["text"] == ""
