@@ -72,6 +72,8 @@ FROM_NOTHING = ("power_decode",)
 GRADIENT_STRATEGIES = ("gradient", "relaxed", "hybrid")
 #: samples of the best-of-N baseline
 BEST_OF = 16
+#: power sampling at the settings of Karan & Du (2025)
+PAPER_POWER = {"alpha": 4.0, "blocks": 4, "steps": 10}
 #: particles of the ``power_smc`` setting
 PARTICLES = 16
 #: per setting: the fields that differ from the library defaults (a ``budget`` entry updates the suite's budget)
@@ -85,10 +87,9 @@ SETTINGS = {
     "best_first": {"strategy": "best_first", "strategy_options": {"pool": 4}, "budget": {"max_sweeps": 6}},
     "beam_regen": {"moves": ["regenerate_beam"], "regen_beam": 4},
     "beam_regen_all": {"moves": ["regenerate_beam"], "regen_beam": 4, "max_positions": None, "block_size": 32},
-    "power": {"strategy": "power", "strategy_options": {"alpha": 4.0, "blocks": 4, "steps": 10}, "repeat_guard": None},
-    "power_decode": {"strategy": "power", "strategy_options": {"alpha": 4.0, "blocks": 4, "steps": 10},
-                     "repeat_guard": None},
-    "power_guarded": {"strategy": "power", "strategy_options": {"alpha": 4.0, "blocks": 4, "steps": 10}},
+    "power": {"strategy": "power", "strategy_options": PAPER_POWER, "repeat_guard": None},
+    "power_decode": {"strategy": "power", "strategy_options": PAPER_POWER, "repeat_guard": None},
+    "power_guarded": {"strategy": "power", "strategy_options": PAPER_POWER},
     "power_smc": {"strategy": "power_smc", "strategy_options": {"alpha": 4.0, "blocks": 4, "particles": PARTICLES},
                   "repeat_guard": None},
     "gradient": {"strategy": "gradient", "strategy_options": {"regenerate": True}},

@@ -195,8 +195,6 @@ def refine(
     if isinstance(output, str) and output and not output.strip():
         raise InputError("the output is only whitespace; pass the answer to refine, None to decode one greedily, "
                          "or \"\" to let a sampler (power, power_smc) start from nothing")
-    if (output == "" or (isinstance(output, (list, tuple)) and not output)) and config.max_new_tokens is None:
-        config = config.replace(max_new_tokens=max_new_tokens)  # a sampler from nothing: the same length cap
     backend = resolve_backend(model, tokenizer)
     prompt_ids = _as_ids(prompt, "prompt")
     if prompt_ids is None:
@@ -209,5 +207,7 @@ def refine(
         output_ids = _as_ids(output, "output")
         if output_ids is None:
             output_ids = backend.tokenizer.encode(output) + [backend.tokenizer.eos]
+    if not output_ids and config.max_new_tokens is None:
+        config = config.replace(max_new_tokens=max_new_tokens)  # a sampler from nothing: the same length cap
     return refine_tokens(backend, prompt_ids, output_ids, config, progress,
                          scorer_prompt=prompt if isinstance(prompt, str) else None, chat=chat)

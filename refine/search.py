@@ -39,15 +39,13 @@ from .errors import BudgetExhausted, ConfigError, InputError
 from .moves import MoveContext, Proposal, build_moves, rank_positions
 from .objectives import CandidateView, Objective
 from .scorer import Scorer
-from .strategy import Strategy
+from .strategy import STRATEGIES, Strategy
 from .types import Edit, Hypothesis, RefineResult, Scores, Stats
 
 
 def _from_nothing() -> list[str]:
     """Names of the registered strategies that may start from an empty output."""
-    from .strategy import STRATEGIES
-
-    return [n for n in STRATEGIES.names() if getattr(STRATEGIES.get(n), "from_nothing", False)]
+    return [n for n in STRATEGIES.names() if STRATEGIES.get(n).from_nothing]
 
 
 def changed_span(old: Sequence[int], new: Sequence[int]) -> tuple[int, tuple[int, ...], tuple[int, ...]]:

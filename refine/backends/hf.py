@@ -211,6 +211,12 @@ class HFSession(Session, GradientSession):
         tgt = None if targets is None else logp.gather(-1, targets[:, None])[:, 0]
         return logp, tgt, top_id, top_lp, ent
 
+    def _target_scores(self, logits, targets) -> Scores:
+        """:class:`Scores` of ``targets (N,)``, one per row of ``logits (N, V)``."""
+        _, lp, tid, tlp, ent = self._summaries(logits, targets)
+        return Scores(lp.double().cpu().numpy(), tid.cpu().numpy(), tlp.double().cpu().numpy(),
+                      ent.double().cpu().numpy())
+
     # ------------------------------------------------------------------ batch layout
 
     def _layout(self, rows: Sequence[tuple[int, ...]], base: Sequence[int], decode: bool):
@@ -322,12 +328,10 @@ class HFSession(Session, GradientSession):
             ks = [len(seqs[r]) - starts[r] for r in rows]
             keep = torch.tensor([j * W + c for j, k in enumerate(ks) for c in range(k)], device=logits.device)
             tgt = torch.tensor([t for r in rows for t in seqs[r][starts[r]:]], device=logits.device)
-            _, lp, tid, tlp, ent = self._summaries(logits.reshape(B * W, -1).index_select(0, keep), tgt)
-            lp, tid = lp.double().cpu().numpy(), tid.cpu().numpy()
-            tlp, ent = tlp.double().cpu().numpy(), ent.double().cpu().numpy()
+            sc = self._target_scores(logits.reshape(B * W, -1).index_select(0, keep), tgt)
             o = 0
             for r, k in zip(rows, ks):
-                out[r] = (starts[r], Scores(lp[o : o + k], tid[o : o + k], tlp[o : o + k], ent[o : o + k]))
+                out[r] = (starts[r], sc.slice(o, o + k))
                 o += k
         return out  # type: ignore[return-value]
 
@@ -375,13 +379,14 @@ class HFSession(Session, GradientSession):
         self._check_forks(requests)
         base = tuple(base)
         starts, lens, feds, chain = self._layout([tuple(r.tokens) for r in requests], base, decode=True)
-        cost = self._ensure_cost(chain) + sum(cost for _, cost in self._plan(requests, feds))
+        plan = sum(cost for _, cost in self._plan(requests, feds))
+        cost = self._ensure_cost(chain) + plan
         lo = self._walk_from(requests, base)
         if lo is not None:  # the walk's forward along `base` may cost more than caching `chain` would
             # (+1 per request: a walked row's first forward may feed one token more than it would have)
             first = max(lo - 1, 0)
-            cost = max(cost, self._ensure_cost(self._base_chain(base, first)) + len(base) - first + 1
-                       + sum(cost for _, cost in self._plan(requests, feds)) + len(requests))
+            cost = max(cost, self._ensure_cost(self._base_chain(base, first)) + len(base) - first + 1 + plan
+                       + len(requests))
         return cost
 
     #: generated tokens between two calls of the ``prune`` callback for a row
@@ -396,8 +401,9 @@ class HFSession(Session, GradientSession):
         # request -> (its plain start, scores of its walked tokens before decoding's start, log q of its sampled
         # walked tokens, its generator)
         walked: dict[int, tuple[int, Scores, list[float], Any]] = {}
-        if prune is None and self._walk_from(requests, base) is not None:
-            requests, walked = self._walk(requests, base, out)
+        lo = None if prune is not None else self._walk_from(requests, base)
+        if lo is not None:
+            requests, walked = self._walk(requests, base, lo, out)
         live = [i for i in range(len(requests)) if out[i] is None]  # not finished on a walk
         if not live:
             return out  # type: ignore[return-value]
@@ -458,8 +464,9 @@ class HFSession(Session, GradientSession):
         ``first`` (the forward then feeds that token and the rest of ``base``)."""
         return list(self.prompt + base)[: len(self.prompt) + first - 1]
 
-    def _walk(self, requests, base: tuple[int, ...], out: list):
-        """Advance every request that continues a prefix of ``base`` along it without running the model.
+    def _walk(self, requests, base: tuple[int, ...], lo: int, out: list):
+        """Advance every request that continues a prefix of ``base`` along it without running the model
+        (``lo``: :meth:`_walk_from`).
 
         The distribution of the token after ``prompt + base[:i]`` is the same whatever row asks for it, so one
         forward of ``base`` (from the earliest such request on) gives it at every position. A request then
@@ -476,8 +483,6 @@ class HFSession(Session, GradientSession):
         decoding.
         """
         eos_ids = self.backend.tokenizer.eos_ids
-        lo = self._walk_from(requests, base)
-        assert lo is not None
         first = max(lo - 1, 0)  # the first position scored: a walked row's `start` is its last forced token's
         self._ensure(self._base_chain(base, first))
         chain = list(self.prompt + base)
@@ -490,10 +495,7 @@ class HFSession(Session, GradientSession):
             """Scores of ``toks[a:b]`` (positions on ``base`` or just past it) from the memo."""
             if b <= a:
                 return Scores.empty(self.topk)
-            _, lp, tid, tlp, ent = self._summaries(memo[a - first : b - first],
-                                                   torch.tensor(toks[a:b], device=memo.device))
-            return Scores(lp.double().cpu().numpy(), tid.cpu().numpy(), tlp.double().cpu().numpy(),
-                          ent.double().cpu().numpy())
+            return self._target_scores(memo[a - first : b - first], torch.tensor(toks[a:b], device=memo.device))
 
         requests = list(requests)
         walked: dict[int, tuple[int, Scores, list[float], Any]] = {}
