@@ -23,6 +23,8 @@ objective ``mean`` with the library defaults and with wider neighbourhoods, one 
 - ``power_decode``: the same sampler used as a decoder, as the paper uses it: it starts from nothing
   (``refine_tokens(..., [])``), no greedy output is decoded first, and its time and tokens are its own; the
   power target is checked on this row (the reference samples from nothing too);
+- ``power_decode3``: the same decoder at alpha 3, the alpha with the best mean log P among 3, 4, 8 and 16 in a
+  6-prompt sweep (a flatter target accepts more proposals that later pay off);
 - ``power_guarded``: the same with the library's default repetition guard, as a user gets it;
 - ``power_smc``: the same target by sequential Monte Carlo (:data:`PARTICLES` particles grown in 4 blocks, one
   batched decode per block, resampled when the effective sample size halves), no repetition guard;
@@ -67,7 +69,7 @@ REFERENCES = ("power_ref",)
 POWER_TIME_TARGET = 0.25
 #: settings run as decoders: the sampler starts from nothing (``refine_tokens(..., [])``), no greedy output is
 #: decoded first, and neither its time nor its tokens count
-FROM_NOTHING = ("power_decode",)
+FROM_NOTHING = ("power_decode", "power_decode3")
 #: strategies whose backward passes the engine counts and the forward hook cannot see
 GRADIENT_STRATEGIES = ("gradient", "relaxed", "hybrid")
 #: samples of the best-of-N baseline
@@ -89,6 +91,7 @@ SETTINGS = {
     "beam_regen_all": {"moves": ["regenerate_beam"], "regen_beam": 4, "max_positions": None, "block_size": 32},
     "power": {"strategy": "power", "strategy_options": PAPER_POWER, "repeat_guard": None},
     "power_decode": {"strategy": "power", "strategy_options": PAPER_POWER, "repeat_guard": None},
+    "power_decode3": {"strategy": "power", "strategy_options": {**PAPER_POWER, "alpha": 3.0}, "repeat_guard": None},
     "power_guarded": {"strategy": "power", "strategy_options": PAPER_POWER},
     "power_smc": {"strategy": "power_smc", "strategy_options": {"alpha": 4.0, "blocks": 4, "particles": PARTICLES},
                   "repeat_guard": None},
@@ -106,6 +109,7 @@ LABELS = {"greedy": "greedy", "beam4": "beam-4", "beam8": "beam-8", "beam16": "b
           "beam_regen": "refine: beam-4 re-decoding", "beam_regen_all": "refine: beam-4 re-decoding, all positions",
           "power": "power sampling (alpha 4, 4 blocks x 10 steps, a block in one batch, no repetition guard)",
           "power_decode": "power sampling as a decoder (from nothing: no greedy start, the paper's use)",
+          "power_decode3": "power sampling as a decoder, alpha 3 (best mean log P of alphas 3, 4, 8, 16 on 6 prompts)",
           "power_guarded": "power sampling, library's repetition guard on",
           "power_smc": f"power sampling by SMC ({PARTICLES} particles, 4 blocks, no repetition guard)",
           "power_ref": "power sampling, reference implementation (batch 1, re-prefill)",
