@@ -165,12 +165,14 @@ class Runner:
         return rows, stats, fc, seconds
 
     def _sample(self, prompt: Sequence[int], max_new_tokens: int, n: int, temperature: float,
-                seed: int) -> tuple[list[list[int]], list[np.ndarray], ForwardCounter, float]:
-        """Sampled rows and each row's per-token log-probabilities under the untempered model."""
+                seed: int, suppress: Sequence[int] = ()) -> tuple[list[list[int]], list[np.ndarray], ForwardCounter, float]:
+        """Sampled rows and each row's per-token log-probabilities under the untempered model; ``suppress``:
+        ids never sampled (``generate``'s ``suppress_tokens``; the log-probabilities stay the model's own)."""
         torch.manual_seed(seed)
+        kw = {"suppress_tokens": sorted(suppress)} if suppress else {}
         out, rows, fc, seconds = self._generate(
             prompt, max_new_tokens, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-            num_return_sequences=n, output_logits=True)
+            num_return_sequences=n, output_logits=True, **kw)
         token_lp = torch.zeros((n, len(out.logits)), dtype=torch.float64)
         for step, step_logits in enumerate(out.logits):  # (n, V) per step; rows that ended read padding
             chosen = torch.tensor([row[step] if step < len(row) else 0 for row in rows])[:, None]
@@ -178,10 +180,11 @@ class Runner:
         return rows, [token_lp[r, : len(row)].numpy() for r, row in enumerate(rows)], fc, seconds
 
     def best_of(self, prompt: Sequence[int], max_new_tokens: int, n: int, temperature: float, seed: int,
-                config: RefineConfig) -> Output:
+                config: RefineConfig, suppress: Sequence[int] = ()) -> Output:
         """Best-of-``n``: ``n`` samples in one batch, reranked by ``config``'s objective (the one refinement
-        maximises), from the log-probabilities sampling already computed: no extra forward pass."""
-        rows, token_lp, fc, seconds = self._sample(prompt, max_new_tokens, n, temperature, seed)
+        maximises), from the log-probabilities sampling already computed: no extra forward pass. ``suppress``:
+        ids never sampled."""
+        rows, token_lp, fc, seconds = self._sample(prompt, max_new_tokens, n, temperature, seed, suppress)
         t0 = time.perf_counter()
         objective = config.build_objective()
         objective.bind(self.backend.tokenizer)

@@ -20,19 +20,21 @@ from pathlib import Path
 
 from refine.config import RefineConfig
 from refine.degeneration import repeated_ngrams
+from refine.forbid import forbidden_ids
 
 from . import data, report
 from .bootstrap import versus
 from .common import method_rows
 from .context import Context
-from .instructions import follows
+from .instructions import follows, token_rule
 
 DATA_FILES = (data.IFEVAL,)
 TITLE = "IFEval: verifiable instructions, refined with the checkers as a reward"
-METHODS = ["greedy", "beam8", "bestof16", "refine"]
+METHODS = ["greedy", "beam8", "bestof16", "bestof16_forbid", "refine"]
 BASELINES = METHODS[:-1]
 LABELS = {"greedy": "greedy", "beam8": "beam-8", "bestof16": "best-of-16 (reranked)",
-          "refine": "greedy+refine (defaults + reward, best-of-16's time)"}
+          "bestof16_forbid": "best-of-16 (reranked), sampled without the forbidden tokens",
+          "refine": "greedy+refine (defaults + reward, forbidden tokens, best-of-16's time)"}
 TEMPERATURE = 0.8
 NUMBERS = ["strict", "loose_share", "good", "ended", "repeats", "mean_logp", "judge_logp", "length",
            "forward_tokens", "seconds"]
@@ -51,6 +53,9 @@ class Settings:
     bootstrap_resamples: int = 10_000
     #: refinement may take as long as best-of-16 took on the same prompt (its greedy start included)
     match_time: bool = True
+    #: refinement never writes the tokens the prompt's instructions rule out (``RefineConfig.forbid`` with
+    #: :func:`benchmarks.instructions.token_rule`); ``bestof16_forbid`` samples without them
+    forbid: bool = True
 
 
 FULL = Settings(items=60, max_new_tokens=128, max_sweeps=3)
@@ -71,9 +76,12 @@ class InstructionReward:
 
 
 def recipe(s: Settings, item: data.Item, seed: int) -> RefineConfig:
-    """Refinement and reranking objective: the library's default terms plus the instruction reward."""
+    """Refinement and reranking objective: the library's default terms plus the instruction reward; the tokens
+    the instructions rule out are forbidden (when ``s.forbid``)."""
+    rule = token_rule([i for i, _ in item.instructions], [k for _, k in item.instructions]) if s.forbid else None
     return RefineConfig(reward=InstructionReward(item.instructions), reward_weight=s.reward_weight,
-                        max_new_tokens=s.max_new_tokens, budget={"max_sweeps": s.max_sweeps}, seed=seed)
+                        max_new_tokens=s.max_new_tokens, budget={"max_sweeps": s.max_sweeps}, seed=seed,
+                        forbid=rule or ())
 
 
 def run_item(ctx: Context, judge, item: data.Item, s: Settings, max_new_tokens: int) -> dict | None:
@@ -85,6 +93,10 @@ def run_item(ctx: Context, judge, item: data.Item, s: Settings, max_new_tokens: 
     greedy = r.greedy(prompt, max_new_tokens)
     outs = {"greedy": greedy, "beam8": r.beam(prompt, max_new_tokens, 8),
             "bestof16": r.best_of(prompt, max_new_tokens, 16, TEMPERATURE, ctx.seed, cfg)}
+    banned = forbidden_ids(r.backend.tokenizer, cfg.forbid)
+    # nothing forbidden: the same samples, the same method
+    outs["bestof16_forbid"] = (r.best_of(prompt, max_new_tokens, 16, TEMPERATURE, ctx.seed, cfg, suppress=banned)
+                               if banned else outs["bestof16"])
     refine_cfg = cfg
     if s.match_time:  # the budget best-of-16 used on this prompt, less the greedy start refinement begins from
         left = max(outs["bestof16"].seconds - greedy.seconds, MIN_SECONDS)
@@ -102,7 +114,7 @@ def run_item(ctx: Context, judge, item: data.Item, s: Settings, max_new_tokens: 
         rec.update(passed=passed, strict=strict, loose_share=sum(passed) / len(passed), repeats=repeats,
                    good=float(strict == 1.0 and rec["ended"] and not repeats), judge_logp=jl)
     return {"id": item.id, "task": "ifeval", "prompt": item.prompt, "instructions": ids,
-            "prompt_tokens": len(prompt), "methods": methods}
+            "prompt_tokens": len(prompt), "forbidden_tokens": len(banned), "methods": methods}
 
 
 def summarise(items: list[dict], s: Settings) -> dict:
@@ -196,6 +208,7 @@ def render(results: dict, plots: list[str]) -> str:
            for b, v in summ["refine_vs"].items()]
     per = [(iid, *[f"{row[m][0]}/{row[m][1]}" for m in METHODS]) for iid, row in sorted(summ["per_instruction"].items())]
     items = results["items"]
+    forbidding = sum(1 for it in items if it.get("forbidden_tokens"))
     parts = [report.header(TITLE, results), "## What was measured", "",
              f"- {summ['items']} IFEval prompts (file order) whose every instruction has a checker and asks for no "
              f"more than a {s['max_new_tokens']}-token answer can give; outputs <= {s['max_new_tokens']} tokens.",
@@ -207,6 +220,13 @@ def render(results: dict, plots: list[str]) -> str:
              f"instructions followed as a reward (weight {s['reward_weight']}), at most {s['max_sweeps']} sweep(s)"
              + (" and at most the wall time best-of-16 took on the same prompt (greedy's included; the limit "
                 "binds between decoding steps)." if s.get("match_time", False) else "."),
+             *([f"- Forbidden tokens (`RefineConfig.forbid`): on the {forbidding} prompts with an instruction that a "
+                "single token breaks (no commas, all lowercase, all capitals, forbidden words: "
+                "`benchmarks.instructions.token_rule`), refinement never writes such a token (its re-decodings "
+                "are drawn without them; the greedy output it starts from keeps its own until an edit replaces "
+                "them), and `best-of-16, sampled without the forbidden tokens` draws its 16 samples with them "
+                "suppressed, as a control for what the constraint alone buys. On the other prompts it is "
+                "best-of-16 itself."] if s.get("forbid") else []),
              f"- Judge: {results['judge']['name']} (mean log P per token of the answer after the instruction).",
              f"- Intervals: 95% paired bootstrap over prompts ({s['bootstrap_resamples']} resamples).", "",
              "## Targets", "", report.targets_table(summ["targets"]), "",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from typing import Any, Callable, Mapping, Sequence
 
 _WORD = re.compile(r"\w+")
@@ -218,3 +219,33 @@ def supported(instruction_ids: Sequence[str]) -> bool:
 def follows(text: str, instruction_ids: Sequence[str], kwargs: Sequence[Mapping[str, Any]]) -> list[bool]:
     """Per instruction: does ``text`` follow it?"""
     return [bool(CHECKERS[i](text, **_arguments(k))) for i, k in zip(instruction_ids, kwargs)]
+
+
+class TokenRule:
+    """Which token texts no output that follows the instructions can contain, read from the instructions whose
+    violation a single token decides: no commas, all lowercase, all capitals, forbidden words (a token that is
+    the whole word, with or without a leading space or punctuation). A picklable predicate for
+    ``RefineConfig.forbid``; :func:`token_rule` returns None when no instruction gives one."""
+
+    def __init__(self, no_comma: bool, no_upper: bool, no_lower: bool, words: frozenset[str]) -> None:
+        self.no_comma, self.no_upper, self.no_lower, self.words = no_comma, no_upper, no_lower, words
+        self.__name__ = "ifeval_token_rule"
+
+    def __call__(self, token: str) -> bool:
+        return ((self.no_comma and "," in token) or (self.no_upper and token != token.lower())
+                or (self.no_lower and token != token.upper())
+                or (bool(self.words) and token.strip().strip(string.punctuation).lower() in self.words))
+
+
+def token_rule(ids: Sequence[str], kwargs: Sequence[dict]) -> TokenRule | None:
+    """The :class:`TokenRule` of a prompt's instructions, or None when none of them rules out a token.
+
+    >>> rule = token_rule(["punctuation:no_comma", "keywords:forbidden_words"], [{}, {"forbidden_words": ["Sea"]}])
+    >>> [rule(t) for t in [",", " sea", "Sea.", " seas", " boat"]]
+    [True, True, True, False, False]
+    """
+    words = frozenset(w.lower() for i, k in zip(ids, kwargs) if i == "keywords:forbidden_words"
+                      for w in k.get("forbidden_words") or ())
+    rule = TokenRule("punctuation:no_comma" in ids, "change_case:english_lowercase" in ids,
+                     "change_case:english_capital" in ids, words)
+    return rule if rule.no_comma or rule.no_upper or rule.no_lower or rule.words else None

@@ -68,6 +68,9 @@ def _add_run(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
                    help=f"cap on the answer's length (default {DEFAULT_MAX_NEW_TOKENS}); an answer that runs into "
                         "it is unfinished")
+    p.add_argument("--forbid", action="append", metavar="TEXT",
+                   help="never write a token whose text contains TEXT (repeatable; e.g. --forbid , keeps commas "
+                        "out of re-decoded text); the output's own such tokens go only if an edit pays")
     p.add_argument("--repeat-guard", type=int, default=DEFAULT_N,
                    help=f"refuse edits that add repeated word n-grams of this size or repeated line patterns "
                         f"(default {DEFAULT_N}; 0: off)")
@@ -169,6 +172,7 @@ def cmd_run(args) -> int:
         prune_keep=args.prune_keep,
         max_new_tokens=args.max_new_tokens,
         repeat_guard=args.repeat_guard or None,
+        forbid=tuple(args.forbid or ()),
         seed=args.seed,
         scorer=args.scorer,
         budget=Budget(max_sweeps=args.max_sweeps, max_forward_tokens=args.max_forward_tokens,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping
 
 from .backends.base import Backend
+from . import forbid as forbid_mod
 from .degeneration import DEFAULT_N
 from .errors import ConfigError
 from .objectives import Objective
@@ -99,6 +100,10 @@ class RefineConfig:
         max_new_tokens: hard cap on the output length during refinement. ``None``: the model's context window.
         min_tokens: candidates with fewer content tokens (EOS excluded) are discarded.
         exclude_special: never propose special tokens (EOS excepted, see ``length``).
+        forbid: text no proposal may write: strings (a token whose text contains one is forbidden) or a
+            predicate on a token's text. Edits never put such tokens in, re-decoded and sampled continuations
+            are drawn without them, and positions holding one are visited first (:mod:`refine.forbid`). The
+            Hugging Face backend only.
         require_roundtrip: drop candidates whose text does not re-tokenize to the same ids.
         tolerance: an edit is accepted only if it raises the objective by more than this.
         repeat_guard: the degeneration guard: a candidate whose decoded text repeats more word n-grams of this
@@ -144,6 +149,7 @@ class RefineConfig:
     max_new_tokens: int | None = None
     min_tokens: int = 1
     exclude_special: bool = True
+    forbid: Any = ()
     require_roundtrip: bool = False
     tolerance: float = 1e-4
     repeat_guard: int | None = DEFAULT_N
@@ -169,6 +175,7 @@ class RefineConfig:
         if isinstance(self.moves, str):
             normalise("moves", tuple(m.strip() for m in self.moves.split(",") if m.strip()))
         normalise("moves", tuple(self.moves))
+        normalise("forbid", forbid_mod.normalise(self.forbid))
         if isinstance(self.scorer, os.PathLike):
             normalise("scorer", os.fspath(self.scorer))
         if not isinstance(self.strategy_options, Mapping):
@@ -255,6 +262,7 @@ class RefineConfig:
         d["moves"] = list(self.moves)
         d["objective"] = self.build_objective().to_spec()
         d["strategy_options"] = dict(self.strategy_options)
+        d["forbid"] = forbid_mod.describe(self.forbid)
         d["reward"] = None if self.reward is None else getattr(self.reward, "__name__", repr(self.reward))
         if isinstance(self.scorer, Backend):  # a loaded model appears by its backend's name
             d["scorer"] = getattr(self.scorer, "name", type(self.scorer).__name__)

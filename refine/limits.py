@@ -152,6 +152,9 @@ class RequestLimits:
             if getattr(config, name) is not None:
                 raise ConfigError(f"`{name}` cannot be set on this server (it would load a model from the server's "
                                   f"disk): refine with a scorer through the library or `refine run --scorer`")
+        if callable(config.forbid) or config.forbid:
+            raise ConfigError("`forbid` cannot be set on this server: the vLLM engine does not mask tokens while "
+                              "decoding (refine with `forbid` through the library's Hugging Face backend)")
         for name in self.CONFIG_FIELDS:
             value, cap = getattr(config, name), getattr(self, name)
             if value is None or value > cap:

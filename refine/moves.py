@@ -81,10 +81,14 @@ class MoveContext:
     exclude_special: bool = True
     require_roundtrip: bool = False
     regen_beam: int = 4
+    #: ids ``RefineConfig.forbid`` rules out (:mod:`refine.forbid`)
+    forbidden: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         self.eos_set = frozenset(self.tokenizer.eos_ids)
-        self.banned = frozenset(self.tokenizer.special_ids) - self.eos_set if self.exclude_special else frozenset()
+        special = frozenset(self.tokenizer.special_ids) - self.eos_set if self.exclude_special else frozenset()
+        #: ids no edit puts in: special tokens (unless allowed) and forbidden ones
+        self.banned = special | self.forbidden
         self.allow_eos = self.length == "free"
 
     def ended(self, tokens: Sequence[int]) -> bool:

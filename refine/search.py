@@ -36,6 +36,7 @@ from .backends.prefix import common_prefix
 from .config import RefineConfig
 from .degeneration import count_repeats
 from .errors import BudgetExhausted, ConfigError, InputError
+from .forbid import forbidden_ids, positions_first
 from .moves import MoveContext, Proposal, build_moves, rank_positions
 from .objectives import CandidateView, Objective
 from .scorer import Scorer
@@ -86,6 +87,13 @@ class Search:
         self.objective.bind(tokenizer if scorer is None else scorer.tokenizer)
         self.strategy: Strategy = config.build_strategy()
         self.moves = build_moves(config.moves)
+        #: ids ``config.forbid`` rules out: never proposed, masked in the session's decoding
+        self.forbidden = forbidden_ids(tokenizer, config.forbid)
+        if self.forbidden:
+            if not session.supports_banned:
+                raise InputError(f"`forbid` needs a backend that masks tokens while decoding, which "
+                                 f"{type(session).__name__} does not: use the Hugging Face backend")
+            session.banned = self.forbidden
         self.move_context = MoveContext(
             tokenizer=tokenizer,
             top_k=config.top_k,
@@ -95,6 +103,7 @@ class Search:
             exclude_special=config.exclude_special,
             require_roundtrip=config.require_roundtrip,
             regen_beam=config.regen_beam,
+            forbidden=self.forbidden,
         )
         self.max_output_tokens = max_output_tokens
         self.rng = np.random.default_rng(config.seed)
@@ -151,7 +160,7 @@ class Search:
 
     def sweep_positions(self, hyp: Hypothesis) -> list[int]:
         """The positions of ``hyp`` one sweep visits: ``config.positions`` order, the first ``max_positions``."""
-        order = rank_positions(hyp, self.config.positions)
+        order = positions_first(hyp.tokens, rank_positions(hyp, self.config.positions), self.forbidden)
         return order[: self.config.max_positions] if self.config.max_positions else order
 
     def propose(self, hyp: Hypothesis, positions: Sequence[int]) -> list[Proposal]:

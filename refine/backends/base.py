@@ -139,6 +139,11 @@ class Session(ABC):
     #: inside a call (between decoding steps; vLLM: engine requests aborted); a backend that cannot may ignore it,
     #: and the engine still checks the limit before each step.
     deadline: float | None = None
+    #: ids no continuation may contain (``RefineConfig.forbid``): the engine sets them before the first call. A
+    #: session masks them in every decoding step (greedy, beam, sampled: renormalised over the rest) and takes
+    #: the top-k alternatives it reports among the other ids; target scores are the model's, unchanged. A
+    #: backend that cannot must raise :class:`~refine.errors.InputError` when they are set.
+    banned: frozenset[int] = frozenset()
 
     @abstractmethod
     def score(self, seqs: Sequence[Sequence[int]], base: Sequence[int] = ()) -> list[tuple[int, Scores]]:

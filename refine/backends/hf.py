@@ -140,6 +140,7 @@ class HFSession(Session, GradientSession):
     """
 
     supports_fork = True
+    supports_banned = True
 
     def __init__(self, backend: HFBackend, prompt: Sequence[int], topk: int, max_batch_tokens: int) -> None:
         if len(prompt) == 0:
@@ -156,6 +157,8 @@ class HFSession(Session, GradientSession):
         self._cache = None  # DynamicCache of self._cached (batch 1)
         self._cached: list[int] = []
         self._eos = torch.tensor(backend.tokenizer.eos_ids, device=backend.device)
+        self._banned_for: frozenset[int] | None = None  # the `banned` set `_banned_idx` was built from
+        self._banned_idx = None
 
     # ------------------------------------------------------------------ the context cache
 
@@ -206,7 +209,11 @@ class HFSession(Session, GradientSession):
     def _summaries(self, logits, targets=None):
         """fp32 log-softmax of ``logits (N, V)`` -> (logp, target logprobs, topk ids, topk logprobs, entropy)."""
         logp = torch.log_softmax(logits.float(), dim=-1)  # (N, V)
-        top_lp, top_id = torch.topk(logp, self.topk, dim=-1)  # (N, K)
+        idx = self._banned_index()
+        if idx is None:
+            top_lp, top_id = torch.topk(logp, self.topk, dim=-1)  # (N, K)
+        else:  # the alternatives reported are the allowed ones (their log-probs the model's own)
+            top_lp, top_id = torch.topk(logp.index_fill(-1, idx, -float("inf")), self.topk, dim=-1)
         ent = -(logp.exp() * logp).sum(-1)  # (N,)
         tgt = None if targets is None else logp.gather(-1, targets[:, None])[:, 0]
         return logp, tgt, top_id, top_lp, ent
@@ -536,10 +543,22 @@ class HFSession(Session, GradientSession):
         eos_ids = self.backend.tokenizer.eos_ids
         if req.force_eos and n_new == req.max_new - 1:
             return None
+        idx = self._banned_index()
+        if idx is not None:
+            logp = logp.index_fill(-1, idx, -float("inf"))
         if n_new < req.min_new:
-            logp = logp.clone()
+            logp = logp.clone() if idx is None else logp
             logp[list(eos_ids)] = -float("inf")
         return logp
+
+    def _banned_index(self):
+        """:attr:`banned` as an index tensor (built once per set), or None when nothing is banned."""
+        if not self.banned:
+            return None
+        if self._banned_for is not self.banned:
+            self._banned_idx = torch.tensor(sorted(self.banned), dtype=torch.long, device=self.backend.device)
+            self._banned_for = self.banned
+        return self._banned_idx
 
     def _greedy(self, logp, n_new: int, req: DecodeRequest) -> int:
         """The greedy choice from one step's log-probs under the request's length rules."""
