@@ -102,8 +102,7 @@ class RefineConfig:
         exclude_special: never propose special tokens (EOS excepted, see ``length``).
         forbid: text no proposal may write: strings (a token whose text contains one is forbidden) or a
             predicate on a token's text. Edits never put such tokens in, re-decoded and sampled continuations
-            are drawn without them, and positions holding one are visited first (:mod:`refine.forbid`). The
-            Hugging Face backend only.
+            are drawn without them, and positions holding one are visited first (:mod:`refine.forbid`).
         require_roundtrip: drop candidates whose text does not re-tokenize to the same ids.
         tolerance: an edit is accepted only if it raises the objective by more than this.
         repeat_guard: the degeneration guard: a candidate whose decoded text repeats more word n-grams of this

@@ -153,8 +153,9 @@ class RequestLimits:
                 raise ConfigError(f"`{name}` cannot be set on this server (it would load a model from the server's "
                                   f"disk): refine with a scorer through the library or `refine run --scorer`")
         if callable(config.forbid) or config.forbid:
-            raise ConfigError("`forbid` cannot be set on this server: the vLLM engine does not mask tokens while "
-                              "decoding (refine with `forbid` through the library's Hugging Face backend)")
+            raise ConfigError("`forbid` cannot be set on this server (a request would have the server scan its "
+                              "vocabulary with the request's rule): refine with `forbid` through the library or "
+                              "`refine run --forbid`")
         for name in self.CONFIG_FIELDS:
             value, cap = getattr(config, name), getattr(self, name)
             if value is None or value > cap:

@@ -92,7 +92,7 @@ class Search:
         if self.forbidden:
             if not session.supports_banned:
                 raise InputError(f"`forbid` needs a backend that masks tokens while decoding, which "
-                                 f"{type(session).__name__} does not: use the Hugging Face backend")
+                                 f"{type(session).__name__} does not (the Hugging Face and vLLM backends do)")
             session.banned = self.forbidden
         self.move_context = MoveContext(
             tokenizer=tokenizer,

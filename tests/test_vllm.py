@@ -233,6 +233,28 @@ def test_decode_length_rules_match_hf_backend(vb, hf, prompts, greedy):
     assert got[3][1].tokens == tuple(y)
 
 
+def test_forbidden_tokens_are_masked_as_the_hf_backend_masks_them(vb, hf, prompts, greedy):
+    """``Session.banned`` travels in the forcing spec: greedy re-decodings equal the HF backend's under the same
+    bans (which equal ``generate`` with those tokens suppressed, tests/test_forbid.py), the scores stay the
+    model's own, and an engine request of another session is untouched."""
+    from refine.backends.hf import HFBackend
+    from refine.forbid import forbidden_ids
+
+    prompt, y = prompts[0], greedy[0]
+    banned = forbidden_ids(vb.tokenizer, (",", "e"))
+    assert set(y) & banned  # the unconstrained answer uses some of them
+    reqs = [DecodeRequest((), max_new=16), DecodeRequest(tuple(y[:3]), max_new=10, min_new=4)]
+    s_v, s_h = vb.open(prompt, K, 4096), HFBackend(*hf).open(prompt, K, 4096)
+    s_v.banned = s_h.banned = banned
+    got, want = s_v.decode(reqs, base=y), s_h.decode(reqs, base=y)
+    for req, (s1, a), (s2, b) in zip(reqs, got, want):
+        assert s1 == s2 and a.tokens == b.tokens, req
+        assert not set(a.tokens[len(req.tokens):]) & banned
+        np.testing.assert_allclose(a.scores.logprobs, b.scores.logprobs, atol=TOL, rtol=0)
+    ((_, free),) = vb.open(prompt, K, 4096).decode([reqs[0]], base=y)
+    assert free.tokens == tuple(y[:16]) or free.tokens == tuple(y)
+
+
 def test_decode_with_prune_callback(vb, prompts, greedy):
     """With ``prune`` the engine is driven step by step; a callback that never fires changes nothing."""
     prompt, y = prompts[0], greedy[0]

@@ -22,7 +22,7 @@ EXTRA_KEY = "_refine_force"
 #: prefix of the flat encoding's keys: ``FLAT_PREFIX + field`` (see the module docstring)
 FLAT_PREFIX = EXTRA_KEY + "."
 #: the fields of a spec
-SPEC_FIELDS = ("force", "ban", "ban_from", "ban_until", "eos_at", "eos", "key")
+SPEC_FIELDS = ("force", "ban", "ban_from", "ban_until", "deny", "eos_at", "eos", "key")
 #: import path of the processor, for ``LLM(logits_processors=[...])`` / ``--logits-processors``
 PROCESSOR_FQCN = "refine.backends.vllm:ForcedTokensProcessor"
 
@@ -35,7 +35,7 @@ _ENTROPY_MAX_KEYS = 100_000  # uncollected keys beyond this are dropped (oldest 
 class _Spec:
     """A parsed forcing spec (see :func:`force_spec`)."""
 
-    __slots__ = ("force", "ban", "ban_from", "ban_until", "eos_at", "eos", "key")
+    __slots__ = ("force", "ban", "ban_from", "ban_until", "deny", "eos_at", "eos", "key", "_deny_index")
 
     def __init__(self, d: dict[str, Any]) -> None:
         where = f"the forcing spec (extra_args[{EXTRA_KEY!r}] or {FLAT_PREFIX}<field>)"
@@ -61,7 +61,9 @@ class _Spec:
 
         self.force = ids("force")
         self.ban = ids("ban")
-        if any(t < 0 for t in self.force + self.ban):
+        self.deny = ids("deny")
+        self._deny_index = None
+        if any(t < 0 for t in self.force + self.ban + self.deny):
             raise ValueError(f"{where}: token ids must be >= 0")
         self.ban_from = number("ban_from", d.get("ban_from", 0))
         self.ban_until = number("ban_until", d.get("ban_until", 0))
@@ -81,6 +83,12 @@ class _Spec:
             return self.eos
         return None
 
+    def deny_index(self, device: Any) -> torch.Tensor:
+        """:attr:`deny` as an index tensor on ``device`` (built once)."""
+        if self._deny_index is None or self._deny_index.device != device:
+            self._deny_index = torch.tensor(self.deny, dtype=torch.long, device=device)
+        return self._deny_index
+
 
 def force_spec(
     force: Sequence[int] = (),
@@ -88,6 +96,7 @@ def force_spec(
     ban: Sequence[int] = (),
     ban_from: int = 0,
     ban_until: int = 0,
+    deny: Sequence[int] = (),
     eos_at: int | None = None,
     eos: int | None = None,
     key: str | None = None,
@@ -96,13 +105,16 @@ def force_spec(
 
     Output position ``n`` (0-based, counted in generated tokens): for ``n < len(force)`` the token
     ``force[n]`` is emitted; at ``n == eos_at`` the token ``eos``; otherwise the tokens in ``ban``
-    are masked while ``ban_from <= n < ban_until``. With ``key`` the processor records the exact
+    are masked while ``ban_from <= n < ban_until``, and the tokens in ``deny`` at every position not forced
+    (``RefineConfig.forbid``). With ``key`` the processor records the exact
     entropy of every step's distribution (before masking) for :func:`take_entropies`.
     The request must be greedy (``temperature=0``) for forcing to be exact.
     """
     d: dict[str, Any] = {"force": [int(t) for t in force]}
     if ban and ban_until > ban_from:
         d.update(ban=[int(t) for t in ban], ban_from=int(ban_from), ban_until=int(ban_until))
+    if deny:
+        d["deny"] = [int(t) for t in deny]
     if eos_at is not None:
         d.update(eos_at=int(eos_at), eos=int(eos))  # type: ignore[arg-type]
     if key is not None:
@@ -164,7 +176,8 @@ def take_entropies(keys: Sequence[str]) -> dict[str, dict[int, float]]:
 
 
 class ForcedTokensProcessor(LogitsProcessor):
-    """vLLM (V1 interface) logits processor that forces given output tokens and bans EOS early.
+    """vLLM (V1 interface) logits processor that forces given output tokens, bans EOS early and masks denied
+    tokens.
 
     Only requests whose ``SamplingParams.extra_args`` contain :data:`EXTRA_KEY` (see
     :func:`force_spec`) are touched; all other requests pass through unchanged, so it is safe
@@ -223,7 +236,10 @@ class ForcedTokensProcessor(LogitsProcessor):
                 row = logits[i]
                 row.fill_(-math.inf)
                 row[tok] = 0.0
-            elif spec.ban and spec.ban_from <= n < spec.ban_until:
+                continue
+            if spec.ban and spec.ban_from <= n < spec.ban_until:
                 logits[i, list(spec.ban)] = -math.inf
+            if spec.deny:
+                logits[i].index_fill_(0, spec.deny_index(logits.device), -math.inf)
         return logits
 

@@ -36,6 +36,8 @@ class VLLMSession(Session):
 
     #: generated tokens between two calls of the ``prune`` callback for a row (as the HF backend)
     prune_every = 4
+    #: :attr:`~refine.backends.base.Session.banned` ids travel in each decode request's forcing spec (``deny``)
+    supports_banned = True
 
     def __init__(self, backend: VLLMBackend, prompt: Sequence[int], topk: int, max_batch_tokens: int) -> None:
         if len(prompt) == 0:
@@ -250,6 +252,7 @@ class VLLMSession(Session):
                 ban=eos_ids,
                 ban_from=nf,
                 ban_until=nf + int(req.min_new),
+                deny=sorted(self.banned),
                 eos_at=nf + max_new - 1 if (req.force_eos and max_new > 0) else None,
                 eos=eos_ids[0],
                 key=key,
