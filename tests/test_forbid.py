@@ -186,3 +186,20 @@ def test_cli_forbid(model_dir, capsys):
     assert d["config"]["forbid"] == ["a", ","]
     for e in d["edits"]:
         assert A not in e["new"] and COMMA not in e["new"]
+
+
+def test_a_forbidden_position_is_a_block_of_its_own(backend):
+    """Coordinate descent tries the first forbidden token's position alone (a small batch), then blocks as usual."""
+    from refine.search import Search
+
+    start = [5, 3, 7, 6, 29, 20, 15, 30]
+    steps = {}
+    for forbid in ((), ("a",)):
+        cfg = RefineConfig(forbid=forbid, objective="mean", max_new_tokens=8, repeat_guard=None, top_k=3,
+                           block_size=8, max_positions=8, budget={"max_sweeps": 1})
+        search = Search(backend.open(PROMPT, topk=cfg.topk_store, max_batch_tokens=4096), backend.tokenizer, cfg, 8)
+        search.score_initial(start)
+        search.strategy.start(search)
+        search.strategy.step(search)
+        steps[forbid] = search.stats.candidates
+    assert steps[("a",)] == 3 and steps[()] > 3 * 4  # one position's top-3, against a block of 8 positions

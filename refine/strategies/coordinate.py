@@ -14,6 +14,10 @@ class CoordinateDescent(Strategy):
     one batched call (re-decoded suffixes of the whole block decode together) and accepts the best one if it
     improves the objective. A sweep ends when the queue of positions is empty; a sweep without an accepted
     edit means a local optimum (converged). Monotone: the objective never decreases.
+
+    A position that holds a forbidden token (``RefineConfig.forbid``; such positions come first in a sweep)
+    is a block of its own: its few proposals decode in a small batch, so the edit the constraint needs is
+    tried early and cheaply (a block of long re-decodes can take longer than a time budget allows).
     """
 
     def start(self, search: Search) -> None:
@@ -35,7 +39,8 @@ class CoordinateDescent(Strategy):
                     return False
                 self._new_sweep(search)
                 return True
-            block, self._queue = self._queue[: cfg.block_size], self._queue[cfg.block_size :]
+            size = 1 if self._holds_forbidden(search, self._queue[0]) else cfg.block_size
+            block, self._queue = self._queue[:size], self._queue[size:]
             proposals = search.propose(search.current, block)
             if proposals:
                 break
@@ -45,3 +50,8 @@ class CoordinateDescent(Strategy):
             if search.accept(prop, best):
                 self._improved = True
         return True
+
+    @staticmethod
+    def _holds_forbidden(search: Search, i: int) -> bool:
+        tokens = search.current.tokens
+        return i < len(tokens) and tokens[i] in search.forbidden
