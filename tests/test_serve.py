@@ -359,12 +359,20 @@ def test_a_deadline_aborts_the_step_in_progress_and_returns_the_best_so_far(serv
     first = refine(0.01)
     assert first["stats"]["stop_reason"] == "max_seconds" and first["edits"] == []
     scoring = first["stats"]["seconds"]
-    # one that passes during the first re-decoding step (seconds long): that step is aborted
-    aborted = _metric(server, "refine_engine_requests_aborted_total")
-    limit = scoring + 0.5
-    t0 = time.time()
-    r = refine(limit)
-    assert r["stats"]["stop_reason"] == "max_seconds" and r["text"] == r["initial_text"]
-    assert r["stats"]["seconds"] < limit + 1.5, r["stats"]
-    assert _metric(server, "refine_engine_requests_aborted_total") > aborted
-    assert time.time() - t0 < limit + 10
+    # one that passes during the first re-decoding step (seconds long): that step is aborted. Scoring itself
+    # takes longer on a busy machine, and a deadline that passes before the first step stops the search
+    # without an engine request to abort: a few margins past the measured scoring time, until one lands
+    # inside the step
+    landed = False
+    for margin in (0.5, 1.0, 2.0):
+        aborted = _metric(server, "refine_engine_requests_aborted_total")
+        limit = scoring + margin
+        t0 = time.time()
+        r = refine(limit)
+        assert r["stats"]["stop_reason"] == "max_seconds" and r["text"] == r["initial_text"]
+        assert r["stats"]["seconds"] < limit + 1.5, r["stats"]
+        assert time.time() - t0 < limit + 10
+        if _metric(server, "refine_engine_requests_aborted_total") > aborted:
+            landed = True
+            break
+    assert landed, "no deadline landed inside a re-decoding step"
