@@ -345,6 +345,13 @@ class Search:
         if decoded:
             decoded, reqs = self._requests(decoded)
             room = self.remaining_tokens()
+            # the score call above may have moved the session's cache, so decoding can now cost more than
+            # :meth:`_cost` priced it at: the least promising decodes give way until the rest fit (the cap is hard)
+            while decoded and room != float("inf") and self.session.decode_cost(reqs, parent.tokens) > room:
+                decoded, reqs = self._requests(decoded[:-1])
+            if not decoded and not scored:
+                raise BudgetExhausted()
+        if decoded:
             limit = None if room == float("inf") else room - self._scorer_reserve(parent, len(decoded))
             if limit is not None:
                 limit = max(limit, self.session.decode_cost(reqs, parent.tokens))

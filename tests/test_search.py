@@ -453,3 +453,14 @@ def test_strategies_never_write_search_stats():
                 if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Attribute) and t.value.attr == "stats":
                     offenders.append(f"{path.name}:{node.lineno}")
     assert not offenders, offenders
+
+
+def test_a_score_call_that_moves_the_cache_does_not_push_decoding_past_the_cap(backend):
+    """Found by the property above: best-first's step scored its substitutions, which re-cached a shorter prefix,
+    and its re-decodes then cost more than priced before; the least promising decodes now give way."""
+    cfg = RefineConfig(objective="sum", moves=("substitute", "regenerate"), top_k=1, block_size=3, max_positions=None,
+                       regen_extra_tokens=1, prune_margin=None, strategy="best_first", max_new_tokens=14,
+                       budget={"max_sweeps": 2, "max_forward_tokens": 93})
+    prompt = [5, 28, 3]
+    res = refine_tokens(backend, prompt, generate_greedy(backend, prompt, 6), cfg)
+    assert res.stats.forward_tokens <= 93 and res.stats.stop_reason == "max_forward_tokens"
