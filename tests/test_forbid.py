@@ -163,7 +163,10 @@ def test_positions_holding_a_forbidden_token_come_first_and_a_reward_clears_them
 
 
 def test_a_backend_that_cannot_mask_is_refused(backend, monkeypatch):
+    from refine.backends.base import Session
     from refine.backends.hf import HFSession
+
+    assert Session.supports_banned is False  # a backend declares the capability; none is assumed
 
     monkeypatch.setattr(HFSession, "supports_banned", False)
     with pytest.raises(InputError, match="forbid"):

@@ -142,8 +142,10 @@ class Session(ABC):
     #: ids no continuation may contain (``RefineConfig.forbid``): the engine sets them before the first call. A
     #: session masks them in every decoding step (greedy, beam, sampled: renormalised over the rest) and takes
     #: the top-k alternatives it reports among the other ids; target scores are the model's, unchanged. A
-    #: backend that cannot must raise :class:`~refine.errors.InputError` when they are set.
+    #: backend that cannot leaves :attr:`supports_banned` False, and the engine refuses ``forbid`` for it.
     banned: frozenset[int] = frozenset()
+    #: whether the session honours :attr:`banned`
+    supports_banned: bool = False
 
     @abstractmethod
     def score(self, seqs: Sequence[Sequence[int]], base: Sequence[int] = ()) -> list[tuple[int, Scores]]:
