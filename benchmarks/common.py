@@ -141,9 +141,10 @@ class Runner:
         rows = [self._cut(r) for r in out.sequences[:, len(prompt):].tolist()]
         return out, rows, fc, seconds
 
-    def greedy(self, prompt: Sequence[int], max_new_tokens: int) -> Output:
-        """Greedy decoding with ``model.generate``."""
-        _, rows, fc, seconds = self._generate(prompt, max_new_tokens, do_sample=False, num_beams=1)
+    def greedy(self, prompt: Sequence[int], max_new_tokens: int, suppress: Sequence[int] = ()) -> Output:
+        """Greedy decoding with ``model.generate``; ``suppress``: ids never decoded (``suppress_tokens``)."""
+        kw = {"suppress_tokens": sorted(suppress)} if suppress else {}
+        _, rows, fc, seconds = self._generate(prompt, max_new_tokens, do_sample=False, num_beams=1, **kw)
         return Output(rows[0], fc.tokens, fc.calls, seconds)
 
     def beam(self, prompt: Sequence[int], max_new_tokens: int, beams: int) -> Output:

@@ -30,11 +30,12 @@ from .instructions import follows, token_rule
 
 DATA_FILES = (data.IFEVAL,)
 TITLE = "IFEval: verifiable instructions, refined with the checkers as a reward"
-METHODS = ["greedy", "beam8", "bestof16", "bestof16_forbid", "refine"]
+METHODS = ["greedy", "greedy_forbid", "beam8", "bestof16", "bestof16_forbid", "refine"]
 BASELINES = METHODS[:-1]
-LABELS = {"greedy": "greedy", "beam8": "beam-8", "bestof16": "best-of-16 (reranked)",
+LABELS = {"greedy": "greedy", "greedy_forbid": "greedy without the forbidden tokens", "beam8": "beam-8",
+          "bestof16": "best-of-16 (reranked)",
           "bestof16_forbid": "best-of-16 (reranked), sampled without the forbidden tokens",
-          "refine": "greedy+refine (defaults + reward, forbidden tokens, best-of-16's time)"}
+          "refine": "greedy without the forbidden tokens + refine (defaults + reward, best-of-16's time)"}
 TEMPERATURE = 0.8
 NUMBERS = ["strict", "loose_share", "good", "ended", "repeats", "mean_logp", "judge_logp", "length",
            "forward_tokens", "seconds"]
@@ -54,7 +55,8 @@ class Settings:
     #: refinement may take as long as best-of-16 took on the same prompt (its greedy start included)
     match_time: bool = True
     #: refinement never writes the tokens the prompt's instructions rule out (``RefineConfig.forbid`` with
-    #: :func:`benchmarks.instructions.token_rule`); ``bestof16_forbid`` samples without them
+    #: :func:`benchmarks.instructions.token_rule`) and starts from greedy decoded without them
+    #: (``greedy_forbid``); ``bestof16_forbid`` samples without them
     forbid: bool = True
 
 
@@ -94,14 +96,16 @@ def run_item(ctx: Context, judge, item: data.Item, s: Settings, max_new_tokens: 
     outs = {"greedy": greedy, "beam8": r.beam(prompt, max_new_tokens, 8),
             "bestof16": r.best_of(prompt, max_new_tokens, 16, TEMPERATURE, ctx.seed, cfg)}
     banned = forbidden_ids(r.backend.tokenizer, cfg.forbid)
-    # nothing forbidden: the same samples, the same method
+    # nothing forbidden: the same decodes, the same method
+    outs["greedy_forbid"] = r.greedy(prompt, max_new_tokens, suppress=banned) if banned else greedy
     outs["bestof16_forbid"] = (r.best_of(prompt, max_new_tokens, 16, TEMPERATURE, ctx.seed, cfg, suppress=banned)
                                if banned else outs["bestof16"])
+    start = outs["greedy_forbid"]  # what refine.refine(prompt, forbid=...) starts from: greedy, masked
     refine_cfg = cfg
     if s.match_time:  # the budget best-of-16 used on this prompt, less the greedy start refinement begins from
-        left = max(outs["bestof16"].seconds - greedy.seconds, MIN_SECONDS)
+        left = max(outs["bestof16"].seconds - start.seconds, MIN_SECONDS)
         refine_cfg = replace(cfg, budget=replace(cfg.budget, max_seconds=left))
-    outs["refine"], _ = r.refine(prompt, greedy, refine_cfg)
+    outs["refine"], _ = r.refine(prompt, start, refine_cfg)
     scores = r.score_outputs(prompt, [outs[m].tokens for m in METHODS])
     methods = {m: r.describe(outs[m], sc) for m, sc in zip(METHODS, scores)}
     judged = judge.mean_logp(item.prompt, [methods[m]["text"] for m in METHODS])
@@ -216,17 +220,17 @@ def render(results: dict, plots: list[str]) -> str:
              "downloads NLTK data at import, which this project does not do). Strict accuracy: every instruction "
              "of the prompt followed.",
              f"- Methods: greedy, beam-8, best-of-16 (temperature {results['temperature']}, reranked by the same "
-             f"objective as refinement), and greedy+refine with the library's default objective plus the share of "
-             f"instructions followed as a reward (weight {s['reward_weight']}), at most {s['max_sweeps']} sweep(s)"
+             f"objective as refinement), and refinement of greedy with the library's default objective plus the "
+             f"share of instructions followed as a reward (weight {s['reward_weight']}), at most {s['max_sweeps']} sweep(s)"
              + (" and at most the wall time best-of-16 took on the same prompt (greedy's included; the limit "
                 "binds between decoding steps)." if s.get("match_time", False) else "."),
              *([f"- Forbidden tokens (`RefineConfig.forbid`): on the {forbidding} prompts with an instruction that a "
                 "single token breaks (no commas, all lowercase, all capitals, forbidden words: "
-                "`benchmarks.instructions.token_rule`), refinement never writes such a token (its re-decodings "
-                "are drawn without them; the greedy output it starts from keeps its own until an edit replaces "
-                "them), and `best-of-16, sampled without the forbidden tokens` draws its 16 samples with them "
+                "`benchmarks.instructions.token_rule`), refinement never writes such a token (it starts from greedy "
+                "decoded without them, `greedy without the forbidden tokens`, as `refine.refine` decodes its own "
+                "start, and its re-decodings are drawn without them), and `best-of-16, sampled without the forbidden tokens` draws its 16 samples with them "
                 "suppressed, as a control for what the constraint alone buys. On the other prompts it is "
-                "best-of-16 itself."] if s.get("forbid") else []),
+                "best-of-16 itself, and the masked greedy is greedy itself."] if s.get("forbid") else []),
              f"- Judge: {results['judge']['name']} (mean log P per token of the answer after the instruction).",
              f"- Intervals: 95% paired bootstrap over prompts ({s['bootstrap_resamples']} resamples).", "",
              "## Targets", "", report.targets_table(summ["targets"]), "",

@@ -7,6 +7,7 @@ from typing import Any, MutableMapping, Sequence
 from .backends.base import Backend, DecodeRequest
 from .config import RefineConfig
 from .errors import InputError
+from .forbid import forbidden_ids
 from .scorer import Scorer
 from .search import ProgressFn, run_search
 from .types import RefineResult
@@ -92,10 +93,21 @@ def scorer_prompt_ids(scorer: Backend, generator: Backend, prompt_ids: Sequence[
 
 
 def generate_greedy(backend: Backend, prompt_ids: Sequence[int], max_new_tokens: int, topk: int = 16,
-                    max_batch_tokens: int = 4096) -> list[int]:
-    """Greedy decoding through the backend's own decoder (what refinement starts from by default)."""
+                    max_batch_tokens: int = 4096, forbid: Any = ()) -> list[int]:
+    """Greedy decoding through the backend's own decoder (what refinement starts from by default).
+
+    ``forbid``: a ``RefineConfig.forbid`` rule; the decoder then never writes a token it rules out, so the
+    answer refinement starts from already keeps the rule (a backend that cannot mask raises
+    :class:`~refine.errors.InputError`, as the search does).
+    """
+    banned = forbidden_ids(backend.tokenizer, forbid)
     session = backend.open(prompt_ids, topk, max_batch_tokens)
     try:
+        if banned:
+            if not session.supports_banned:
+                raise InputError(f"`forbid` needs a backend that masks tokens while decoding, which "
+                                 f"{type(session).__name__} does not (the Hugging Face and vLLM backends do)")
+            session.banned = banned
         ((_, dec),) = session.decode([DecodeRequest((), max_new_tokens)])
     finally:
         session.close()
@@ -169,7 +181,8 @@ def refine(
         prompt: text (a chat template is applied when the tokenizer has one, unless ``chat=False``) or token ids.
         output: the answer to refine, as text (taken as a complete answer: EOS is appended) or token ids.
             ``None``: decode one greedily first (``max_new_tokens`` at most; one that runs into the cap is
-            unfinished, see :attr:`RefineResult.initial_ended <refine.types.RefineResult>`). ``""`` or ``[]``:
+            unfinished, see :attr:`RefineResult.initial_ended <refine.types.RefineResult>`), without the
+            tokens ``config.forbid`` rules out. ``""`` or ``[]``:
             no start at all, for the samplers only (``strategy="power"`` or ``"power_smc"``): their draws are
             the only candidates, as power sampling is used as a decoder (no greedy decode is paid for); the
             result's ``initial_text`` is empty and its ``initial_score`` ``-inf`` (so is its output, should no
@@ -200,7 +213,8 @@ def refine(
     if prompt_ids is None:
         prompt_ids = backend.encode_prompt(prompt, chat)
     if output is None:
-        output_ids = generate_greedy(backend, prompt_ids, max_new_tokens, config.topk_store, config.max_batch_tokens)
+        output_ids = generate_greedy(backend, prompt_ids, max_new_tokens, config.topk_store, config.max_batch_tokens,
+                                     config.forbid)
     elif isinstance(output, str) and not output:
         output_ids = []
     else:

@@ -40,7 +40,8 @@ def hf_refiner(backend, base: Mapping[str, Any], max_new_tokens: int, chat: bool
         for item in items:
             config = resolve_scorer(item_config(base, item, max_new_tokens), loaded)
             prompt = backend.encode_prompt(item.prompt, chat)
-            output = generate_greedy(backend, prompt, max_new_tokens, config.topk_store, config.max_batch_tokens)
+            output = generate_greedy(backend, prompt, max_new_tokens, config.topk_store, config.max_batch_tokens,
+                                     config.forbid)
             yield item, refine_tokens(backend, prompt, output, config, scorer_prompt=item.prompt,
                                       chat=chat).to_dict()
 
@@ -51,7 +52,7 @@ def vllm_refiner(llm, backend, base: Mapping[str, Any], max_new_tokens: int, cha
     """Initial answers of a chunk in one ``llm.generate`` call, then each refined on ``backend``."""
     from vllm import SamplingParams
 
-    from .api import refine_tokens, resolve_scorer
+    from .api import generate_greedy, refine_tokens, resolve_scorer
 
     loaded: dict[str, Any] = {}  # scorer path -> backend, for the whole batch
 
@@ -61,9 +62,13 @@ def vllm_refiner(llm, backend, base: Mapping[str, Any], max_new_tokens: int, cha
         prompts = [backend.encode_prompt(item.prompt, chat) for item in items]
         params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens,
                                 stop_token_ids=list(backend.tokenizer.eos_ids), detokenize=False)
-        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-        for item, config, prompt, out in zip(items, configs, prompts, outs):
-            output = list(out.outputs[0].token_ids)
+        # items with a ``forbid`` rule start from the backend's masked greedy decode; the rest share one call
+        plain = [i for i, c in enumerate(configs) if not c.forbid]
+        outs = llm.generate([{"prompt_token_ids": prompts[i]} for i in plain], params, use_tqdm=False) if plain else []
+        decoded = {i: list(o.outputs[0].token_ids) for i, o in zip(plain, outs)}
+        for i, (item, config, prompt) in enumerate(zip(items, configs, prompts)):
+            output = decoded[i] if i in decoded else generate_greedy(
+                backend, prompt, max_new_tokens, config.topk_store, config.max_batch_tokens, config.forbid)
             yield item, refine_tokens(backend, prompt, output, config, scorer_prompt=item.prompt,
                                       chat=chat).to_dict()
 

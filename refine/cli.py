@@ -187,7 +187,7 @@ def cmd_run(args) -> int:
     if args.from_nothing:
         output_ids = []
     elif args.output is None:
-        output_ids = generate_greedy(backend, prompt_ids, args.max_new_tokens, config.topk_store)
+        output_ids = generate_greedy(backend, prompt_ids, args.max_new_tokens, config.topk_store, forbid=config.forbid)
     else:
         output_ids = backend.tokenizer.encode(args.output) + [backend.tokenizer.eos]
     gen_s = time.perf_counter() - t1

@@ -411,9 +411,19 @@ def test_quick_ifeval(quick_run):
         for rec in it["methods"].values():
             assert len(rec["passed"]) == len(it["instructions"])
             assert rec["strict"] == float(all(rec["passed"]))
+        if not it["forbidden_tokens"]:  # no token rule: the masked greedy is greedy itself
+            assert it["methods"]["greedy_forbid"]["text"] == it["methods"]["greedy"]["text"]
     summary = json.loads((quick_run / "summary.json").read_text())
-    for m in ("greedy", "bestof16", "refine"):
+    for m in ("greedy", "greedy_forbid", "bestof16", "refine"):
         assert 0.0 <= summary[f"ifeval.strict_acc.{m}"] <= 1.0
+
+
+def test_runner_greedy_never_decodes_a_suppressed_id(runner):
+    prompt = runner.encode("the cat")
+    plain = runner.greedy(prompt, 8)
+    masked = runner.greedy(prompt, 8, suppress=[plain.tokens[0]])
+    assert masked.tokens[0] != plain.tokens[0] and plain.tokens[0] not in masked.tokens
+    assert runner.greedy(prompt, 8).tokens == plain.tokens  # the mask is per call
 
 
 def test_best_of_reranks_by_the_objective(runner):

@@ -187,6 +187,7 @@ def test_cli_forbid(model_dir, capsys):
     assert main([*args, "--forbid", "a", "--forbid", ","]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["config"]["forbid"] == ["a", ","]
+    assert "a" not in d["initial_text"] and "," not in d["initial_text"]  # its own start is decoded masked
     for e in d["edits"]:
         assert A not in e["new"] and COMMA not in e["new"]
 
@@ -206,3 +207,50 @@ def test_a_forbidden_position_is_a_block_of_its_own(backend):
         search.strategy.step(search)
         steps[forbid] = search.stats.candidates
     assert steps[("a",)] == 3 and steps[()] > 3 * 4  # one position's top-3, against a block of 8 positions
+
+
+def test_the_answer_refine_decodes_itself_keeps_the_rule(llama, backend, tok):
+    """With no output given, refine's own greedy start is decoded under the mask: it equals generate with the
+    forbidden ids suppressed, and neither it nor the refined output holds one."""
+    import refine
+
+    banned = forbidden_ids(backend.tokenizer, ("e", ","))
+    ref = llama.generate(torch.tensor([PROMPT]), max_new_tokens=10, do_sample=False,
+                         suppress_tokens=sorted(banned))[0, len(PROMPT):].tolist()
+    plain = llama.generate(torch.tensor([PROMPT]), max_new_tokens=10, do_sample=False)[0, len(PROMPT):].tolist()
+    assert set(plain) & banned  # the unmasked greedy answer would hold one: the mask is what keeps it out
+    res = refine.refine(PROMPT, model=backend, max_new_tokens=10, forbid=("e", ","), objective="mean",
+                        budget={"max_sweeps": 1})
+    assert res.initial_tokens == ref[: ref.index(1) + 1] if 1 in ref else res.initial_tokens == ref
+    assert not set(res.initial_tokens) & banned and not set(res.tokens) & banned
+
+
+def test_generate_greedy_refuses_forbid_on_a_backend_that_cannot_mask(backend, monkeypatch):
+    from refine.api import generate_greedy
+    from refine.backends.hf import HFSession
+
+    monkeypatch.setattr(HFSession, "supports_banned", False)
+    with pytest.raises(InputError, match="forbid"):
+        generate_greedy(backend, PROMPT, 8, forbid=("a",))
+    assert generate_greedy(backend, PROMPT, 8)  # no rule: nothing to mask
+
+
+@pytest.mark.parametrize("way", ["wrapper", "custom_generate"])
+def test_hf_adapters_decode_the_start_without_forbidden_tokens(llama, tok, backend, way):
+    from refine.integrations.hf import custom_generate, generate
+
+    enc = tok(["the b", "a dog"], return_tensors="pt", padding=True)
+    cfg = {"objective": "mean", "forbid": ["g", "n"], "budget": {"max_sweeps": 1}}
+    banned = forbidden_ids(backend.tokenizer, ("g", "n"))
+    kw = dict(max_new_tokens=10, do_sample=False, num_beams=2)
+    plain = llama.generate(**enc, **kw)[:, enc["input_ids"].shape[1]:]
+    assert set(plain.ravel().tolist()) & banned
+    ref = llama.generate(**enc, suppress_tokens=sorted(banned), **kw)
+    if way == "wrapper":
+        out = generate(llama, **enc, tokenizer=tok, refine=cfg, **kw)
+    else:
+        out = llama.generate(**enc, custom_generate=custom_generate, refine=cfg, refine_tokenizer=tok,
+                             return_dict_in_generate=True, **kw)
+    assert torch.equal(out.initial_sequences, ref)
+    for r in out.results:
+        assert not set(r.initial_tokens) & banned and not set(r.tokens) & banned

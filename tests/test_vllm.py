@@ -467,6 +467,34 @@ def test_batch_on_vllm_equals_refine_llm(llm, vb, tmp_path):
         assert recs[item.id]["initial_tokens"] == o.outputs[0].refine.initial_tokens
 
 
+def test_batch_on_vllm_decodes_the_start_of_a_forbid_item_masked(llm, vb, hf, tmp_path):
+    """A batch item with ``forbid`` starts from a greedy answer decoded without its forbidden tokens (the
+    others share one plain ``llm.generate`` call), as the HF backend decodes it under the same rule."""
+    import json
+
+    from refine.api import generate_greedy
+    from refine.backends.hf import HFBackend
+    from refine.batch import BatchItem, run_batch
+    from refine.batch_engines import vllm_refiner
+    from refine.forbid import forbidden_ids
+
+    q = QUESTIONS[0]
+    plain = vllm_refiner(llm, vb, REFINE, 16)
+    first = run_batch([BatchItem("p", q)], tmp_path / "a.jsonl", plain, chunk=2, progress=False)
+    assert first == (1, 0)
+    (rec,) = map(json.loads, (tmp_path / "a.jsonl").read_text().splitlines())
+    word = vb.tokenizer.decode([rec["initial_tokens"][0]]).strip()  # a token the unmasked start begins with
+    assert word
+    items = [BatchItem("p", q), BatchItem("f", q, {"forbid": [word]})]
+    assert run_batch(items, tmp_path / "b.jsonl", plain, chunk=2, progress=False) == (2, 0)
+    recs = {r["id"]: r for r in map(json.loads, (tmp_path / "b.jsonl").read_text().splitlines())}
+    banned = forbidden_ids(vb.tokenizer, (word,))
+    assert recs["p"]["initial_tokens"] == rec["initial_tokens"] and set(rec["initial_tokens"]) & banned
+    assert not set(recs["f"]["initial_tokens"]) & banned and not set(recs["f"]["tokens"]) & banned
+    hf_start = generate_greedy(HFBackend(*hf), vb.encode_prompt(q, None), 16, forbid=(word,))
+    assert recs["f"]["initial_tokens"] == hf_start
+
+
 def test_a_request_naming_a_scorer_is_refused_before_anything_is_loaded(monkeypatch):
     import refine.api
     import refine.models

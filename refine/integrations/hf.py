@@ -25,6 +25,7 @@ require("transformers", "transformers")
 from ..api import refine_tokens, resolve_scorer  # noqa: E402
 from ..backends.hf import HFBackend  # noqa: E402
 from ..config import RefineConfig  # noqa: E402
+from ..forbid import forbidden_ids  # noqa: E402
 from ..types import RefineResult  # noqa: E402
 
 
@@ -136,7 +137,8 @@ def generate(
         tokenizer: the model's tokenizer.
         refine: :class:`RefineConfig` or dict. ``max_new_tokens`` defaults to generate's. With ``"scorer"`` (a
             path or a Backend) a second model judges the edits; it sees each prompt as the prompt ids decoded to
-            text (:func:`refine.api.scorer_prompt_ids`).
+            text (:func:`refine.api.scorer_prompt_ids`). With ``"forbid"`` the forbidden tokens are added to
+            generate's ``suppress_tokens``, so the answers refined are decoded without them too.
         **generate_kwargs: passed to ``model.generate`` (``num_beams``, ``do_sample``, ``num_return_sequences``...).
 
     Example:
@@ -151,11 +153,14 @@ def generate(
         pad = getattr(tokenizer, "pad_token_id", None)
         if pad is not None and bool((input_ids[:, 0] == pad).any()):
             raise InputError("a left-padded batch needs its `attention_mask` (pass what the tokenizer returned)")
+    max_new = generate_kwargs.get("max_new_tokens") or getattr(model.generation_config, "max_new_tokens", None)
+    config = _config_for(refine, max_new)
+    banned = forbidden_ids(backend.tokenizer, config.forbid)
+    if banned:  # the answers refinement starts from are decoded without the forbidden tokens too
+        generate_kwargs["suppress_tokens"] = sorted(banned | set(generate_kwargs.get("suppress_tokens") or ()))
     gen_out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
     sequences = gen_out if isinstance(gen_out, torch.Tensor) else gen_out.sequences
     num_return = int(generate_kwargs.get("num_return_sequences") or 1)
-    max_new = generate_kwargs.get("max_new_tokens") or getattr(model.generation_config, "max_new_tokens", None)
-    config = _config_for(refine, max_new)
     pad_id = _pad_id(model, tokenizer, backend.tokenizer.eos)
     prompt_rows = _prompt_rows(input_ids.shape[0], sequences.shape[0], num_return)
     rows = _split_rows(input_ids, attention_mask, sequences, prompt_rows, backend.tokenizer.eos_ids, pad_id)
@@ -201,12 +206,18 @@ def custom_generate(
         raise InputError(f"generation mode {mode.name} is not supported with refinement")
     attention_mask = model_kwargs.get("attention_mask")
     return_dict = bool(generation_config.return_dict_in_generate)
+    config = _config_for(refine, generation_config.max_new_tokens)
+    banned = forbidden_ids(backend.tokenizer, config.forbid)
+    if banned:  # the answers refinement starts from are decoded without the forbidden tokens too
+        from transformers.generation.logits_process import LogitsProcessorList, SuppressTokensLogitsProcessor
+
+        logits_processor = LogitsProcessorList([*(logits_processor or []),
+                                                SuppressTokensLogitsProcessor(sorted(banned), input_ids.device)])
     gen_out = getattr(type(model), method)(
         model, input_ids, logits_processor=logits_processor, stopping_criteria=stopping_criteria,
         generation_config=generation_config, synced_gpus=synced_gpus, streamer=streamer, **model_kwargs,
     )
     sequences = gen_out if isinstance(gen_out, torch.Tensor) else gen_out.sequences
-    config = _config_for(refine, generation_config.max_new_tokens)
     pad_id = _pad_id(model, tokenizer, backend.tokenizer.eos)
     num_return = int(generation_config.num_return_sequences or 1)
     prompt_rows = _prompt_rows(input_ids.shape[0], sequences.shape[0], num_return)
