@@ -381,6 +381,36 @@ def test_generate_refines_requests_that_ask(llm, vb):
         assert c.refine.stats.forward_tokens > 0
 
 
+def test_generate_with_forbid_decodes_the_start_without_forbidden_tokens(llm, vb, hf, prompts, greedy):
+    """A request whose refine options forbid tokens is decoded with them masked (greedy: as the HF backend
+    decodes under the same ban; sampled: none drawn), and refined without them; its neighbours are untouched."""
+    from refine.api import generate_greedy
+    from refine.backends.hf import HFBackend
+    from refine.errors import InputError
+    from refine.forbid import forbidden_ids
+    from refine.integrations.vllm import generate
+
+    prompt, y = prompts[0], greedy[0]
+    rule = [",", "e"]
+    banned = forbidden_ids(vb.tokenizer, tuple(rule))
+    assert set(y[:24]) & banned  # the unmasked answer holds some
+    ask = {"refine": {**REFINE, "forbid": rule}}
+    plain_sp = SamplingParams(temperature=0, max_tokens=24)
+    greedy_sp = SamplingParams(temperature=0, max_tokens=24, extra_args=ask)
+    sampled_sp = SamplingParams(temperature=1.0, max_tokens=24, n=3, seed=1, extra_args=ask)
+    ids = [{"prompt_token_ids": prompt}] * 3
+    plain, masked, sampled = generate(llm, ids, [plain_sp, greedy_sp, sampled_sp], use_tqdm=False, refine_backend=vb)
+    assert list(plain.outputs[0].token_ids) == list(y[:24])
+    want = generate_greedy(HFBackend(*hf), prompt, 24, forbid=tuple(rule))
+    assert masked.outputs[0].refine.initial_tokens == want
+    for c in masked.outputs + sampled.outputs:
+        assert not set(c.refine.initial_tokens) & banned and not set(c.token_ids) & banned
+    assert greedy_sp.extra_args == ask  # the caller's params are not changed
+    clash = SamplingParams(temperature=0, max_tokens=4, extra_args={**ask, "_refine_force": {"force": [5]}})
+    with pytest.raises(InputError, match="forcing spec"):
+        generate(llm, ids[:1], clash, use_tqdm=False, refine_backend=vb)
+
+
 def test_option_errors_name_the_field(llm):
     from refine.integrations.vllm import generate
 

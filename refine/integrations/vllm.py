@@ -188,10 +188,15 @@ def generate(
                for p in per]  # ConfigError here, before generating anything
     loaded: dict[str, Any] = {}  # a scorer path named by several requests is loaded once
     configs = [None if c is None else resolve_scorer(c, loaded) for c in configs]
+    backend = None
+    if any(c is not None and c.forbid for c in configs):
+        backend = refine_backend if refine_backend is not None else VLLMBackend(llm)
+        sampling_params = [_denying(p, c, backend) for p, c in zip(per, configs)]
     outputs = llm.generate(prompts, sampling_params, **generate_kwargs)
     if not any(c is not None for c in configs):
         return outputs
-    backend = refine_backend if refine_backend is not None else VLLMBackend(llm)
+    if backend is None:
+        backend = refine_backend if refine_backend is not None else VLLMBackend(llm)
     eos_ids = backend.tokenizer.eos_ids
     result = list(outputs)
     for i, (out, config) in enumerate(zip(outputs, configs)):
@@ -210,6 +215,24 @@ def generate(
         new.original = out
         result[i] = new
     return result
+
+
+def _denying(params: Any, config: RefineConfig | None, backend: VLLMBackend) -> Any:
+    """``params``, or for a config with ``forbid`` a copy whose requests never emit a forbidden token (refine's
+    forcing processor masks the ``deny`` list of its spec at every step), so the answers refined start out
+    keeping the rule, as ``refine.refine`` decodes its own start."""
+    from ..backends.vllm.processor import EXTRA_KEY, FLAT_PREFIX, force_spec
+    from ..forbid import forbidden_ids
+
+    if config is None or not config.forbid:
+        return params
+    extra = dict(getattr(params, "extra_args", None) or {})
+    if EXTRA_KEY in extra or any(str(k).startswith(FLAT_PREFIX) for k in extra):
+        raise InputError(f"a request with `forbid` cannot also carry a forcing spec (extra_args[{EXTRA_KEY!r}])")
+    extra[EXTRA_KEY] = force_spec((), deny=sorted(forbidden_ids(backend.tokenizer, config.forbid)))
+    params = params.clone()
+    params.extra_args = extra
+    return params
 
 
 def chat(
