@@ -249,3 +249,42 @@ def token_rule(ids: Sequence[str], kwargs: Sequence[dict]) -> TokenRule | None:
     rule = TokenRule("punctuation:no_comma" in ids, "change_case:english_lowercase" in ids,
                      "change_case:english_capital" in ids, words)
     return rule if rule.no_comma or rule.no_upper or rule.no_lower or rule.words else None
+
+
+def phrases(ids: Sequence[str], kwargs: Sequence[dict]) -> tuple[str, ...]:
+    """Text a prompt's instructions ask to be written (``RefineConfig.phrases``): the required ending, the
+    postscript marker, keywords to include, the separators of two responses or of paragraphs.
+
+    >>> phrases(["startend:end_checker", "keywords:existence"], [{"end_phrase": "Any other questions?"},
+    ...                                                           {"keywords": ["tea", "milk"]}])
+    ('Any other questions?', 'tea', 'milk')
+    >>> phrases(["keywords:existence", "change_case:english_capital"], [{"keywords": ["tea"]}, {}])
+    ('TEA',)
+    """
+    out: list[str] = []
+    for i, k in zip(ids, kwargs):
+        if i == "startend:end_checker":
+            out.append(k["end_phrase"])
+        elif i == "detectable_content:postscript":
+            out.append(k["postscript_marker"])
+        elif i == "keywords:existence":
+            out.extend(k.get("keywords") or ())
+        elif i == "keywords:frequency":
+            out.append(k["keyword"])
+        elif i == "combination:two_responses":
+            out.append("******")
+        elif i == "length_constraints:number_paragraphs":
+            out.append("***")
+    # the checkers of these compare case-insensitively: write them in the case the prompt demands, and leave
+    # out any that a token rule of the same prompt would forbid (:func:`token_rule`)
+    rule = token_rule(ids, kwargs)
+    seen: dict[str, None] = {}
+    for p in out:
+        p = p.strip()
+        if rule is not None:
+            p = p.upper() if rule.no_lower else p.lower() if rule.no_upper else p
+            if (rule.no_comma and "," in p) or any(w in rule.words for w in p.lower().split()):
+                continue
+        if p:
+            seen.setdefault(p, None)
+    return tuple(seen)

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from .about import DISTRIBUTION, __version__
 from .api import DEFAULT_MAX_NEW_TOKENS
-from .degeneration import DEFAULT_N
+from .degeneration import DEFAULT_N, ECHO_N
 from .strategy import STRATEGIES
 from .errors import ConfigError
 
@@ -71,9 +71,15 @@ def _add_run(sub) -> None:
     p.add_argument("--forbid", action="append", metavar="TEXT",
                    help="never write a token whose text contains TEXT (repeatable; e.g. --forbid , keeps commas "
                         "out of re-decoded text); the output's own such tokens go only if an edit pays")
+    p.add_argument("--phrase", action="append", metavar="TEXT",
+                   help="text an edit may write whole, at the start, after a sentence or line, or at the end "
+                        "(repeatable; pair it with a term that values it)")
     p.add_argument("--repeat-guard", type=int, default=DEFAULT_N,
                    help=f"refuse edits that add repeated word n-grams of this size or repeated line patterns "
                         f"(default {DEFAULT_N}; 0: off)")
+    p.add_argument("--echo-guard", type=int, default=ECHO_N,
+                   help=f"refuse edits that quote more spans of this many words of the prompt "
+                        f"(default {ECHO_N}; 0: off)")
     p.add_argument("--max-sweeps", type=int, default=3)
     p.add_argument("--max-forward-tokens", type=int, default=None)
     p.add_argument("--max-seconds", type=float, default=None)
@@ -172,6 +178,8 @@ def cmd_run(args) -> int:
         prune_keep=args.prune_keep,
         max_new_tokens=args.max_new_tokens,
         repeat_guard=args.repeat_guard or None,
+        echo_guard=args.echo_guard or None,
+        phrases=tuple(args.phrase or ()),
         forbid=tuple(args.forbid or ()),
         seed=args.seed,
         scorer=args.scorer,

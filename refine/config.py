@@ -17,7 +17,8 @@ from typing import Any, Callable, Collection, Mapping
 
 from .backends.base import Backend
 from . import forbid as forbid_mod
-from .degeneration import DEFAULT_N
+from . import phrases as phrases_mod
+from .degeneration import DEFAULT_N, ECHO_N
 from .errors import ConfigError
 from .objectives import Objective
 from .moves import MOVES
@@ -103,12 +104,20 @@ class RefineConfig:
         forbid: text no proposal may write: strings (a token whose text contains one is forbidden) or a
             predicate on a token's text. Edits never put such tokens in, re-decoded and sampled continuations
             are drawn without them, and positions holding one are visited first (:mod:`refine.forbid`).
+        phrases: text an edit may write whole (a closing phrase, a marker, a word to include), which the
+            model's top-k would not propose one token at a time: the ``phrase`` move (added to ``moves`` when
+            this is set) proposes each at the start, after each sentence or line and at the end, inserted or with
+            the rest re-decoded after it (:mod:`refine.phrases`). Used by the strategies that take moves
+            (coordinate, best-first, hybrid, population).
         require_roundtrip: drop candidates whose text does not re-tokenize to the same ids.
         tolerance: an edit is accepted only if it raises the objective by more than this.
         repeat_guard: the degeneration guard: a candidate whose decoded text repeats more word n-grams of this
             size, or more line patterns, than the output it would replace is refused whatever its score
             (:mod:`refine.degeneration`). Small models score their own loops as fluent, so no objective term
             alone rules them out. ``None`` turns the guard off.
+        echo_guard: the echo guard: a candidate that quotes more spans of this many words of the prompt than the
+            output it would replace is refused whatever its score (a small model finds copying its instructions
+            back likelier than answering them). ``None`` turns it off (for tasks that ask to repeat the prompt).
         prune_margin: a re-decoded suffix stops early (every few tokens) when its partial output scores worse
             than the current output cut at the same length by more than this. A heuristic that only saves
             compute: accepted edits are always complete and exactly scored. ``None`` decodes every suffix to
@@ -149,9 +158,11 @@ class RefineConfig:
     min_tokens: int = 1
     exclude_special: bool = True
     forbid: Any = ()
+    phrases: Any = ()
     require_roundtrip: bool = False
     tolerance: float = 1e-4
     repeat_guard: int | None = DEFAULT_N
+    echo_guard: int | None = ECHO_N
     prune_margin: float | None = 0.0
     prune_keep: int | None = None
     budget: Budget = field(default_factory=Budget)
@@ -175,6 +186,7 @@ class RefineConfig:
             normalise("moves", tuple(m.strip() for m in self.moves.split(",") if m.strip()))
         normalise("moves", tuple(self.moves))
         normalise("forbid", forbid_mod.normalise(self.forbid))
+        normalise("phrases", phrases_mod.normalise(self.phrases))
         if isinstance(self.scorer, os.PathLike):
             normalise("scorer", os.fspath(self.scorer))
         if not isinstance(self.strategy_options, Mapping):
@@ -200,7 +212,12 @@ class RefineConfig:
         _positive_int("block_size", self.block_size)
         if self.length not in LENGTH_MODES:
             raise ConfigError(f"`length` has to be one of {LENGTH_MODES}, but is {self.length!r}")
+        if "phrase" in self.moves and not self.phrases:
+            raise ConfigError("`moves` names 'phrase', which writes the text of `phrases`, but `phrases` is empty")
         if self.length == "fixed":
+            if self.phrases:
+                raise ConfigError("`phrases` are written whole, which changes the length that `length='fixed'` "
+                                  "keeps; drop them or use length='free'")
             bad = [m for m in self.moves if m in ("insert", "delete")]
             if bad:
                 raise ConfigError(f"`moves` {bad} change the length, which `length='fixed'` forbids; "
@@ -216,6 +233,7 @@ class RefineConfig:
                 and self.tolerance >= 0):
             raise ConfigError(f"`tolerance` has to be a finite number >= 0, but is {self.tolerance!r}")
         _positive_int("repeat_guard", self.repeat_guard, allow_none=True)
+        _positive_int("echo_guard", self.echo_guard, allow_none=True)
         if self.prune_margin is not None and not (isinstance(self.prune_margin, (int, float))
                                                    and math.isfinite(self.prune_margin)):
             raise ConfigError(f"`prune_margin` has to be a finite number or None, but is {self.prune_margin!r}")
@@ -262,6 +280,7 @@ class RefineConfig:
         d["objective"] = self.build_objective().to_spec()
         d["strategy_options"] = dict(self.strategy_options)
         d["forbid"] = forbid_mod.describe(self.forbid)
+        d["phrases"] = list(self.phrases)
         d["reward"] = None if self.reward is None else getattr(self.reward, "__name__", repr(self.reward))
         if isinstance(self.scorer, Backend):  # a loaded model appears by its backend's name
             d["scorer"] = getattr(self.scorer, "name", type(self.scorer).__name__)

@@ -17,11 +17,18 @@ punctuation do not matter):
   word do not match. This catches a list that fills the same label with different single words,
   which an n-gram count of 3 sees only once.
 
+A third count compares the text with the prompt:
+
+- **echoed spans**: word n-grams of the text (``n`` = 8 words by default) that occur in the prompt.
+  Small models copy their instructions back ("Your response should contain at least 3 sentences.
+  At the end of your response, ..."), and copying is what they find most likely; an answer
+  rarely needs eight of the prompt's words in a row.
+
 Example:
     >>> count_repeats("A cat is a cat, and a pet is a pet is a pet.")
-    Repeats(ngrams=3, lines=0)
+    Repeats(ngrams=3, lines=0, echoed=0)
     >>> count_repeats("Sensory: Surf\\nSensory: Ocean\\nSensory: Surfer")
-    Repeats(ngrams=0, lines=2)
+    Repeats(ngrams=0, lines=2, echoed=0)
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 
 #: the n-gram size used unless configured otherwise (see the module docstring for why 3)
 DEFAULT_N = 3
+#: the span, in words, that counts as echoing the prompt unless configured otherwise
+ECHO_N = 8
 
 
 @dataclass(frozen=True)
@@ -42,14 +51,16 @@ class Repeats:
     Attributes:
         ngrams: word n-grams that repeat an earlier n-gram of the text.
         lines: non-empty lines whose pattern (all words, or all but the last) repeats an earlier line's.
+        echoed: word n-grams (of the echo size) that occur in the prompt.
     """
 
     ngrams: int
     lines: int
+    echoed: int = 0
 
     def exceeds(self, other: Repeats) -> bool:
-        """Whether either count is higher than ``other``'s (the two are not traded against each other)."""
-        return self.ngrams > other.ngrams or self.lines > other.lines
+        """Whether any count is higher than ``other``'s (the counts are not traded against each other)."""
+        return self.ngrams > other.ngrams or self.lines > other.lines or self.echoed > other.echoed
 
 
 def words(text: str) -> list[str]:
@@ -93,6 +104,29 @@ def repeated_lines(text: str) -> int:
     return count
 
 
-def count_repeats(text: str, n: int = DEFAULT_N) -> Repeats:
-    """Both counts of ``text`` (see the module docstring)."""
-    return Repeats(repeated_ngrams(text, n), repeated_lines(text))
+def ngram_set(text: str, n: int) -> frozenset[tuple[str, ...]]:
+    """The distinct word n-grams of ``text`` (a prompt's, for :func:`echoed_ngrams`)."""
+    w = words(text)
+    return frozenset(tuple(w[i : i + n]) for i in range(len(w) - n + 1))
+
+
+def echoed_ngrams(text: str, prompt_grams: frozenset[tuple[str, ...]], n: int = ECHO_N) -> int:
+    """Word n-grams of ``text`` found among ``prompt_grams`` (each occurrence counts).
+
+    >>> grams = ngram_set("Answer in three sentences and end with a question.", 4)
+    >>> echoed_ngrams("Sure. Answer in three sentences and end with it.", grams, 4)
+    4
+    """
+    if not prompt_grams:
+        return 0
+    w = words(text)
+    return sum(tuple(w[i : i + n]) in prompt_grams for i in range(len(w) - n + 1))
+
+
+def count_repeats(text: str, n: int | None = DEFAULT_N, prompt_grams: frozenset[tuple[str, ...]] = frozenset(),
+                  echo_n: int = ECHO_N) -> Repeats:
+    """The counts of ``text`` (see the module docstring): ``n`` None leaves the repeat counts at 0, empty
+    ``prompt_grams`` (:func:`ngram_set` of the prompt, ``echo_n`` words) the echo count."""
+    if n is None:
+        return Repeats(0, 0, echoed_ngrams(text, prompt_grams, echo_n))
+    return Repeats(repeated_ngrams(text, n), repeated_lines(text), echoed_ngrams(text, prompt_grams, echo_n))

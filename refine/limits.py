@@ -141,6 +141,10 @@ class RequestLimits:
 
     #: :class:`RefineConfig` fields no request may set, whatever their value
     REFUSED_FIELDS = ("scorer",)
+    #: at most this many ``phrases`` per request (each adds two proposals at every spot of a sweep's first block),
+    #: of at most this many characters each
+    PHRASES = 8
+    PHRASE_CHARS = 200
 
     def check_refine(self, config: RefineConfig) -> RefineConfig:
         """Check a request's refine options; return them with open budget limits set to the caps.
@@ -156,6 +160,11 @@ class RequestLimits:
             raise ConfigError("`forbid` cannot be set on this server (a request would have the server scan its "
                               "vocabulary with the request's rule): refine with `forbid` through the library or "
                               "`refine run --forbid`")
+        if len(config.phrases) > self.PHRASES:
+            raise LimitError("phrases", len(config.phrases), self.PHRASES, " phrases")
+        longest = max((len(p) for p in config.phrases), default=0)
+        if longest > self.PHRASE_CHARS:
+            raise LimitError("phrases", longest, self.PHRASE_CHARS, " characters in a phrase")
         for name in self.CONFIG_FIELDS:
             value, cap = getattr(config, name), getattr(self, name)
             if value is None or value > cap:

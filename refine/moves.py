@@ -9,6 +9,8 @@ returns :class:`Proposal` s. Candidate tokens come from the model's own top-k at
 - ``regenerate_beam``: the same, the suffix re-decoded by a beam search of width ``regen_beam``.
 - ``delete``: drop ``y[i]``.
 - ``insert``: put ``v`` before ``y[i]``.
+- ``phrase``: write one of ``RefineConfig.phrases`` whole at a sentence or line boundary, inserted or with the
+  rest re-decoded after it (:mod:`refine.phrases`).
 
 Moves never run the model; the engine evaluates proposals in batches.
 """
@@ -22,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from .backends.base import TokenizerView
+from .phrases import PhraseIds, after_line_start, boundary
 from .registry import Registry
 from .types import Hypothesis
 
@@ -83,6 +86,8 @@ class MoveContext:
     regen_beam: int = 4
     #: ids ``RefineConfig.forbid`` rules out (:mod:`refine.forbid`)
     forbidden: frozenset[int] = frozenset()
+    #: ``RefineConfig.phrases`` tokenized (:func:`refine.phrases.encode_phrases`), for the ``phrase`` move
+    phrases: tuple[PhraseIds, ...] = ()
 
     def __post_init__(self) -> None:
         self.eos_set = frozenset(self.tokenizer.eos_ids)
@@ -242,6 +247,40 @@ class Insert(Move):
             cand = y[:i] + (v,) + y[i:]
             if ctx.roundtrip_ok(cand):
                 out.append(Proposal(self.name, i, cand, prior=lp))
+        return out
+
+
+@MOVES.register("phrase")
+class PhraseMove(Move):
+    """Write a phrase of ``RefineConfig.phrases`` whole before ``y[i]``, where ``i`` is the start, follows a
+    sentence end or line break, or is the end of the output (before a final EOS): once inserted (the rest kept)
+    and once continued (the rest re-decoded after it, as ``regenerate`` bounds it). See :mod:`refine.phrases`."""
+
+    def propose(self, hyp, i, ctx):
+        y = hyp.tokens
+        ended = ctx.ended(y)
+        content = len(y) - (1 if ended else 0)
+        if not ctx.phrases or ctx.length == "fixed" or i > content or i >= len(y):
+            return []
+        prev = ctx.tokenizer.decode([y[i - 1]]) if i > 0 else None
+        if 0 < i < content and not boundary(prev):
+            return []
+        # inserted whole only where the text after it starts apart from it (else the phrase's last word and the
+        # next one would run together); the continued form always fits
+        apart = i >= content or ctx.tokenizer.decode([y[i]])[:1] in ("", " ", "\n", "\t")
+        out = []
+        for phrase in ctx.phrases:
+            ids = phrase.bare if after_line_start(prev) else phrase.spaced
+            if y[i : i + len(ids)] == ids:
+                continue  # already written here
+            inserted = y[:i] + ids + y[i:]
+            if apart and len(inserted) <= ctx.max_output_tokens and ctx.roundtrip_ok(inserted):
+                out.append(Proposal(self.name, i, inserted))
+            prefix = y[:i] + ids
+            max_new = min(len(y) - i + ctx.regen_extra_tokens, ctx.max_output_tokens - len(prefix))
+            if max_new > 0 and ctx.roundtrip_ok(prefix):
+                out.append(Proposal(self.name, i, prefix, decode=True, max_new=max_new,
+                                    force_eos=ended and ctx.length == "keep_eos"))
         return out
 
 

@@ -11,7 +11,8 @@ whatever it scores, in :meth:`Search.admissible`:
   replaced by any candidate that scores better, finished or cut; once a finished one is
   accepted, the rule above holds.
 - *no more degenerate*: with ``repeat_guard`` on, a candidate that repeats more word
-  n-grams or more line patterns than the output it would replace is refused
+  n-grams or more line patterns than the output it would replace is refused; with
+  ``echo_guard`` on, one that quotes more spans of the prompt than it is refused too
   (:mod:`refine.degeneration`).
 
 With a second model as scorer (:class:`~refine.scorer.Scorer`), proposals still come from
@@ -34,10 +35,11 @@ import numpy as np
 from .backends.base import DecodeRequest, Session, TokenizerView
 from .backends.prefix import common_prefix
 from .config import RefineConfig
-from .degeneration import count_repeats
+from .degeneration import ECHO_N, count_repeats, ngram_set
 from .errors import BudgetExhausted, ConfigError, InputError
 from .forbid import forbidden_ids, positions_first
-from .moves import MoveContext, Proposal, build_moves, rank_positions
+from .moves import MoveContext, PhraseMove, Proposal, build_moves, rank_positions
+from .phrases import encode_phrases
 from .objectives import CandidateView, Objective
 from .scorer import Scorer
 from .strategy import STRATEGIES, Strategy
@@ -94,6 +96,11 @@ class Search:
                 raise InputError(f"`forbid` needs a backend that masks tokens while decoding, which "
                                  f"{type(session).__name__} does not (the Hugging Face and vLLM backends do)")
             session.banned = self.forbidden
+        phrase_ids = encode_phrases(tokenizer, config.phrases, self.forbidden | frozenset(
+            tokenizer.special_ids if config.exclude_special else ()))
+        #: the ``phrase`` move, when ``config.phrases`` is set: coordinate descent runs it over every spot of the
+        #: output as a block of its own (:meth:`propose_phrases`); other strategies where ``moves`` names it
+        self.phrase_move: PhraseMove | None = PhraseMove() if phrase_ids else None
         self.move_context = MoveContext(
             tokenizer=tokenizer,
             top_k=config.top_k,
@@ -104,8 +111,15 @@ class Search:
             require_roundtrip=config.require_roundtrip,
             regen_beam=config.regen_beam,
             forbidden=self.forbidden,
+            phrases=phrase_ids,
         )
         self.max_output_tokens = max_output_tokens
+        #: the prompt's word n-grams, for the echo guard (``config.echo_guard``; empty when it is off), less those
+        #: inside a phrase of ``config.phrases``: text the user asks to be written is not an echo
+        self._prompt_grams: frozenset = frozenset()
+        if config.echo_guard is not None:
+            asked = set().union(*(ngram_set(p, config.echo_guard) for p in config.phrases))
+            self._prompt_grams = ngram_set(tokenizer.decode(list(session.prompt)), config.echo_guard) - asked
         self.rng = np.random.default_rng(config.seed)
         self.stats = Stats()
         self.edits: list[Edit] = []
@@ -168,6 +182,12 @@ class Search:
         return [p for i in positions if i < len(hyp.tokens)
                 for move in self.moves for p in move.propose(hyp, i, self.move_context)]
 
+    def propose_phrases(self, hyp: Hypothesis) -> list[Proposal]:
+        """The ``phrase`` move's proposals at every spot of ``hyp`` where a phrase may go (none without phrases)."""
+        if self.phrase_move is None:
+            return []
+        return [p for i in range(len(hyp.tokens)) for p in self.phrase_move.propose(hyp, i, self.move_context)]
+
     # ------------------------------------------------------------------ scoring
 
     def _ended(self, toks: tuple[int, ...]) -> bool:
@@ -205,13 +225,13 @@ class Search:
                     ) -> list[Hypothesis]:
         views = self._views(items, parent)
         values, terms = self.objective.evaluate(views)
-        n = self.config.repeat_guard
+        n, echo = self.config.repeat_guard, self.config.echo_guard
         out = []
         for (toks, sc), v, t, view in zip(items, values, terms, views):
             text, repeats = view.text, None
-            if n is not None:
+            if n is not None or echo is not None:
                 text = self.tokenizer.decode(toks) if text is None else text
-                repeats = count_repeats(text, n)
+                repeats = count_repeats(text, n, self._prompt_grams, echo or ECHO_N)
             out.append(Hypothesis(tokens=toks, scores=sc, value=float(v), terms=t, text=text, ended=view.ended,
                                   repeats=repeats))
         return out

@@ -114,16 +114,16 @@ def test_the_guard_refuses_a_looping_edit_whatever_its_score(loop_backend, tok, 
 
 
 def test_the_guard_reads_the_text_of_every_candidate(loop_backend):
-    """Hypotheses carry their text and counts when the guard is on, and none when it is off."""
+    """Hypotheses carry their text and counts when a guard is on, and none when both are off."""
     from refine.search import Search
 
-    for guard, expect in ((3, Repeats(0, 0)), (None, None)):
-        config = RefineConfig(objective="mean", repeat_guard=guard)
+    for guard, echo, expect in ((3, 8, Repeats(0, 0)), (None, 8, Repeats(0, 0, 0)), (None, None, None)):
+        config = RefineConfig(objective="mean", repeat_guard=guard, echo_guard=echo)
         session = loop_backend.open([P], config.topk_store, config.max_batch_tokens)
         try:
             search = Search(session, loop_backend.tokenizer, config, 12)
             hyp = search.score_initial(generate_greedy(loop_backend, [P], 12))
         finally:
             session.close()
-        assert hyp.repeats == expect and (hyp.text is not None) == (guard is not None)
+        assert hyp.repeats == expect and (hyp.text is not None) == (expect is not None)
         assert np.isfinite(hyp.value)

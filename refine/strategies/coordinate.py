@@ -18,6 +18,10 @@ class CoordinateDescent(Strategy):
     A position that holds a forbidden token (``RefineConfig.forbid``; such positions come first in a sweep)
     is a block of its own: its few proposals decode in a small batch, so the edit the constraint needs is
     tried early and cheaply (a block of long re-decodes can take longer than a time budget allows).
+
+    With ``RefineConfig.phrases`` each sweep opens with one block of the ``phrase`` move's proposals at every
+    spot where a phrase may go (the start, sentence and line ends, the end): where a phrase fits is not where
+    the model is least confident, so these spots are not left to the position order.
     """
 
     def start(self, search: Search) -> None:
@@ -28,10 +32,17 @@ class CoordinateDescent(Strategy):
     def _new_sweep(self, search: Search) -> None:
         self._queue = search.sweep_positions(search.current)
         self._improved = False
+        self._phrases_due = search.phrase_move is not None
 
     def step(self, search: Search) -> bool:
         cfg = search.config
         while True:
+            if self._phrases_due:
+                self._phrases_due = False
+                proposals = search.propose_phrases(search.current)
+                if proposals:
+                    break
+                continue
             if not self._queue:
                 # sweep finished: converged without an accepted edit; else the driver decides whether another runs
                 search.end_sweep()

@@ -1,0 +1,91 @@
+"""Phrases: text an edit may write whole, in one step.
+
+The model's own top-k proposes one token at a time, so an edit can only write what the model already finds
+likely at that position. Constraints often name text the model would not propose there: a closing phrase
+("Is there anything else I can help with?"), a marker ("P.S."), a word to include. ``RefineConfig.phrases``
+lists such text; the ``phrase`` move (:class:`refine.moves.PhraseMove`) proposes each phrase at the start of
+the output, after each sentence or line (a token whose text ends with ``.``, ``!``, ``?``, ``:`` or a line
+break) and at its end, in two forms:
+
+- **inserted**: the phrase goes in and the rest of the output stays as it is (a closing phrase before EOS),
+  where the text after it starts with a space or line break (or there is none);
+- **continued**: the phrase replaces the rest, which is re-decoded after it (a postscript the model writes).
+
+A phrase is tokenized twice, bare and after a space; the form that fits is used (bare at the start of the
+output or of a line, spaced after other text). The objective decides whether a proposal is taken: pair
+``phrases`` with a term that values them (a reward, ``coverage``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .backends.base import TokenizerView
+from .errors import ConfigError
+
+#: a phrase may follow a token whose text, trailing spaces removed, ends with one of these
+SENTENCE_ENDS = (".", "!", "?", ":")
+
+
+def normalise(phrases: Any) -> tuple[str, ...]:
+    """``phrases`` as stored in a config: a tuple of distinct non-blank strings."""
+    if phrases is None:
+        return ()
+    if isinstance(phrases, str):
+        phrases = (phrases,)
+    try:
+        items = tuple(phrases)
+    except TypeError:
+        items = None
+    if items is None or not all(isinstance(s, str) and s.strip() for s in items):
+        raise ConfigError(f"`phrases` has to be a list of non-blank strings, but is {phrases!r}")
+    if len(set(items)) != len(items):
+        raise ConfigError(f"`phrases` lists a phrase twice: {list(items)}")
+    return items
+
+
+@dataclass(frozen=True)
+class PhraseIds:
+    """One phrase's token ids: ``bare`` (at the start of a line) and ``spaced`` (after other text)."""
+
+    text: str
+    bare: tuple[int, ...]
+    spaced: tuple[int, ...]
+
+
+def encode_phrases(tokenizer: TokenizerView, phrases: Sequence[str], banned: frozenset[int] = frozenset()
+                   ) -> tuple[PhraseIds, ...]:
+    """Each phrase tokenized bare and after a space (the space-led text stripped of a leading space when the
+    tokenizer keeps it as a token of its own).
+
+    Raises:
+        ConfigError: a phrase would write a token that is banned (``forbid``, special tokens or EOS).
+    """
+    out = []
+    never = banned | set(tokenizer.eos_ids)
+    for text in phrases:
+        bare = tuple(tokenizer.encode(text.strip()))
+        spaced = tuple(tokenizer.encode(" " + text.strip())) or bare
+        if not bare:
+            raise ConfigError(f"the phrase {text!r} encodes to no tokens")
+        ok = [ids for ids in (bare, spaced) if not set(ids) & never]
+        if not ok:
+            bad = sorted((set(bare) | set(spaced)) & never)
+            raise ConfigError(f"the phrase {text!r} holds token(s) {bad} that refinement may not write "
+                              "(forbidden, special or EOS)")
+        # one form ruled out (a leading-space token forbidden, say): the other serves everywhere
+        out.append(PhraseIds(text, ok[0] if len(ok) == 1 else bare, ok[-1]))
+    return tuple(out)
+
+
+def boundary(prev_text: str) -> bool:
+    """Whether a phrase may follow a token with this text: a sentence end or a line break."""
+    if "\n" in prev_text:
+        return True
+    return prev_text.rstrip(" ").endswith(SENTENCE_ENDS)
+
+
+def after_line_start(prev_text: str | None) -> bool:
+    """Whether the bare form fits after ``prev_text`` (None: the start of the output)."""
+    return prev_text is None or prev_text.endswith(("\n", " "))
