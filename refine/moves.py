@@ -278,8 +278,11 @@ class PhraseMove(Move):
                 out.append(Proposal(self.name, i, inserted))
             prefix = y[:i] + ids
             max_new = min(len(y) - i + ctx.regen_extra_tokens, ctx.max_output_tokens - len(prefix))
+            # a phrase goes in beside the answer, not instead of it: the re-decoded rest is at least half as long
+            # as the text it replaces (a closing phrase alone would otherwise stand for the whole answer)
+            min_new = min((content - i) // 2, max_new)
             if max_new > 0 and ctx.roundtrip_ok(prefix):
-                out.append(Proposal(self.name, i, prefix, decode=True, max_new=max_new,
+                out.append(Proposal(self.name, i, prefix, decode=True, max_new=max_new, min_new=min_new,
                                     force_eos=ended and ctx.length == "keep_eos"))
         return out
 

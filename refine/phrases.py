@@ -9,7 +9,9 @@ break) and at its end, in two forms:
 
 - **inserted**: the phrase goes in and the rest of the output stays as it is (a closing phrase before EOS),
   where the text after it starts with a space or line break (or there is none);
-- **continued**: the phrase replaces the rest, which is re-decoded after it (a postscript the model writes).
+- **continued**: the phrase replaces the rest, which is re-decoded after it (a postscript the model writes);
+  the re-decoded rest is at least half as long as the text it replaces, so a phrase never stands in for the
+  answer it was to be added to.
 
 A phrase is tokenized twice, bare and after a space; the form that fits is used (bare at the start of the
 output or of a line, spaced after other text). The objective decides whether a proposal is taken: pair

@@ -73,11 +73,13 @@ def test_the_move_proposes_at_the_start_sentence_ends_and_the_end(backend, tok):
     xy, sxy = ids(tok, "xy"), ids(tok, " xy")
     inserted = {i: [p.tokens for p in ps if not p.decode] for i, ps in spots.items() if ps}
     assert inserted[0] == []  # bare at the start, but 'xyab' would run together: continued only
-    assert [p.tokens for p in spots[0] if p.decode] == [xy]
+    ((cont0,),) = [[p for p in spots[0] if p.decode]]
+    assert cont0.tokens == xy and cont0.min_new == 6 // 2  # the rest re-decoded at least half as long as 'ab. cd'
     assert inserted[3] == [y[:3] + sxy + y[3:]]  # spaced after other text
     assert inserted[6] == [y[:6] + sxy + (EOS,)]  # at the end, before EOS
     continued = [p for p in spots[6] if p.decode]
     assert [p.tokens for p in continued] == [y[:6] + sxy] and continued[0].max_new == 1 + 2
+    assert continued[0].min_new == 0  # at the end nothing is replaced
     # already written there: not proposed again; no room under the cap: only what fits
     done = hyp(y[:6] + sxy + (EOS,))
     assert not [p for p in move.propose(done, 6, ctx) if p.tokens[:9] == y[:6] + sxy]
