@@ -7,7 +7,7 @@ from typing import Any, MutableMapping, Sequence
 from .backends.base import Backend, DecodeRequest
 from .config import RefineConfig
 from .errors import InputError
-from .forbid import forbidden_ids
+from .forbid import forbidden_ids, mask_in
 from .scorer import Scorer
 from .search import ProgressFn, run_search
 from .types import RefineResult
@@ -103,11 +103,7 @@ def generate_greedy(backend: Backend, prompt_ids: Sequence[int], max_new_tokens:
     banned = forbidden_ids(backend.tokenizer, forbid)
     session = backend.open(prompt_ids, topk, max_batch_tokens)
     try:
-        if banned:
-            if not session.supports_banned:
-                raise InputError(f"`forbid` needs a backend that masks tokens while decoding, which "
-                                 f"{type(session).__name__} does not (the Hugging Face and vLLM backends do)")
-            session.banned = banned
+        mask_in(session, banned)
         ((_, dec),) = session.decode([DecodeRequest((), max_new_tokens)])
     finally:
         session.close()

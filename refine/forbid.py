@@ -22,8 +22,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, Callable, Sequence
 
-from .backends.base import TokenizerView
-from .errors import ConfigError
+from .backends.base import Session, TokenizerView
+from .errors import ConfigError, InputError
 
 def normalise(forbid: Any) -> tuple[str, ...] | Callable[[str], bool]:
     """``forbid`` as stored in a config: a tuple of non-empty strings, or the predicate itself."""
@@ -105,3 +105,17 @@ def positions_first(tokens: Sequence[int], order: Sequence[int], forbidden: froz
     first = [i for i, t in enumerate(tokens) if t in forbidden]
     seen = set(first)
     return first + [i for i in order if i not in seen]
+
+
+def mask_in(session: Session, banned: frozenset[int]) -> None:
+    """Have ``session`` decode without ``banned`` (nothing to do when it is empty).
+
+    Raises:
+        InputError: the session's backend cannot mask tokens while decoding.
+    """
+    if not banned:
+        return
+    if not session.supports_banned:
+        raise InputError(f"`forbid` needs a backend that masks tokens while decoding, which "
+                         f"{type(session).__name__} does not (the Hugging Face and vLLM backends do)")
+    session.banned = banned

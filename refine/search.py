@@ -37,7 +37,7 @@ from .backends.prefix import common_prefix
 from .config import RefineConfig
 from .degeneration import ECHO_N, count_repeats, ngram_set
 from .errors import BudgetExhausted, ConfigError, InputError
-from .forbid import forbidden_ids, positions_first
+from .forbid import forbidden_ids, mask_in, positions_first
 from .moves import MoveContext, PhraseMove, Proposal, build_moves, rank_positions
 from .phrases import encode_phrases
 from .objectives import CandidateView, Objective
@@ -91,11 +91,7 @@ class Search:
         self.moves = build_moves(config.moves)
         #: ids ``config.forbid`` rules out: never proposed, masked in the session's decoding
         self.forbidden = forbidden_ids(tokenizer, config.forbid)
-        if self.forbidden:
-            if not session.supports_banned:
-                raise InputError(f"`forbid` needs a backend that masks tokens while decoding, which "
-                                 f"{type(session).__name__} does not (the Hugging Face and vLLM backends do)")
-            session.banned = self.forbidden
+        mask_in(session, self.forbidden)
         phrase_ids = encode_phrases(tokenizer, config.phrases, self.forbidden | frozenset(
             tokenizer.special_ids if config.exclude_special else ()))
         #: the ``phrase`` move, when ``config.phrases`` is set: coordinate descent runs it over every spot of the
