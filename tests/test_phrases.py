@@ -100,6 +100,41 @@ def test_a_phrase_the_top_k_never_proposes_is_written_when_the_objective_pays(ba
     assert res.edits[0].move == "phrase" and res.score > res.initial_score
 
 
+def test_phrase_proposals_are_evaluated_cheapest_first():
+    from refine.moves import Proposal
+    from refine.strategies.coordinate import cheapest_first
+
+    dec = [Proposal("phrase", i, (i,), decode=True, max_new=m) for i, m in enumerate([9, 2, 5, 2, 7])]
+    ins = [Proposal("phrase", 9, (9, 9)), Proposal("phrase", 8, (8, 8))]
+    steps = cheapest_first(dec[:3] + ins[:1] + dec[3:] + ins[1:], 2)
+    assert [[p.max_new for p in s] for s in steps] == [[0, 0], [2, 2], [5, 7], [9]]
+    assert steps[0] == ins and cheapest_first([], 2) == []
+
+
+def test_a_limit_inside_the_phrase_phase_keeps_its_best_so_far(backend, tok, monkeypatch):
+    """The deadline passes while the re-decoded phrase proposals decode: the phrase written in whole (scored in
+    the phase's first, cheap step) is still accepted, and its edit recorded."""
+    from refine.backends.hf import HFSession
+    from refine.errors import DeadlineReached
+
+    start = list(ids(tok, "ab.")) + [EOS]
+    reward = lambda text: float(text.rstrip().endswith("zq"))  # noqa: E731
+    cfg = RefineConfig(objective="mean", reward=reward, reward_weight=5.0, max_new_tokens=12,
+                       budget={"max_sweeps": 1}, moves=("regenerate", "substitute"), phrases=["zq"])
+    calls = []
+
+    def deadline(self, requests, *a, **k):
+        calls.append(len(requests))
+        raise DeadlineReached()
+
+    monkeypatch.setattr(HFSession, "decode", deadline)
+    res = refine_tokens(backend, PROMPT, start, cfg)
+    assert calls, "the phase reached its re-decoded proposals"
+    assert res.stats.stop_reason == "max_seconds"
+    assert res.text.rstrip().endswith("zq") and res.ended and res.score > res.initial_score
+    assert [e.move for e in res.edits] == ["phrase"] and res.stats.accepted == 1
+
+
 def test_echo_counts():
     grams = ngram_set("Write a poem. Your answer must contain a title.", 4)
     assert echoed_ngrams("Here: your answer must contain a title.", grams, 4) == 3

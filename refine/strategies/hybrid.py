@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 from ..search import Search
+from ..types import Hypothesis
 from ..strategy import STRATEGIES, Strategy
 from .coordinate import CoordinateDescent
 from .relaxed import Relaxed
@@ -52,3 +53,7 @@ class Hybrid(Strategy):
         self._accepted = search.stats.accepted
         self._phase = "relaxed"
         return True
+
+    def result(self, search: Search) -> Hypothesis:
+        # stopped inside a coordinate sweep: that sweep's own rule for what it had found so far applies
+        return self.coordinate.result(search) if self._phase == "coordinate" else search.best()
