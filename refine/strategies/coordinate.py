@@ -48,15 +48,12 @@ class CoordinateDescent(Strategy):
     def _new_sweep(self, search: Search) -> None:
         self._queue = search.sweep_positions(search.current)
         self._improved = False
-        self._phrases_due = search.phrase_move is not None
-        self._phrase_steps: list[list[Proposal]] = []
+        # the sweep's phrase phase (none without phrases), proposed from the output the sweep starts from
+        self._phrase_steps = cheapest_first(search.propose_phrases(search.current), search.config.block_size)
         self._phrase_best: tuple[Proposal, Hypothesis] | None = None
 
     def step(self, search: Search) -> bool:
         cfg = search.config
-        if self._phrases_due:
-            self._phrases_due = False
-            self._phrase_steps = cheapest_first(search.propose_phrases(search.current), cfg.block_size)
         if self._phrase_steps:
             self._phrase_step(search)
             return True
