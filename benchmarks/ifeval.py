@@ -172,7 +172,10 @@ def run(ctx: Context) -> dict:
         s = replace(s, items=ctx.limit)
     judge = load_judge(ctx.judge_model)
     loaders = {"ifeval": (data.ifeval_checkable, s.items, s.max_new_tokens)}
-    done, skipped = ctx.run_groups("ifeval", loaders, lambda _, item, max_new: run_item(ctx, judge, item, s, max_new))
+    # every record depends only on its prompt, the settings, the seed, the model and the judge: checkpointed
+    fp = asdict(s) if ctx.judge_model is None else {**asdict(s), "judge_model": ctx.judge_model}
+    done, skipped = ctx.run_groups("ifeval", loaders, lambda _, item, max_new: run_item(ctx, judge, item, s, max_new),
+                                   settings=fp)
     items = done["ifeval"]
     summary = summarise(items, s)
     summary["targets"] = targets(summary)

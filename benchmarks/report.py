@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -82,6 +83,12 @@ def header(title: str, results: dict) -> str:
         f"(wall times are only comparable within one run, and noisy on a busy machine).",
         "",
     ]
+    items = results.get("items")
+    commits = Counter(it.get("commit") for it in items if isinstance(it, dict)) if isinstance(items, list) else {}
+    if any(c and c != env.get("git") for c in commits):
+        lines += ["Records by the code revision that computed them (`--resume` took the others from earlier runs "
+                  "with the same settings, seed and model): "
+                  + ", ".join(f"{c or 'unknown'}: {n}" for c, n in commits.most_common()) + ".", ""]
     if results.get("skipped"):
         lines += [f"Skipped (prompt + output longer than the context window): {', '.join(results['skipped'])}.", ""]
     return "\n".join(lines)

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from benchmarks import data
+from benchmarks.checkpoint import CHECKPOINT, Checkpoint, fingerprint
 from benchmarks.cli import main as bench_main
 from benchmarks.common import ForwardCounter, Runner
 from benchmarks.bootstrap import paired_bootstrap
@@ -416,6 +417,60 @@ def test_quick_ifeval(quick_run):
     summary = json.loads((quick_run / "summary.json").read_text())
     for m in ("greedy", "greedy_forbid", "bestof16", "refine"):
         assert 0.0 <= summary[f"ifeval.strict_acc.{m}"] <= 1.0
+
+
+def test_checkpoint_reuses_only_records_of_the_same_fingerprint(tmp_path):
+    fp = fingerprint({"items": 60, "max_new_tokens": 128, "forbid": True}, seed=0, model="m", quick=False)
+    store = Checkpoint(tmp_path, fp, resume=False, commit="abc")
+    rec = store.add("ifeval", {"id": "ifeval-1", "methods": {"greedy": {"strict": 1.0}}})
+    assert rec["commit"] == "abc"
+    store.add("ifeval", {"id": "ifeval-2", "methods": {}})
+    with (tmp_path / CHECKPOINT).open("a") as f:
+        f.write('{"fingerprint": {"settings"')  # a kill in the middle of a write
+    # the item count is not part of the fingerprint: a run of 120 items reuses a run of 60
+    again = Checkpoint(tmp_path, fingerprint({"items": 120, "max_new_tokens": 128, "forbid": True}, 0, "m", False),
+                       resume=True, commit="def")
+    assert len(again) == 2 and again.ignored == 1
+    assert again.get("ifeval", "ifeval-1") == rec and again.get("ifeval", "ifeval-3") is None
+    again.add("ifeval", {"id": "ifeval-3", "methods": {}})  # starts a line of its own after the torn one
+    assert Checkpoint(tmp_path, fp, resume=True, commit="x").get("ifeval", "ifeval-3")["commit"] == "def"
+    for other in (fingerprint({"items": 60, "max_new_tokens": 64, "forbid": True}, 0, "m", False),
+                  fingerprint({"items": 60, "max_new_tokens": 128, "forbid": True}, 1, "m", False),
+                  fingerprint({"items": 60, "max_new_tokens": 128, "forbid": True}, 0, "other", False)):
+        assert len(Checkpoint(tmp_path, other, resume=True, commit="x")) == 0
+    Checkpoint(tmp_path, fp, resume=False, commit="x")  # a fresh run discards the earlier checkpoint
+    assert not (tmp_path / CHECKPOINT).exists()
+
+
+def test_checkpoint_reuses_a_finished_run(tmp_path):
+    settings = {"items": 2, "max_new_tokens": 12}
+    results = {"settings": settings, "quick": True, "environment": {"seed": 3, "model": "m", "git": "old"},
+               "items": [{"id": "ifeval-0", "task": "ifeval", "methods": {}}]}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    store = Checkpoint(tmp_path, fingerprint({**settings, "items": 5}, 3, "m", True), resume=True, commit="new")
+    assert store.get("ifeval", "ifeval-0") == {"commit": "old", **results["items"][0]}
+    assert len(Checkpoint(tmp_path, fingerprint(settings, 3, "m", False), resume=True, commit="new")) == 0
+
+
+def test_ifeval_run_grows_with_resume(tmp_path, llama, tok, data_dir):
+    model_dir = tmp_path / "model"
+    llama.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    out = tmp_path / "results"
+    args = ["ifeval", "--quick", "--model", str(model_dir), "--judge", str(model_dir), "--data-dir", str(data_dir),
+            "--out", str(out), "--threads", "1", "--seed", "3", "--no-progress"]
+    threads = torch.get_num_threads()
+    try:
+        assert bench_main([*args, "--limit", "1"]) == 0
+        first = json.loads((out / "ifeval" / "results.json").read_text())
+        assert not (out / "ifeval" / CHECKPOINT).exists()  # results.json holds every record
+        assert bench_main([*args, "--limit", "2", "--resume"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    grown = json.loads((out / "ifeval" / "results.json").read_text())
+    assert [it["id"] for it in grown["items"]] == ["ifeval-0", "ifeval-1"]
+    assert grown["items"][0] == first["items"][0]  # taken over, timings included: not computed again
+    assert grown["summary"]["items"] == 2 and grown["environment"]["command"].endswith("--resume")
 
 
 def test_runner_greedy_never_decodes_a_suppressed_id(runner):
