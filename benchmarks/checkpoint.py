@@ -2,7 +2,8 @@
 
 A suite whose items are independent (each record depends only on its item, the suite's settings, the seed and
 the model) passes a *fingerprint* of those to :meth:`benchmarks.context.Context.run_groups`. Every finished
-record is then appended to ``OUT/<suite>/checkpoint.jsonl`` at once (one JSON line, flushed). With
+record is then appended to ``OUT/<suite>/checkpoint.jsonl`` at once (one JSON line, flushed and fsync-ed,
+with :class:`refine.batch.Appender`; a line a kill cut short is removed on resume, as ``refine batch`` does). With
 ``--resume``, records whose fingerprint matches are taken from that file and from the folder's finished
 ``results.json`` instead of being computed again: a killed run goes on where it stopped, and a finished run of
 60 items grows to 120 by computing the 60 new ones. The item count is not part of the fingerprint (it does
@@ -15,9 +16,10 @@ Without ``--resume`` the checkpoint of an earlier run is discarded and everythin
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from refine.batch import Appender, cut_torn_line
 
 from .report import RESULTS
 
@@ -59,12 +61,12 @@ class Checkpoint:
         self.commit = commit
         self.ignored = 0  # records found under another fingerprint, or torn lines
         self._done: dict[tuple[str, str], dict] = {}
+        self._appender: Appender | None = None
         if resume:
             self._load_finished(folder / RESULTS)
             self._load_checkpoint()
-            self._end_torn_line()
-        elif self.path.exists():
-            self.path.unlink()
+        else:
+            self.path.unlink(missing_ok=True)
 
     def _load_finished(self, path: Path) -> None:
         if not path.exists():
@@ -81,27 +83,18 @@ class Checkpoint:
     def _load_checkpoint(self) -> None:
         if not self.path.exists():
             return
+        if cut_torn_line(self.path):  # the record a kill cut short: computed again
+            self.ignored += 1
         for line in self.path.read_text(encoding="utf-8").splitlines():
             try:
                 entry = json.loads(line)
-            except json.JSONDecodeError:  # the line a kill cut short
+            except json.JSONDecodeError:  # not a line this class wrote
                 self.ignored += 1
                 continue
             if entry.get("fingerprint") != self.fingerprint:
                 self.ignored += 1
                 continue
             self._done[(entry["group"], entry["record"]["id"])] = entry["record"]
-
-    def _end_torn_line(self) -> None:
-        """A kill in the middle of a write leaves a line without its newline: end it, so the next record starts
-        a line of its own (the torn line stays unreadable and is ignored)."""
-        if self.path.exists() and self.path.stat().st_size:
-            with self.path.open("rb") as f:
-                f.seek(-1, os.SEEK_END)
-                torn = f.read(1) != b"\n"
-            if torn:
-                with self.path.open("a", encoding="utf-8") as f:
-                    f.write("\n")
 
     def __len__(self) -> int:
         return len(self._done)
@@ -114,15 +107,15 @@ class Checkpoint:
         """Store a newly computed record (returned with its ``commit``) and append it to the file."""
         record = {"commit": self.commit, **record}
         self._done[(group, record["id"])] = record
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"fingerprint": self.fingerprint, "group": group, "record": record})
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        if self._appender is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._appender = Appender(self.path)
+        self._appender.write({"fingerprint": self.fingerprint, "group": group, "record": record})
         return record
 
     def discard(self) -> None:
         """Remove the file once the run's ``results.json`` holds every record."""
-        if self.path.exists():
-            self.path.unlink()
+        if self._appender is not None:
+            self._appender.close()
+            self._appender = None
+        self.path.unlink(missing_ok=True)

@@ -82,14 +82,8 @@ def completed_ids(path: str | os.PathLike, known: set[str]) -> set[str]:
     p = Path(path)
     if not p.exists():
         return set()
+    cut_torn_line(p)  # a kill cut the last record short: it is refined again
     data = p.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):  # a kill cut the last record short: drop it, it is refined again
-        with open(p, "r+b") as f:
-            f.truncate(end)
-            f.flush()
-            os.fsync(f.fileno())
-        data = data[:end]
     done: set[str] = set()
     for no, line in enumerate(data.decode("utf-8").splitlines(), 1):
         try:
@@ -102,6 +96,20 @@ def completed_ids(path: str | os.PathLike, known: set[str]) -> set[str]:
             raise InputError(f"{path}:{no}: id {rid!r} written twice; the file was edited or shared")
         done.add(rid)
     return done
+
+
+def cut_torn_line(path: Path) -> bool:
+    """Remove a last line that has no final newline (a write a kill cut short) from the JSON-lines file at
+    ``path``; returns whether one was removed."""
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end == len(data):
+        return False
+    with open(path, "r+b") as f:
+        f.truncate(end)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
 
 
 class Appender:
