@@ -26,7 +26,7 @@ from . import data, report
 from .bootstrap import versus
 from .common import method_rows
 from .context import Context
-from .instructions import follows, phrases, token_rule
+from .instructions import follows, phrases, token_rule, wraps
 
 DATA_FILES = (data.IFEVAL,)
 TITLE = "IFEval: verifiable instructions, refined with the checkers as a reward"
@@ -35,7 +35,7 @@ BASELINES = METHODS[:-1]
 LABELS = {"greedy": "greedy", "greedy_forbid": "greedy without the forbidden tokens", "beam8": "beam-8",
           "bestof16": "best-of-16 (reranked)",
           "bestof16_forbid": "best-of-16 (reranked), sampled without the forbidden tokens",
-          "refine": "greedy without the forbidden tokens + refine (defaults + reward + phrases, best-of-16's time)"}
+          "refine": "greedy without the forbidden tokens + refine (defaults + reward + phrases + wraps, best-of-16's time)"}
 TEMPERATURE = 0.8
 NUMBERS = ["strict", "loose_share", "good", "ended", "repeats", "mean_logp", "judge_logp", "length",
            "forward_tokens", "seconds"]
@@ -61,6 +61,9 @@ class Settings:
     #: refinement may write the text the instructions name whole (``RefineConfig.phrases`` with
     #: :func:`benchmarks.instructions.phrases`: a required ending, a postscript marker, keywords, separators)
     phrases: bool = True
+    #: refinement may put the text the instructions ask around the whole answer in one edit (``RefineConfig.wrap``
+    #: with :func:`benchmarks.instructions.wraps`: quotation marks, the request restated before the answer)
+    wraps: bool = True
 
 
 FULL = Settings(items=60, max_new_tokens=128, max_sweeps=3)
@@ -83,12 +86,13 @@ class InstructionReward:
 def recipe(s: Settings, item: data.Item, seed: int) -> RefineConfig:
     """Refinement and reranking objective: the library's default terms plus the instruction reward; the tokens
     the instructions rule out are forbidden (when ``s.forbid``), the text they name may be written whole (when
-    ``s.phrases``)."""
+    ``s.phrases``) or put around the answer (when ``s.wraps``)."""
     ids, kwargs = [i for i, _ in item.instructions], [k for _, k in item.instructions]
     rule = token_rule(ids, kwargs) if s.forbid else None
     return RefineConfig(reward=InstructionReward(item.instructions), reward_weight=s.reward_weight,
                         max_new_tokens=s.max_new_tokens, budget={"max_sweeps": s.max_sweeps}, seed=seed,
-                        forbid=rule or (), phrases=phrases(ids, kwargs) if s.phrases else ())
+                        forbid=rule or (), phrases=phrases(ids, kwargs) if s.phrases else (),
+                        wrap=wraps(ids, kwargs) if s.wraps else ())
 
 
 def run_item(ctx: Context, judge, item: data.Item, s: Settings, max_new_tokens: int) -> dict | None:
@@ -244,6 +248,10 @@ def render(results: dict, plots: list[str]) -> str:
                 "`benchmarks.instructions.phrases`), refinement may write that text whole at the start, after a "
                 "sentence or line, or at the end (the `phrase` move); the echo guard (on by default) refuses "
                 "edits that quote more of the prompt's other wording."] if s.get("phrases") else []),
+             *(["- Wraps (`RefineConfig.wrap`): on prompts that ask for the whole answer in quotation marks, or for the "
+                "request restated word for word before the answer (`benchmarks.instructions.wraps`), refinement may "
+                "put that text around the whole output in one edit; a wrapped output keeps at least half of the "
+                "initial answer inside the wrap."] if s.get("wraps") else []),
              f"- Judge: {results['judge']['name']} (mean log P per token of the answer after the instruction).",
              f"- Intervals: 95% paired bootstrap over prompts ({s['bootstrap_resamples']} resamples).", "",
              "## Targets", "", report.targets_table(summ["targets"]), "",

@@ -280,11 +280,41 @@ def phrases(ids: Sequence[str], kwargs: Sequence[dict]) -> tuple[str, ...]:
     rule = token_rule(ids, kwargs)
     seen: dict[str, None] = {}
     for p in out:
-        p = p.strip()
-        if rule is not None:
-            p = p.upper() if rule.no_lower else p.lower() if rule.no_upper else p
-            if (rule.no_comma and "," in p) or any(w in rule.words for w in p.lower().split()):
-                continue
+        p = _as_ruled(p.strip(), rule)
         if p:
             seen.setdefault(p, None)
     return tuple(seen)
+
+
+def wraps(ids: Sequence[str], kwargs: Sequence[dict]) -> tuple[tuple[str, str], ...]:
+    """Text a prompt's instructions ask to be put around the whole answer (``RefineConfig.wrap``): quotation
+    marks, or the request restated word for word before the answer.
+
+    >>> wraps(["startend:quotation"], [{}])
+    (('"', '"'),)
+    >>> wraps(["combination:repeat_prompt", "change_case:english_lowercase"],
+    ...       [{"prompt_to_repeat": "Write a poem."}, {}])
+    (('write a poem.\\n\\n', ''),)
+    """
+    rule = token_rule(ids, kwargs)
+    out: list[tuple[str, str]] = []
+    for i, k in zip(ids, kwargs):
+        if i == "startend:quotation":
+            out.append(('"', '"'))
+        elif i == "combination:repeat_prompt":
+            # the checker compares case-insensitively, but word for word: a request the token rule would change
+            # otherwise (a comma under "no commas") cannot be restated
+            request = _as_ruled(k["prompt_to_repeat"].strip(), rule)
+            if request:
+                out.append((request + "\n\n", ""))
+    return tuple(dict.fromkeys(out))
+
+
+def _as_ruled(text: str, rule: "TokenRule | None") -> str:
+    """``text`` in the case ``rule`` demands; empty when the rule forbids a comma or a word of it."""
+    if rule is None:
+        return text
+    text = text.upper() if rule.no_lower else text.lower() if rule.no_upper else text
+    if (rule.no_comma and "," in text) or any(w in rule.words for w in text.lower().split()):
+        return ""
+    return text

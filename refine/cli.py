@@ -74,6 +74,9 @@ def _add_run(sub) -> None:
     p.add_argument("--phrase", action="append", metavar="TEXT",
                    help="text an edit may write whole, at the start, after a sentence or line, or at the end "
                         "(repeatable; pair it with a term that values it)")
+    p.add_argument("--wrap", nargs=2, action="append", metavar=("BEFORE", "AFTER"),
+                   help="text to put around the whole output in one edit, e.g. --wrap '\"' '\"' for quotation "
+                        "marks (repeatable; pair it with a term that values it)")
     p.add_argument("--repeat-guard", type=int, default=DEFAULT_N,
                    help=f"refuse edits that add repeated word n-grams of this size or repeated line patterns "
                         f"(default {DEFAULT_N}; 0: off)")
@@ -180,6 +183,7 @@ def cmd_run(args) -> int:
         repeat_guard=args.repeat_guard or None,
         echo_guard=args.echo_guard or None,
         phrases=tuple(args.phrase or ()),
+        wrap=tuple(tuple(w) for w in args.wrap or ()),
         forbid=tuple(args.forbid or ()),
         seed=args.seed,
         scorer=args.scorer,

@@ -109,6 +109,11 @@ class RefineConfig:
             this is set) proposes each at the start, after each sentence or line and at the end, inserted or with
             the rest re-decoded after it (:mod:`refine.phrases`). Used by the strategies that take moves
             (coordinate, best-first, hybrid, population).
+        wrap: text to put around the whole output in one edit, as ``[before, after]`` pairs: quotation marks
+            (``[['"', '"']]``), a code fence, a restated request before the answer (``[["Q: ...\\n\\n", ""]]``).
+            The ``phrase`` move proposes each pair once per output, the text tokenized afresh; a wrapped
+            candidate must keep at least half of the initial answer inside the wrap (:mod:`refine.phrases`).
+            Used where ``phrases`` are.
         require_roundtrip: drop candidates whose text does not re-tokenize to the same ids.
         tolerance: an edit is accepted only if it raises the objective by more than this.
         repeat_guard: the degeneration guard: a candidate whose decoded text repeats more word n-grams of this
@@ -159,6 +164,7 @@ class RefineConfig:
     exclude_special: bool = True
     forbid: Any = ()
     phrases: Any = ()
+    wrap: Any = ()
     require_roundtrip: bool = False
     tolerance: float = 1e-4
     repeat_guard: int | None = DEFAULT_N
@@ -187,6 +193,7 @@ class RefineConfig:
         normalise("moves", tuple(self.moves))
         normalise("forbid", forbid_mod.normalise(self.forbid))
         normalise("phrases", phrases_mod.normalise(self.phrases))
+        normalise("wrap", phrases_mod.normalise_wraps(self.wrap))
         if isinstance(self.scorer, os.PathLike):
             normalise("scorer", os.fspath(self.scorer))
         if not isinstance(self.strategy_options, Mapping):
@@ -212,12 +219,14 @@ class RefineConfig:
         _positive_int("block_size", self.block_size)
         if self.length not in LENGTH_MODES:
             raise ConfigError(f"`length` has to be one of {LENGTH_MODES}, but is {self.length!r}")
-        if "phrase" in self.moves and not self.phrases:
-            raise ConfigError("`moves` names 'phrase', which writes the text of `phrases`, but `phrases` is empty")
+        if "phrase" in self.moves and not (self.phrases or self.wrap):
+            raise ConfigError("`moves` names 'phrase', which writes the text of `phrases` and `wrap`, but both "
+                              "are empty")
         if self.length == "fixed":
-            if self.phrases:
-                raise ConfigError("`phrases` are written whole, which changes the length that `length='fixed'` "
-                                  "keeps; drop them or use length='free'")
+            for name in ("phrases", "wrap"):
+                if getattr(self, name):
+                    raise ConfigError(f"`{name}` are written whole, which changes the length that `length='fixed'` "
+                                      "keeps; drop them or use length='free'")
             bad = [m for m in self.moves if m in ("insert", "delete")]
             if bad:
                 raise ConfigError(f"`moves` {bad} change the length, which `length='fixed'` forbids; "
@@ -281,6 +290,7 @@ class RefineConfig:
         d["strategy_options"] = dict(self.strategy_options)
         d["forbid"] = forbid_mod.describe(self.forbid)
         d["phrases"] = list(self.phrases)
+        d["wrap"] = [list(w) for w in self.wrap]
         d["reward"] = None if self.reward is None else getattr(self.reward, "__name__", repr(self.reward))
         if isinstance(self.scorer, Backend):  # a loaded model appears by its backend's name
             d["scorer"] = getattr(self.scorer, "name", type(self.scorer).__name__)

@@ -145,6 +145,10 @@ class RequestLimits:
     #: of at most this many characters each
     PHRASES = 8
     PHRASE_CHARS = 200
+    #: at most this many ``wrap`` pairs per request, of at most this many characters per pair (a restated
+    #: request before the answer is longer than a phrase)
+    WRAPS = 4
+    WRAP_CHARS = 1000
 
     def check_refine(self, config: RefineConfig) -> RefineConfig:
         """Check a request's refine options; return them with open budget limits set to the caps.
@@ -165,6 +169,11 @@ class RequestLimits:
         longest = max((len(p) for p in config.phrases), default=0)
         if longest > self.PHRASE_CHARS:
             raise LimitError("phrases", longest, self.PHRASE_CHARS, " characters in a phrase")
+        if len(config.wrap) > self.WRAPS:
+            raise LimitError("wrap", len(config.wrap), self.WRAPS, " pairs")
+        longest = max((len(b) + len(a) for b, a in config.wrap), default=0)
+        if longest > self.WRAP_CHARS:
+            raise LimitError("wrap", longest, self.WRAP_CHARS, " characters in a pair")
         for name in self.CONFIG_FIELDS:
             value, cap = getattr(config, name), getattr(self, name)
             if value is None or value > cap:

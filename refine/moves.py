@@ -10,7 +10,7 @@ returns :class:`Proposal` s. Candidate tokens come from the model's own top-k at
 - ``delete``: drop ``y[i]``.
 - ``insert``: put ``v`` before ``y[i]``.
 - ``phrase``: write one of ``RefineConfig.phrases`` whole at a sentence or line boundary, inserted or with the
-  rest re-decoded after it (:mod:`refine.phrases`).
+  rest re-decoded after it, or put a pair of ``RefineConfig.wrap`` around the whole output (:mod:`refine.phrases`).
 
 Moves never run the model; the engine evaluates proposals in batches.
 """
@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from .backends.base import TokenizerView
-from .phrases import PhraseIds, after_line_start, boundary
+from .phrases import PhraseIds, after_line_start, boundary, sentence_cuts, wrapped
 from .registry import Registry
 from .types import Hypothesis
 
@@ -88,6 +88,8 @@ class MoveContext:
     forbidden: frozenset[int] = frozenset()
     #: ``RefineConfig.phrases`` tokenized (:func:`refine.phrases.encode_phrases`), for the ``phrase`` move
     phrases: tuple[PhraseIds, ...] = ()
+    #: ``RefineConfig.wrap``: ``(before, after)`` text the ``phrase`` move puts around the whole output
+    wraps: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         self.eos_set = frozenset(self.tokenizer.eos_ids)
@@ -254,21 +256,24 @@ class Insert(Move):
 class PhraseMove(Move):
     """Write a phrase of ``RefineConfig.phrases`` whole before ``y[i]``, where ``i`` is the start, follows a
     sentence end or line break, or is the end of the output (before a final EOS): once inserted (the rest kept)
-    and once continued (the rest re-decoded after it, as ``regenerate`` bounds it). See :mod:`refine.phrases`."""
+    and once continued (the rest re-decoded after it, as ``regenerate`` bounds it). At ``i = 0`` it also puts
+    each pair of ``RefineConfig.wrap`` around the whole output. See :mod:`refine.phrases`."""
 
     def propose(self, hyp, i, ctx):
         y = hyp.tokens
         ended = ctx.ended(y)
         content = len(y) - (1 if ended else 0)
-        if not ctx.phrases or ctx.length == "fixed" or i > content or i >= len(y):
+        if ctx.length == "fixed" or i > content or i >= len(y):
             return []
+        out = self.wrap(y, content, ctx) if i == 0 else []
+        if not ctx.phrases:
+            return out
         prev = ctx.tokenizer.decode([y[i - 1]]) if i > 0 else None
         if 0 < i < content and not boundary(prev):
-            return []
+            return out
         # inserted whole only where the text after it starts apart from it (else the phrase's last word and the
         # next one would run together); the continued form always fits
         apart = i >= content or ctx.tokenizer.decode([y[i]])[:1] in ("", " ", "\n", "\t")
-        out = []
         for phrase in ctx.phrases:
             ids = phrase.bare if after_line_start(prev) else phrase.spaced
             if y[i : i + len(ids)] == ids:
@@ -285,6 +290,38 @@ class PhraseMove(Move):
                 out.append(Proposal(self.name, i, prefix, decode=True, max_new=max_new, min_new=min_new,
                                     force_eos=ended and ctx.length == "keep_eos"))
         return out
+
+    def wrap(self, y: tuple[int, ...], content: int, ctx: MoveContext) -> list[Proposal]:
+        """Each pair of ``ctx.wraps`` put around the whole output, its text tokenized afresh (the final EOS kept);
+        none where the output already reads as wrapped in it, or where the result would be too long or would
+        write a banned token."""
+        if not ctx.wraps or content == 0:
+            return []
+        text = ctx.tokenizer.decode(list(y[:content]))
+        out = []
+        for before, after in ctx.wraps:
+            if wrapped(text, before, after):
+                continue
+            cand = tuple(ctx.tokenizer.encode(before + text + after)) + y[content:]
+            if len(cand) > ctx.max_output_tokens and content == len(y) and ctx.allow_eos:
+                cand = self.closed(text, before, after, ctx)  # cut by the cap: closed early to make room
+            if cand and len(cand) <= ctx.max_output_tokens and not set(cand[:-1]) & (ctx.banned | ctx.eos_set) \
+                    and cand[-1] not in ctx.banned:
+                out.append(Proposal(self.name, 0, cand))
+        return out
+
+    #: sentence ends tried, last first, when closing a cut output early for a wrap
+    MAX_CUTS = 8
+
+    def closed(self, text: str, before: str, after: str, ctx: MoveContext) -> tuple[int, ...]:
+        """``text`` closed at its last sentence end that leaves room under the cap, wrapped, and ended with EOS
+        (empty when none of the last few does)."""
+        eos = ctx.tokenizer.eos_ids[0]
+        for cut in sentence_cuts(text)[: self.MAX_CUTS]:
+            ids = tuple(ctx.tokenizer.encode(before + text[:cut].rstrip() + after))
+            if len(ids) + 1 <= ctx.max_output_tokens:
+                return ids + (eos,)
+        return ()
 
 
 def rank_positions(hyp: Hypothesis, order: str) -> list[int]:

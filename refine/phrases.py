@@ -16,10 +16,22 @@ break) and at its end, in two forms:
 A phrase is tokenized twice, bare and after a space; the form that fits is used (bare at the start of the
 output or of a line, spaced after other text). The objective decides whether a proposal is taken: pair
 ``phrases`` with a term that values them (a reward, ``coverage``).
+
+``RefineConfig.wrap`` lists text to put around the whole output in one edit, as ``(before, after)`` pairs:
+quotation marks (``('"', '"')``), a code fence, a restated request before the answer (``("Q: ...\n\n", "")``).
+Two separate phrase edits could not do it when only the pair satisfies the objective. The same ``phrase`` move
+proposes each pair once per output (at position 0): the output's text with ``before`` put in front and
+``after`` behind, tokenized afresh (so a quote that merges with the first word is tokenized as the model
+would), its final EOS kept. An output cut by the length cap has no room for the wrap: it is closed at its last
+sentence end (or line break) that leaves room, wrapped, and ended with EOS. A later edit that leaves less than
+half of the initial answer inside the wrap is refused, and the wrap text does not count for the degeneration
+and echo guards (``Search``): the wrap goes around the answer, it does not replace it, and a restated request
+that shares words with its answer is not a loop.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -45,6 +57,64 @@ def normalise(phrases: Any) -> tuple[str, ...]:
     if len(set(items)) != len(items):
         raise ConfigError(f"`phrases` lists a phrase twice: {list(items)}")
     return items
+
+
+def normalise_wraps(wrap: Any) -> tuple[tuple[str, str], ...]:
+    """``wrap`` as stored in a config: a tuple of distinct ``(before, after)`` string pairs, not both blank.
+
+    >>> normalise_wraps([['"', '"']])
+    (('"', '"'),)
+    """
+    if wrap is None:
+        return ()
+    try:
+        items = tuple(tuple(w) if not isinstance(w, str) else None for w in wrap)
+    except TypeError:
+        items = None
+    if items is None or isinstance(wrap, str) or not all(
+            w is not None and len(w) == 2 and all(isinstance(t, str) for t in w) and (w[0].strip() or w[1].strip())
+            for w in items):
+        raise ConfigError(f"`wrap` has to be a list of [before, after] string pairs (not both blank), "
+                          f"but is {wrap!r}")
+    if len(set(items)) != len(items):
+        raise ConfigError(f"`wrap` lists a pair twice: {[list(w) for w in items]}")
+    return items  # type: ignore[return-value]
+
+
+def wrapped(text: str, before: str, after: str) -> bool:
+    """Whether ``text`` already reads as wrapped in ``before`` and ``after`` (outer whitespace and case ignored:
+    a restated request whose first word an edit capitalised is still the wrap)."""
+    t, b, a = text.strip().casefold(), before.strip().casefold(), after.strip().casefold()
+    return t.startswith(b) and t.endswith(a) and len(t) >= len(b) + len(a)
+
+
+def unwrap(text: str, wraps: Sequence[tuple[str, str]]) -> str | None:
+    """``text`` with the first wrap it reads as wrapped in taken off (outer whitespace stripped); ``None`` when
+    it is wrapped in none."""
+    t = text.strip()
+    for before, after in wraps:
+        if wrapped(t, before, after):
+            return t[len(before.strip()):len(t) - len(after.strip())].strip()
+    return None
+
+
+def unwrapped_length(text: str, wraps: Sequence[tuple[str, str]]) -> int | None:
+    """Characters of :func:`unwrap`'s answer; ``None`` when ``text`` is wrapped in none of ``wraps``."""
+    inner = unwrap(text, wraps)
+    return None if inner is None else len(inner)
+
+
+def sentence_cuts(text: str) -> list[int]:
+    """Where ``text`` may be closed early, last first: after each sentence end or line break.
+
+    >>> sentence_cuts("One. Two! Three")
+    [9, 4]
+    """
+    cuts = [m.end() for m in _SENTENCE_END.finditer(text)]
+    return sorted(set(cuts), reverse=True)
+
+
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,9 @@ whatever it scores, in :meth:`Search.admissible`:
   replaced by one that also ends. A cut output (the initial one ran into the cap) may be
   replaced by any candidate that scores better, finished or cut; once a finished one is
   accepted, the rule above holds.
+- *a wrap goes around the answer*: with ``wrap`` set, a candidate wrapped in one of its pairs
+  keeps at least half of the initial output's text inside the wrap, and the guards below read
+  the text inside (:mod:`refine.phrases`).
 - *no more degenerate*: with ``repeat_guard`` on, a candidate that repeats more word
   n-grams or more line patterns than the output it would replace is refused; with
   ``echo_guard`` on, one that quotes more spans of the prompt than it is refused too
@@ -39,7 +42,7 @@ from .degeneration import ECHO_N, count_repeats, ngram_set
 from .errors import BudgetExhausted, ConfigError, InputError
 from .forbid import forbidden_ids, mask_in, positions_first
 from .moves import MoveContext, PhraseMove, Proposal, build_moves, rank_positions
-from .phrases import encode_phrases
+from .phrases import encode_phrases, unwrap, unwrapped_length
 from .objectives import CandidateView, Objective
 from .scorer import Scorer
 from .strategy import STRATEGIES, Strategy
@@ -96,7 +99,7 @@ class Search:
             tokenizer.special_ids if config.exclude_special else ()))
         #: the ``phrase`` move, when ``config.phrases`` is set: coordinate descent runs it over every spot of the
         #: output as a block of its own (:meth:`propose_phrases`); other strategies where ``moves`` names it
-        self.phrase_move: PhraseMove | None = PhraseMove() if phrase_ids else None
+        self.phrase_move: PhraseMove | None = PhraseMove() if phrase_ids or config.wrap else None
         self.move_context = MoveContext(
             tokenizer=tokenizer,
             top_k=config.top_k,
@@ -108,13 +111,15 @@ class Search:
             regen_beam=config.regen_beam,
             forbidden=self.forbidden,
             phrases=phrase_ids,
+            wraps=config.wrap,
         )
         self.max_output_tokens = max_output_tokens
         #: the prompt's word n-grams, for the echo guard (``config.echo_guard``; empty when it is off), less those
         #: inside a phrase of ``config.phrases``: text the user asks to be written is not an echo
         self._prompt_grams: frozenset = frozenset()
         if config.echo_guard is not None:
-            asked = set().union(*(ngram_set(p, config.echo_guard) for p in config.phrases))
+            asked = set().union(*(ngram_set(p, config.echo_guard) for p in config.phrases),
+                                *(ngram_set(t, config.echo_guard) for w in config.wrap for t in w))
             self._prompt_grams = ngram_set(tokenizer.decode(list(session.prompt)), config.echo_guard) - asked
         self.rng = np.random.default_rng(config.seed)
         self.stats = Stats()
@@ -122,6 +127,9 @@ class Search:
         self.current: Hypothesis | None = None
         self.initial: Hypothesis | None = None
         self._memo: dict[tuple, Hypothesis] = {}
+        #: with ``config.wrap``: the least answer (characters) a wrapped candidate keeps inside its wrap, half of
+        #: the initial output's (set by :meth:`score_initial`)
+        self._min_wrapped = 0
         self._pruned: set[tuple] = set()  # re-decodings abandoned early: not tried again
         self._t0 = time.perf_counter()
         self._eos = frozenset(tokenizer.eos_ids)
@@ -227,7 +235,9 @@ class Search:
             text, repeats = view.text, None
             if n is not None or echo is not None:
                 text = self.tokenizer.decode(toks) if text is None else text
-                repeats = count_repeats(text, n, self._prompt_grams, echo or ECHO_N)
+                # the wrap is asked-for text around the answer: the guards read the answer alone
+                answer = unwrap(text, self.config.wrap) if self.config.wrap else None
+                repeats = count_repeats(text if answer is None else answer, n, self._prompt_grams, echo or ECHO_N)
             out.append(Hypothesis(tokens=toks, scores=sc, value=float(v), terms=t, text=text, ended=view.ended,
                                   repeats=repeats))
         return out
@@ -267,7 +277,16 @@ class Search:
         self._count()
         self.current = self.initial = hyp
         self._memo[(tokens,)] = hyp
+        if self.config.wrap:  # the answer a wrap goes around: half of it has to stay inside
+            text = self._text(hyp)
+            inner = unwrapped_length(text, self.config.wrap)
+            self._min_wrapped = (len(text.strip()) if inner is None else inner) // 2
         return hyp
+
+    def _text(self, hyp: Hypothesis) -> str:
+        if hyp.text is not None:
+            return hyp.text
+        return self.tokenizer.decode([t for t in hyp.tokens if t not in self._eos])
 
     @property
     def can_fork(self) -> bool:
@@ -466,6 +485,10 @@ class Search:
         """
         if than.ended and not cand.ended:
             return False
+        if self._min_wrapped:
+            inner = unwrapped_length(self._text(cand), self.config.wrap)
+            if inner is not None and inner < self._min_wrapped:
+                return False
         guarded = cand.repeats is not None and than.repeats is not None
         return not (guarded and cand.repeats.exceeds(than.repeats))
 

@@ -73,3 +73,21 @@ def test_every_supported_row_of_the_data_runs():
     assert len(used) > 400
     for r in used:
         assert len(follows("A plain answer.", r["instruction_id_list"], r["kwargs"])) == len(r["kwargs"])
+
+
+def test_wraps_are_what_the_checkers_accept():
+    from benchmarks.instructions import wraps
+
+    request = "Write a story about a cat, in two sentences."
+    (q,) = wraps(["startend:quotation"], [{}])
+    assert follows(q[0] + "A cat sat." + q[1], ["startend:quotation"], [{}]) == [True]
+    (r,) = wraps(["combination:repeat_prompt"], [{"prompt_to_repeat": request}])
+    ids, kwargs = ["combination:repeat_prompt"], [{"prompt_to_repeat": request}]
+    assert follows(r[0] + "A cat sat." + r[1], ids, kwargs) == [True]
+    # lowercase demanded: the request restated in lowercase (the checker compares without case)
+    low = wraps([*ids, "change_case:english_lowercase"], [*kwargs, {}])
+    assert low == ((request.lower() + "\n\n", ""),)
+    assert follows(low[0][0] + "a cat sat.", [*ids, "change_case:english_lowercase"], [*kwargs, {}]) == [True, True]
+    # no commas: a request with one cannot be restated word for word, so no wrap is offered
+    assert wraps([*ids, "punctuation:no_comma"], [*kwargs, {}]) == ()
+    assert wraps(["startend:quotation", "startend:quotation"], [{}, {}]) == (('"', '"'),)

@@ -38,7 +38,7 @@ def test_phrases_are_normalised_and_checked():
         RefineConfig(phrases=["x", "x"])
     with pytest.raises(ConfigError, match="fixed"):
         RefineConfig(phrases=["x"], length="fixed")
-    with pytest.raises(ConfigError, match="`phrases` is empty"):
+    with pytest.raises(ConfigError, match="both are empty"):
         RefineConfig(moves=("regenerate", "phrase"))
 
 
