@@ -11,6 +11,12 @@ not change any record). A record keeps the code revision that computed it (``com
 which of its items came from an earlier run.
 
 Without ``--resume`` the checkpoint of an earlier run is discarded and everything is computed.
+
+**Shards.** ``--shard K/N`` computes every N-th item from the K-th (``K`` from 0) and appends them to a file of its
+own, ``checkpoint.K-of-N.jsonl``, so N processes share a machine's cores on one suite. A shard writes no
+results: once every shard has finished, a run with ``--resume`` and no ``--shard`` takes all their records (every
+``checkpoint*.jsonl`` of the folder), computes whatever is still missing, writes the results and removes the
+files.
 """
 
 from __future__ import annotations
@@ -24,6 +30,30 @@ from refine.batch import Appender, cut_torn_line
 from .report import RESULTS
 
 CHECKPOINT = "checkpoint.jsonl"
+
+
+def shard_file(shard: tuple[int, int] | None) -> str:
+    """The checkpoint file of a shard ``(K, N)`` (``None``: the whole run's).
+
+    >>> shard_file((1, 2)), shard_file(None)
+    ('checkpoint.1-of-2.jsonl', 'checkpoint.jsonl')
+    """
+    return CHECKPOINT if shard is None else f"checkpoint.{shard[0]}-of-{shard[1]}.jsonl"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` as ``(K, N)``, with ``0 <= K < N``.
+
+    >>> parse_shard("1/2")
+    (1, 2)
+    """
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard takes K/N (e.g. 0/2), not {text!r}") from None
+    if not 0 <= k < n:
+        raise ValueError(f"--shard {text}: K has to be in 0..N-1")
+    return k, n
 
 
 def fingerprint(settings: dict[str, Any], seed: int, model: str, quick: bool) -> dict[str, Any]:
@@ -53,10 +83,15 @@ class Checkpoint:
         fingerprint: see :func:`fingerprint`.
         resume: reuse matching records of an earlier run; ``False`` discards the earlier checkpoint.
         commit: the code revision of this run (stored with every record it computes).
+        shard: ``(K, N)``: this run computes one shard, into its own file, and reads only that file (the others
+            may be in the middle of a write). ``None``: the whole run, which also reads every shard's file.
     """
 
-    def __init__(self, folder: Path, fingerprint: dict[str, Any], resume: bool, commit: str | None) -> None:
-        self.path = folder / CHECKPOINT
+    def __init__(self, folder: Path, fingerprint: dict[str, Any], resume: bool, commit: str | None,
+                 shard: tuple[int, int] | None = None) -> None:
+        self.folder = folder
+        self.shard = shard
+        self.path = folder / shard_file(shard)
         self.fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from JSON (tuples -> lists)
         self.commit = commit
         self.ignored = 0  # records found under another fingerprint, or torn lines
@@ -64,9 +99,11 @@ class Checkpoint:
         self._appender: Appender | None = None
         if resume:
             self._load_finished(folder / RESULTS)
-            self._load_checkpoint()
+            for path in self._files():
+                self._load_checkpoint(path)
         else:
-            self.path.unlink(missing_ok=True)
+            for path in self._files():
+                path.unlink()
 
     def _load_finished(self, path: Path) -> None:
         if not path.exists():
@@ -80,12 +117,16 @@ class Checkpoint:
             # a finished run lists its records flat; each names its group in ``task``
             self._done[(rec.get("task", ""), rec["id"])] = {"commit": commit, **rec}
 
-    def _load_checkpoint(self) -> None:
-        if not self.path.exists():
-            return
-        if cut_torn_line(self.path):  # the record a kill cut short: computed again
+    def _files(self) -> list[Path]:
+        """The checkpoint files this run owns: its shard's, or (a whole run) its own and every shard's."""
+        if self.shard is not None:
+            return [self.path] if self.path.exists() else []
+        return sorted(p for p in self.folder.glob("checkpoint*.jsonl") if p.is_file())
+
+    def _load_checkpoint(self, path: Path) -> None:
+        if cut_torn_line(path):  # the record a kill cut short: computed again
             self.ignored += 1
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:  # not a line this class wrote
@@ -113,9 +154,13 @@ class Checkpoint:
         self._appender.write({"fingerprint": self.fingerprint, "group": group, "record": record})
         return record
 
-    def discard(self) -> None:
-        """Remove the file once the run's ``results.json`` holds every record."""
+    def close(self) -> None:
         if self._appender is not None:
             self._appender.close()
             self._appender = None
-        self.path.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        """Remove the files (a whole run: its own and every shard's) once ``results.json`` holds every record."""
+        self.close()
+        for path in self._files():
+            path.unlink()

@@ -58,6 +58,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="reuse the records an earlier run left in OUT/<suite> (its checkpoint, or its finished "
                              "results.json) when settings, seed and model match: a killed run goes on where it "
                              "stopped, and a finished one grows with --limit (suites with independent items: ifeval)")
+    parser.add_argument("--shard", default=None, metavar="K/N",
+                        help="compute only every N-th item from the K-th (K from 0) into OUT/<suite>/"
+                             "checkpoint.K-of-N.jsonl, to run N processes side by side; no results are written: "
+                             "when every shard has finished, --resume without --shard assembles them "
+                             "(suites with independent items: ifeval)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -121,6 +126,18 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"benchmarks: error: unknown suite(s) {unknown}; choose from {list(SUITES)}", file=sys.stderr)
         return 2
+    shard = None
+    if args.shard is not None:
+        from .checkpoint import parse_shard
+
+        try:
+            shard = parse_shard(args.shard)
+        except ValueError as exc:
+            print(f"benchmarks: error: {exc}", file=sys.stderr)
+            return 2
+        if not args.out:
+            print("benchmarks: error: --shard needs --out (the folder the shards share)", file=sys.stderr)
+            return 2
     for flag in ("limit", "threads"):
         if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             print(f"benchmarks: error: --{flag} has to be a positive integer", file=sys.stderr)
@@ -165,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.out) if args.out else (RESULTS_ROOT / "quick" if args.quick else RESULTS_ROOT)
     ctx = Context(runner, data_dir, quick=args.quick, limit=args.limit, seed=args.seed,
                   progress=not args.no_progress, vllm=vllm, judge_model=args.judge, methods=args.methods,
-                  out=root, resume=args.resume)
+                  out=root, resume=args.resume, shard=shard)
     for name, module in suites.items():
         env = environment(runner, command(args))
         t0 = time.perf_counter()
@@ -174,6 +191,12 @@ def run(args: argparse.Namespace) -> int:
         except DataError as exc:
             print(f"benchmarks: error: {exc}", file=sys.stderr)
             return 2
+        if shard is not None:  # one shard's records: the whole run's --resume writes the results
+            ctx.checkpoints[name].close()
+            print(f"benchmarks: {name} shard {args.shard} done in {time.perf_counter() - t0:.0f} s -> "
+                  f"{ctx.checkpoints[name].path}; when every shard has finished, run again with --resume and "
+                  "without --shard to write the results", file=sys.stderr)
+            continue
         env["load_average_end"] = list(os.getloadavg())
         results.update(quick=args.quick, seconds=time.perf_counter() - t0, environment=env)
         if name in ctx.checkpoints:  # what a later --resume matches its records against
@@ -182,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
         if name in ctx.checkpoints:  # results.json now holds every record
             ctx.checkpoints[name].discard()
         print(f"benchmarks: {name} done in {results['seconds']:.0f} s -> {root / name}", file=sys.stderr)
-    write_index(root)
+    if shard is None:
+        write_index(root)
     return 0
 
 

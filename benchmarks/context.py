@@ -35,6 +35,8 @@ class Context:
             runs the baselines its ratios need. ``None``: every method.
         out: the results root (``OUT``); suites that checkpoint write ``OUT/<suite>/checkpoint.jsonl``.
         resume: reuse the records of an earlier run in ``OUT/<suite>`` (:mod:`benchmarks.checkpoint`).
+        shard: ``(K, N)``: compute only every N-th item from the K-th, into the shard's own checkpoint
+            (:mod:`benchmarks.checkpoint`); only suites that checkpoint take it.
     """
 
     runner: Runner
@@ -48,6 +50,7 @@ class Context:
     methods: tuple[str, ...] | None = None
     out: Path | None = None
     resume: bool = False
+    shard: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         self.checkpoints: dict[str, Checkpoint] = {}
@@ -86,7 +89,7 @@ class Context:
         store = None
         if settings is not None and self.out is not None:
             fp = fingerprint(settings, self.seed, self.runner.model_path, self.quick)
-            store = Checkpoint(self.out / suite, fp, self.resume, git_state())
+            store = Checkpoint(self.out / suite, fp, self.resume, git_state(), self.shard)
             self.checkpoints[suite] = store
             if self.resume:
                 print(f"{suite}: {len(store)} record(s) to reuse from {self.out / suite}"
@@ -94,9 +97,15 @@ class Context:
                       file=sys.stderr)
         done: dict[str, list[dict]] = {}
         skipped: list[str] = []
+        if self.shard is not None and store is None:
+            raise DataError(f"{suite}: --shard needs a suite that checkpoints its items, and --out")
         for group, (load, n, max_new) in loaders.items():
             recs = []
-            for item in self.bar(load(self.data_dir, n), f"{suite} ({group})"):
+            items = load(self.data_dir, n)
+            if self.shard is not None:
+                k, n_shards = self.shard
+                items = items[k::n_shards]
+            for item in self.bar(items, f"{suite} ({group})"):
                 rec = store.get(group, item.id) if store is not None else None
                 if rec is None:
                     rec = run_item(group, item, max_new)

@@ -473,6 +473,43 @@ def test_ifeval_run_grows_with_resume(tmp_path, llama, tok, data_dir):
     assert grown["summary"]["items"] == 2 and grown["environment"]["command"].endswith("--resume")
 
 
+def test_ifeval_shards_assemble_into_the_whole_run(tmp_path, llama, tok, data_dir):
+    """Two shards computed side by side, then assembled with --resume: the same records as one whole run (each
+    record is computed from its item alone), nothing computed twice, every checkpoint file removed."""
+    model_dir = tmp_path / "model"
+    llama.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    args = ["ifeval", "--quick", "--model", str(model_dir), "--judge", str(model_dir), "--data-dir", str(data_dir),
+            "--threads", "1", "--seed", "3", "--no-progress", "--limit", "3"]
+    whole, shards = tmp_path / "whole", tmp_path / "shards"
+    threads = torch.get_num_threads()
+    try:
+        assert bench_main([*args, "--out", str(whole)]) == 0
+        ids = [it["id"] for it in json.loads((whole / "ifeval" / "results.json").read_text())["items"]]
+        assert len(ids) >= 2
+        assert bench_main([*args, "--out", str(shards), "--shard", "1/2"]) == 0
+        folder = shards / "ifeval"
+        assert not (folder / "results.json").exists()  # a shard writes no results
+        one = [json.loads(line)["record"]["id"] for line in (folder / "checkpoint.1-of-2.jsonl").open()]
+        assert one == ids[1::2]
+        assert bench_main([*args, "--out", str(shards), "--shard", "0/2"]) == 0
+        zero = [json.loads(line)["record"]["id"] for line in (folder / "checkpoint.0-of-2.jsonl").open()]
+        assert zero == ids[0::2]
+        assert bench_main([*args, "--out", str(shards), "--resume"]) == 0
+        assert bench_main([*args, "--shard", "2/2"]) == 2 and bench_main([*args, "--shard", "0/2"]) == 2  # K>=N; no --out
+    finally:
+        torch.set_num_threads(threads)
+    assembled = json.loads((folder / "results.json").read_text())
+    reference = json.loads((whole / "ifeval" / "results.json").read_text())
+    assert [it["id"] for it in assembled["items"]] == ids
+
+    def texts(res):
+        return [{m: r["text"] for m, r in it["methods"].items()} for it in res["items"]]
+
+    assert texts(assembled) == texts(reference)
+    assert not list(folder.glob("checkpoint*.jsonl"))
+
+
 def test_runner_greedy_never_decodes_a_suppressed_id(runner):
     prompt = runner.encode("the cat")
     plain = runner.greedy(prompt, 8)
