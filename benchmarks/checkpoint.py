@@ -16,7 +16,8 @@ Without ``--resume`` the checkpoint of an earlier run is discarded and everythin
 own, ``checkpoint.K-of-N.jsonl``, so N processes share a machine's cores on one suite. A shard writes no
 results: once every shard has finished, a run with ``--resume`` and no ``--shard`` takes all their records (every
 ``checkpoint*.jsonl`` of the folder), computes whatever is still missing, writes the results and removes the
-files.
+files it took every record of (a file holding records under other settings stays). A run without ``--resume``
+discards only its own file, never a shard's.
 """
 
 from __future__ import annotations
@@ -95,15 +96,17 @@ class Checkpoint:
         self.fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from JSON (tuples -> lists)
         self.commit = commit
         self.ignored = 0  # records found under another fingerprint, or torn lines
+        #: the checkpoint files read, each with the number of records taken from it
+        self.sources: dict[str, int] = {}
         self._done: dict[tuple[str, str], dict] = {}
         self._appender: Appender | None = None
+        self._spent: list[Path] = []  # files every record of which was taken: removed by :meth:`discard`
         if resume:
             self._load_finished(folder / RESULTS)
             for path in self._files():
                 self._load_checkpoint(path)
         else:
-            for path in self._files():
-                path.unlink()
+            self.path.unlink(missing_ok=True)
 
     def _load_finished(self, path: Path) -> None:
         if not path.exists():
@@ -126,16 +129,22 @@ class Checkpoint:
     def _load_checkpoint(self, path: Path) -> None:
         if cut_torn_line(path):  # the record a kill cut short: computed again
             self.ignored += 1
+        taken = foreign = 0
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:  # not a line this class wrote
-                self.ignored += 1
+                foreign += 1
                 continue
             if entry.get("fingerprint") != self.fingerprint:
-                self.ignored += 1
+                foreign += 1
                 continue
             self._done[(entry["group"], entry["record"]["id"])] = entry["record"]
+            taken += 1
+        self.ignored += foreign
+        self.sources[path.name] = taken
+        if not foreign:
+            self._spent.append(path)
 
     def __len__(self) -> int:
         return len(self._done)
@@ -160,7 +169,8 @@ class Checkpoint:
             self._appender = None
 
     def discard(self) -> None:
-        """Remove the files (a whole run: its own and every shard's) once ``results.json`` holds every record."""
+        """Once ``results.json`` holds every record: remove this run's own file and the files it took every record
+        of (a shard's file with records under other settings, or one that appeared since, stays)."""
         self.close()
-        for path in self._files():
-            path.unlink()
+        for path in {self.path, *self._spent}:
+            path.unlink(missing_ok=True)

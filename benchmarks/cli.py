@@ -199,8 +199,9 @@ def run(args: argparse.Namespace) -> int:
             continue
         env["load_average_end"] = list(os.getloadavg())
         results.update(quick=args.quick, seconds=time.perf_counter() - t0, environment=env)
-        if name in ctx.checkpoints:  # what a later --resume matches its records against
+        if name in ctx.checkpoints:  # what a later --resume matches its records against, and what this one reused
             results["fingerprint"] = ctx.checkpoints[name].fingerprint
+            results["resumed_from"] = ctx.checkpoints[name].sources
         _write(module, results, root / name)
         if name in ctx.checkpoints:  # results.json now holds every record
             ctx.checkpoints[name].discard()

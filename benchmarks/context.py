@@ -104,6 +104,8 @@ class Context:
             items = load(self.data_dir, n)
             if self.shard is not None:
                 k, n_shards = self.shard
+                if k >= len(items):
+                    raise DataError(f"{suite}: shard {k}/{n_shards} has no items: the {group} group has {len(items)}")
                 items = items[k::n_shards]
             for item in self.bar(items, f"{suite} ({group})"):
                 rec = store.get(group, item.id) if store is not None else None

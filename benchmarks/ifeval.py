@@ -35,7 +35,8 @@ BASELINES = METHODS[:-1]
 LABELS = {"greedy": "greedy", "greedy_forbid": "greedy without the forbidden tokens", "beam8": "beam-8",
           "bestof16": "best-of-16 (reranked)",
           "bestof16_forbid": "best-of-16 (reranked), sampled without the forbidden tokens",
-          "refine": "greedy without the forbidden tokens + refine (defaults + reward + phrases + wraps, best-of-16's time)"}
+          "refine": "greedy without the forbidden tokens + refine (defaults + reward + phrases + wraps, "
+                    "best-of-16's time)"}
 TEMPERATURE = 0.8
 NUMBERS = ["strict", "loose_share", "good", "ended", "repeats", "mean_logp", "judge_logp", "length",
            "forward_tokens", "seconds"]
@@ -251,7 +252,7 @@ def render(results: dict, plots: list[str]) -> str:
              *(["- Wraps (`RefineConfig.wrap`): on prompts that ask for the whole answer in quotation marks, or for the "
                 "request restated word for word before the answer (`benchmarks.instructions.wraps`), refinement may "
                 "put that text around the whole output in one edit; a wrapped output keeps at least half of the "
-                "initial answer inside the wrap."] if s.get("wraps") else []),
+                "initial answer's characters inside the wrap."] if s.get("wraps") else []),
              f"- Judge: {results['judge']['name']} (mean log P per token of the answer after the instruction).",
              f"- Intervals: 95% paired bootstrap over prompts ({s['bootstrap_resamples']} resamples).", "",
              "## Targets", "", report.targets_table(summ["targets"]), "",

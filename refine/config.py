@@ -112,7 +112,8 @@ class RefineConfig:
         wrap: text to put around the whole output in one edit, as ``[before, after]`` pairs: quotation marks
             (``[['"', '"']]``), a code fence, a restated request before the answer (``[["Q: ...\\n\\n", ""]]``).
             The ``phrase`` move proposes each pair once per output, the text tokenized afresh; a wrapped
-            candidate must keep at least half of the initial answer inside the wrap (:mod:`refine.phrases`).
+            candidate must keep at least half of the initial answer's characters inside the wrap
+            (:mod:`refine.phrases`).
             Used where ``phrases`` are.
         require_roundtrip: drop candidates whose text does not re-tokenize to the same ids.
         tolerance: an edit is accepted only if it raises the objective by more than this.

@@ -23,10 +23,10 @@ Two separate phrase edits could not do it when only the pair satisfies the objec
 proposes each pair once per output (at position 0): the output's text with ``before`` put in front and
 ``after`` behind, tokenized afresh (so a quote that merges with the first word is tokenized as the model
 would), its final EOS kept. An output cut by the length cap has no room for the wrap: it is closed at its last
-sentence end (or line break) that leaves room, wrapped, and ended with EOS. A later edit that leaves less than
-half of the initial answer inside the wrap is refused, and the wrap text does not count for the degeneration
-and echo guards (``Search``): the wrap goes around the answer, it does not replace it, and a restated request
-that shares words with its answer is not a loop.
+sentence end (or line break) that leaves room, among the last few, wrapped, and ended with EOS. A wrapped
+candidate whose answer inside the wrap has fewer than half the characters of the initial answer is refused,
+and the degeneration and echo guards read the answer inside the wrap (``Search``): the wrap goes around the
+answer, it does not replace it, and a restated request that shares words with its answer is not a loop.
 """
 
 from __future__ import annotations
@@ -67,11 +67,11 @@ def normalise_wraps(wrap: Any) -> tuple[tuple[str, str], ...]:
     """
     if wrap is None:
         return ()
-    try:
-        items = tuple(tuple(w) if not isinstance(w, str) else None for w in wrap)
+    try:  # each pair a list or tuple: a dict or set would give its keys, in no fixed order
+        items = tuple(tuple(w) if isinstance(w, (list, tuple)) else None for w in wrap)
     except TypeError:
         items = None
-    if items is None or isinstance(wrap, str) or not all(
+    if items is None or isinstance(wrap, (str, dict)) or not all(
             w is not None and len(w) == 2 and all(isinstance(t, str) for t in w) and (w[0].strip() or w[1].strip())
             for w in items):
         raise ConfigError(f"`wrap` has to be a list of [before, after] string pairs (not both blank), "
@@ -84,8 +84,9 @@ def normalise_wraps(wrap: Any) -> tuple[tuple[str, str], ...]:
 def wrapped(text: str, before: str, after: str) -> bool:
     """Whether ``text`` already reads as wrapped in ``before`` and ``after`` (outer whitespace and case ignored:
     a restated request whose first word an edit capitalised is still the wrap)."""
-    t, b, a = text.strip().casefold(), before.strip().casefold(), after.strip().casefold()
-    return t.startswith(b) and t.endswith(a) and len(t) >= len(b) + len(a)
+    t, b, a = text.strip(), before.strip(), after.strip()
+    return (len(t) >= len(b) + len(a) and t[:len(b)].casefold() == b.casefold()
+            and t[len(t) - len(a):].casefold() == a.casefold())
 
 
 def unwrap(text: str, wraps: Sequence[tuple[str, str]]) -> str | None:
@@ -105,13 +106,17 @@ def unwrapped_length(text: str, wraps: Sequence[tuple[str, str]]) -> int | None:
 
 
 def sentence_cuts(text: str) -> list[int]:
-    """Where ``text`` may be closed early, last first: after each sentence end or line break.
+    """Where ``text`` may be closed early, last first: after each sentence end or line break, trailing
+    whitespace left out (so a run of line breaks is one cut); never at the start or at the end of the text.
 
     >>> sentence_cuts("One. Two! Three")
     [9, 4]
+    >>> sentence_cuts("a.\\n\\nb.\\n\\nc")
+    [6, 2]
     """
-    cuts = [m.end() for m in _SENTENCE_END.finditer(text)]
-    return sorted(set(cuts), reverse=True)
+    end = len(text.rstrip())
+    cuts = {len(text[:m.end()].rstrip()) for m in _SENTENCE_END.finditer(text)}
+    return sorted((c for c in cuts if 0 < c < end), reverse=True)
 
 
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")

@@ -11,8 +11,8 @@ whatever it scores, in :meth:`Search.admissible`:
   replaced by any candidate that scores better, finished or cut; once a finished one is
   accepted, the rule above holds.
 - *a wrap goes around the answer*: with ``wrap`` set, a candidate wrapped in one of its pairs
-  keeps at least half of the initial output's text inside the wrap, and the guards below read
-  the text inside (:mod:`refine.phrases`).
+  keeps at least half of the initial output's characters inside the wrap, and the guards below
+  read the text inside (:mod:`refine.phrases`).
 - *no more degenerate*: with ``repeat_guard`` on, a candidate that repeats more word
   n-grams or more line patterns than the output it would replace is refused; with
   ``echo_guard`` on, one that quotes more spans of the prompt than it is refused too
@@ -118,8 +118,8 @@ class Search:
         #: inside a phrase of ``config.phrases``: text the user asks to be written is not an echo
         self._prompt_grams: frozenset = frozenset()
         if config.echo_guard is not None:
-            asked = set().union(*(ngram_set(p, config.echo_guard) for p in config.phrases),
-                                *(ngram_set(t, config.echo_guard) for w in config.wrap for t in w))
+            # (the guards read the answer inside a wrap, so a wrap's own text needs no such exception)
+            asked = set().union(*(ngram_set(p, config.echo_guard) for p in config.phrases))
             self._prompt_grams = ngram_set(tokenizer.decode(list(session.prompt)), config.echo_guard) - asked
         self.rng = np.random.default_rng(config.seed)
         self.stats = Stats()
@@ -187,7 +187,8 @@ class Search:
                 for move in self.moves for p in move.propose(hyp, i, self.move_context)]
 
     def propose_phrases(self, hyp: Hypothesis) -> list[Proposal]:
-        """The ``phrase`` move's proposals at every spot of ``hyp`` where a phrase may go (none without phrases)."""
+        """The ``phrase`` move's proposals at every spot of ``hyp`` where a phrase may go, and its wraps at the start
+        (none without ``phrases`` or ``wrap``)."""
         if self.phrase_move is None:
             return []
         return [p for i in range(len(hyp.tokens)) for p in self.phrase_move.propose(hyp, i, self.move_context)]

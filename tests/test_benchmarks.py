@@ -473,9 +473,11 @@ def test_ifeval_run_grows_with_resume(tmp_path, llama, tok, data_dir):
     assert grown["summary"]["items"] == 2 and grown["environment"]["command"].endswith("--resume")
 
 
-def test_ifeval_shards_assemble_into_the_whole_run(tmp_path, llama, tok, data_dir):
+def test_ifeval_shards_assemble_into_the_whole_run(tmp_path, llama, tok, data_dir, monkeypatch):
     """Two shards computed side by side, then assembled with --resume: the same records as one whole run (each
     record is computed from its item alone), nothing computed twice, every checkpoint file removed."""
+    from benchmarks import ifeval as ifeval_suite
+
     model_dir = tmp_path / "model"
     llama.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
@@ -495,8 +497,21 @@ def test_ifeval_shards_assemble_into_the_whole_run(tmp_path, llama, tok, data_di
         assert bench_main([*args, "--out", str(shards), "--shard", "0/2"]) == 0
         zero = [json.loads(line)["record"]["id"] for line in (folder / "checkpoint.0-of-2.jsonl").open()]
         assert zero == ids[0::2]
-        assert bench_main([*args, "--out", str(shards), "--resume"]) == 0
-        assert bench_main([*args, "--shard", "2/2"]) == 2 and bench_main([*args, "--shard", "0/2"]) == 2  # K>=N; no --out
+        # a whole run without --resume discards its own checkpoint, never a shard's
+        (folder / "checkpoint.jsonl").write_text("")
+        assert bench_main([*args[:-1], "1", "--out", str(shards)]) == 0
+        assert not (folder / "checkpoint.jsonl").exists()
+        assert (folder / "checkpoint.0-of-2.jsonl").exists() and (folder / "checkpoint.1-of-2.jsonl").exists()
+
+        def computed(*a, **k):
+            raise AssertionError("the assembling run computed an item the shards had computed")
+
+        with monkeypatch.context() as m:
+            m.setattr(ifeval_suite, "run_item", computed)
+            assert bench_main([*args, "--out", str(shards), "--resume"]) == 0
+        assert bench_main([*args, "--shard", "2/2"]) == 2  # K >= N
+        assert bench_main([*args, "--shard", "0/2"]) == 2  # no --out
+        assert bench_main([*args, "--out", str(tmp_path / "few"), "--limit", "1", "--shard", "1/2"]) == 2  # no items
     finally:
         torch.set_num_threads(threads)
     assembled = json.loads((folder / "results.json").read_text())
@@ -507,6 +522,8 @@ def test_ifeval_shards_assemble_into_the_whole_run(tmp_path, llama, tok, data_di
         return [{m: r["text"] for m, r in it["methods"].items()} for it in res["items"]]
 
     assert texts(assembled) == texts(reference)
+    assert assembled["resumed_from"] == {"checkpoint.0-of-2.jsonl": len(ids[0::2]),
+                                         "checkpoint.1-of-2.jsonl": len(ids[1::2])}
     assert not list(folder.glob("checkpoint*.jsonl"))
 
 

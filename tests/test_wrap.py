@@ -11,7 +11,7 @@ from refine.config import RefineConfig
 from refine.errors import ConfigError
 from refine.limits import LimitError, RequestLimits
 from refine.moves import MoveContext, PhraseMove
-from refine.phrases import normalise_wraps, unwrapped_length, wrapped
+from refine.phrases import normalise_wraps, sentence_cuts, unwrap, unwrapped_length, wrapped
 from refine.search import Search
 from refine.types import Hypothesis, Scores
 
@@ -40,7 +40,7 @@ def test_wraps_are_normalised_and_checked():
     assert RefineConfig(wrap=[["!", "!"]]).wrap == (("!", "!"),)
     assert RefineConfig(wrap=[("q ", "")]).to_dict()["wrap"] == [["q ", ""]]
     assert normalise_wraps(None) == ()
-    for bad in ("!", ["!"], [["!"]], [[1, 2]], [["", " "]], 5, [["a", "b", "c"]]):
+    for bad in ("!", ["!"], [["!"]], [[1, 2]], [["", " "]], 5, [["a", "b", "c"]], [{"a": 1, "b": 2}], {"a": "b"}):
         with pytest.raises(ConfigError, match="wrap"):
             RefineConfig(wrap=bad)
     with pytest.raises(ConfigError, match="twice"):
@@ -59,6 +59,15 @@ def test_wrapped_reads_the_text_outer_whitespace_ignored():
     assert unwrapped_length("Write it.\n\n answer", [("Write it.\n\n", "")]) == 6
     assert unwrapped_length("answer", [('"', '"')]) is None
     assert wrapped("WRITE it.\n\nok", "Write it.\n\n", "")  # case aside, the request is restated
+    assert unwrap("STRASSE ist gut", [("Straße ", "")]) is None  # casefolding changes the length: no wrap
+    assert unwrap("WRITE it.\n\nok", [("Write it.\n\n", "")]) == "ok"
+
+
+def test_sentence_cuts_are_distinct_and_inside_the_text():
+    assert sentence_cuts("One. Two! Three") == [9, 4]
+    assert sentence_cuts("a.\n\nb.\n\nc") == [6, 2]  # a run of line breaks is one cut
+    assert sentence_cuts("\nOne. Two.\n") == [5]  # neither at the start nor at the end
+    assert sentence_cuts("no end") == []
 
 
 def test_the_move_wraps_the_whole_output_once_at_the_start(backend, tok):
@@ -167,3 +176,18 @@ def test_the_guards_read_the_answer_inside_the_wrap(backend, tok):
         finally:
             session.close()
         assert got == expect, (wrap, got)
+
+
+def test_an_answer_inside_the_wrap_that_copies_the_prompt_is_an_echo(backend, tok):
+    """The guard reads the answer inside the wrap against the whole prompt: the request restated as the wrap is
+    asked for, the same words again as the answer are an echo."""
+    prompt = list(ids(tok, "say a b c d e f g h now."))
+    config = RefineConfig(objective="mean", wrap=[["a b c d e f g h ", ""]], max_new_tokens=60)
+    session = backend.open(prompt, config.topk_store, config.max_batch_tokens)
+    try:
+        search = Search(session, backend.tokenizer, config, 60)
+        answer = search.score_initial(list(ids(tok, "a b c d e f g h ij kl.")) + [EOS])
+        copied = search.score_initial(list(ids(tok, "a b c d e f g h a b c d e f g h.")) + [EOS])
+    finally:
+        session.close()
+    assert answer.repeats.echoed == 0 and copied.repeats.echoed > 0

@@ -30,11 +30,12 @@ class CoordinateDescent(Strategy):
     is a block of its own: its few proposals decode in a small batch, so the edit the constraint needs is
     tried early and cheaply (a block of long re-decodes can take longer than a time budget allows).
 
-    With ``RefineConfig.phrases`` each sweep opens with the ``phrase`` move's proposals at every spot where a
-    phrase may go (the start, sentence and line ends, the end): where a phrase fits is not where the model is
-    least confident, so these spots are not left to the position order. They are evaluated cheapest first, in
-    steps of their own (the phrases written in with the rest kept, then the re-decoded ones by how much they
-    re-decode, ``block_size`` at a time), and the best of them all is accepted after the last. The phase is
+    With ``RefineConfig.phrases`` (or ``wrap``) each sweep opens with the ``phrase`` move's proposals at every spot
+    where a phrase may go (the start, sentence and line ends, the end; wraps around the whole output): where a
+    phrase fits is not where the model is least confident, so these spots are not left to the position order.
+    They are evaluated cheapest first, in steps of their own (the phrases written in with the rest kept, then the
+    re-decoded ones by how much they re-decode, ``block_size`` at a time), and the best of them all is accepted
+    after the last. The phase is
     anytime: when a limit stops the search in the middle of it, the best phrase candidate found so far is
     still accepted if it improves the output (a time budget shorter than re-decoding after every spot would
     otherwise keep none).
