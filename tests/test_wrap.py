@@ -3,7 +3,6 @@
 The tiny model's alphabet has no quotation mark, so ``!`` stands in for one.
 """
 
-import numpy as np
 import pytest
 
 from refine.api import refine_tokens
@@ -13,21 +12,8 @@ from refine.limits import LimitError, RequestLimits
 from refine.moves import MoveContext, PhraseMove
 from refine.phrases import normalise_wraps, sentence_cuts, unwrap, unwrapped_length, wrapped
 from refine.search import Search
-from refine.types import Hypothesis, Scores
 
-PROMPT = [21, 9, 6, 4]  # "the b" in char ids
-EOS = 1
-
-
-def ids(tok, text):
-    return tuple(tok(text, add_special_tokens=False)["input_ids"])
-
-
-def hyp(tokens):
-    n = len(tokens)
-    scores = Scores(logprobs=np.zeros(n), topk_ids=np.zeros((n, 1), dtype=np.int64),
-                    topk_logprobs=np.zeros((n, 1)), entropy=np.zeros(n))
-    return Hypothesis(tokens=tuple(tokens), scores=scores, value=0.0, terms={})
+from .test_phrases import EOS, PROMPT, hyp, ids
 
 
 def quoted(text: str) -> float:
@@ -164,17 +150,22 @@ def test_cli_wrap(model_dir, capsys):
     assert d["config"]["wrap"] == [["!", "!"], ["zq ", ""]]
 
 
+def repeats_of(backend, tok, prompt, config, texts):
+    """How repetitive the guards find each text (each scored as a finished initial output)."""
+    session = backend.open(prompt, config.topk_store, config.max_batch_tokens)
+    try:
+        search = Search(session, backend.tokenizer, config, 60)
+        return {k: search.score_initial(list(ids(tok, t)) + [EOS]).repeats for k, t in texts.items()}
+    finally:
+        session.close()
+
+
 def test_the_guards_read_the_answer_inside_the_wrap(backend, tok):
     """A restated request that shares words with its answer is not a loop; the same words unwrapped are."""
     texts = {"wrapped": "ab cd ef ab cd ef gh", "loop": "gh ab cd ef ab cd ef"}
     for wrap, expect in (([["ab cd ef ", ""]], {"wrapped": 0, "loop": 1}), ((), {"wrapped": 1, "loop": 1})):
-        config = RefineConfig(objective="mean", wrap=wrap, repeat_guard=3, max_new_tokens=40)
-        session = backend.open(PROMPT, config.topk_store, config.max_batch_tokens)
-        try:
-            search = Search(session, backend.tokenizer, config, 40)
-            got = {k: search.score_initial(list(ids(tok, t)) + [EOS]).repeats.ngrams for k, t in texts.items()}
-        finally:
-            session.close()
+        config = RefineConfig(objective="mean", wrap=wrap, repeat_guard=3, max_new_tokens=60)
+        got = {k: r.ngrams for k, r in repeats_of(backend, tok, PROMPT, config, texts).items()}
         assert got == expect, (wrap, got)
 
 
@@ -183,11 +174,6 @@ def test_an_answer_inside_the_wrap_that_copies_the_prompt_is_an_echo(backend, to
     asked for, the same words again as the answer are an echo."""
     prompt = list(ids(tok, "say a b c d e f g h now."))
     config = RefineConfig(objective="mean", wrap=[["a b c d e f g h ", ""]], max_new_tokens=60)
-    session = backend.open(prompt, config.topk_store, config.max_batch_tokens)
-    try:
-        search = Search(session, backend.tokenizer, config, 60)
-        answer = search.score_initial(list(ids(tok, "a b c d e f g h ij kl.")) + [EOS])
-        copied = search.score_initial(list(ids(tok, "a b c d e f g h a b c d e f g h.")) + [EOS])
-    finally:
-        session.close()
-    assert answer.repeats.echoed == 0 and copied.repeats.echoed > 0
+    got = repeats_of(backend, tok, prompt, config, {"answer": "a b c d e f g h ij kl.",
+                                                    "copied": "a b c d e f g h a b c d e f g h."})
+    assert got["answer"].echoed == 0 and got["copied"].echoed > 0
