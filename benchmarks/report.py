@@ -89,6 +89,11 @@ def header(title: str, results: dict) -> str:
         lines += ["Records by the code revision that computed them (`--resume` took the others from earlier runs "
                   "with the same settings, seed and model): "
                   + ", ".join(f"{c or 'unknown'}: {n}" for c, n in commits.most_common()) + ".", ""]
+    taken = {f: n for f, n in (results.get("resumed_from") or {}).items() if n}
+    if taken:
+        lines += ["Records taken from checkpoint files (a killed run, or shards run side by side with `--shard`, whose "
+                  "per-prompt times were measured while the other shards ran): "
+                  + ", ".join(f"`{f}`: {n}" for f, n in taken.items()) + ".", ""]
     if results.get("skipped"):
         lines += [f"Skipped (prompt + output longer than the context window): {', '.join(results['skipped'])}.", ""]
     return "\n".join(lines)

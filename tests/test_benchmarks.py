@@ -524,6 +524,7 @@ def test_ifeval_shards_assemble_into_the_whole_run(tmp_path, llama, tok, data_di
     assert texts(assembled) == texts(reference)
     assert assembled["resumed_from"] == {"checkpoint.0-of-2.jsonl": len(ids[0::2]),
                                          "checkpoint.1-of-2.jsonl": len(ids[1::2])}
+    assert "`checkpoint.0-of-2.jsonl`: " in (folder / "report.md").read_text()  # the report says where they came from
     assert not list(folder.glob("checkpoint*.jsonl"))
 
 
