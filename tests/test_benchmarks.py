@@ -518,8 +518,8 @@ def test_ifeval_shards_assemble_into_the_whole_run(tmp_path, llama, tok, data_di
     reference = json.loads((whole / "ifeval" / "results.json").read_text())
     assert [it["id"] for it in assembled["items"]] == ids
 
-    def texts(res):
-        return [{m: r["text"] for m, r in it["methods"].items()} for it in res["items"]]
+    def texts(res):  # refinement's texts depend on the time best-of-16 took (match_time): the decodes do not
+        return [{m: r["text"] for m, r in it["methods"].items() if m != "refine"} for it in res["items"]]
 
     assert texts(assembled) == texts(reference)
     assert assembled["resumed_from"] == {"checkpoint.0-of-2.jsonl": len(ids[0::2]),
