@@ -302,25 +302,25 @@ class PhraseMove(Move):
         for before, after in ctx.wraps:
             if wrapped(text, before, after):
                 continue
-            cand = tuple(ctx.tokenizer.encode(before + text + after)) + y[content:]
-            if len(cand) > ctx.max_output_tokens and content == len(y) and ctx.allow_eos:
-                cand = self.closed(text, before, after, ctx)  # cut by the cap: closed early to make room
-            if cand and len(cand) <= ctx.max_output_tokens and not set(cand[:-1]) & (ctx.banned | ctx.eos_set) \
-                    and cand[-1] not in ctx.banned:
-                out.append(Proposal(self.name, 0, cand))
+            ids, tail = tuple(ctx.tokenizer.encode(before + text + after)), y[content:]  # tail: the final EOS, if any
+            if len(ids) + len(tail) > ctx.max_output_tokens and not tail and ctx.allow_eos:
+                # cut by the cap: closed early to make room, and ended
+                ids, tail = self.closed(text, before, after, ctx), (ctx.tokenizer.eos_ids[0],)
+            if ids and len(ids) + len(tail) <= ctx.max_output_tokens and not set(ids) & (ctx.banned | ctx.eos_set) \
+                    and not set(tail) & ctx.banned:
+                out.append(Proposal(self.name, 0, ids + tail))
         return out
 
     #: sentence ends tried, last first, when closing a cut output early for a wrap
     MAX_CUTS = 8
 
     def closed(self, text: str, before: str, after: str, ctx: MoveContext) -> tuple[int, ...]:
-        """``text`` closed at its last sentence end that leaves room under the cap, wrapped, and ended with EOS
+        """``text`` closed at its last sentence end that leaves room under the cap for itself and an EOS, wrapped
         (empty when none of the last few does)."""
-        eos = ctx.tokenizer.eos_ids[0]
         for cut in sentence_cuts(text)[: self.MAX_CUTS]:
             ids = tuple(ctx.tokenizer.encode(before + text[:cut].rstrip() + after))
             if len(ids) + 1 <= ctx.max_output_tokens:
-                return ids + (eos,)
+                return ids
         return ()
 
 

@@ -35,10 +35,9 @@ class CoordinateDescent(Strategy):
     phrase fits is not where the model is least confident, so these spots are not left to the position order.
     They are evaluated cheapest first, in steps of their own (the phrases written in with the rest kept, then the
     re-decoded ones by how much they re-decode, ``block_size`` at a time), and the best of them all is accepted
-    after the last. The phase is
-    anytime: when a limit stops the search in the middle of it, the best phrase candidate found so far is
-    still accepted if it improves the output (a time budget shorter than re-decoding after every spot would
-    otherwise keep none).
+    after the last. The phase is anytime: when a limit stops the search in the middle of it, the best phrase
+    candidate found so far is still accepted if it improves the output (a time budget shorter than re-decoding
+    after every spot would otherwise keep none).
     """
 
     def start(self, search: Search) -> None:
