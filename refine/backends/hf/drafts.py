@@ -18,6 +18,10 @@ class DraftedDecoding:
     """Mixin of :class:`~refine.backends.hf.session.HFSession` (uses its cache, batch layout, forward, token
     choice and ``call_overhead_tokens``)."""
 
+    #: draft tokens fed for verification, and of those the ones decoding chose (written only here)
+    drafted_tokens = 0
+    accepted_draft_tokens = 0
+
     def _width(self, drafts: Sequence[Sequence[int]], rates: Sequence[float]) -> int:
         """The batch width (1 + draft columns) that maximises expected tokens gained per unit of call cost.
 

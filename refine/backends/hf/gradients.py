@@ -27,15 +27,13 @@ class HFGradients:
         if common_prefix(self._cached, self.prompt[:-1]) < n:
             self._ensure(self.prompt[:-1])
         cache = self._fork(1, n)
-        self.forward_tokens += int(embeds.shape[1])
-        self.forward_calls += 1
+        self._count(embeds.shape[1])
         pos = torch.arange(n, n + embeds.shape[1], device=self.backend.device)[None, :]
         out = self.model(inputs_embeds=embeds, past_key_values=cache, use_cache=True, position_ids=pos)
         return out.logits[0].float()
 
     def _count_backward(self, n_tokens: int) -> None:
-        self.forward_tokens += int(n_tokens)
-        self.forward_calls += 1
+        self._count(n_tokens)
 
     def _embedding_matrix(self):
         emb = self.model.get_input_embeddings()

@@ -61,8 +61,6 @@ class HFSession(BaseWalk, TokenChoice, DraftedDecoding, BeamDecoding, HFGradient
         self.max_batch_tokens = int(max_batch_tokens)
         self.forward_tokens = 0
         self.forward_calls = 0
-        self.drafted_tokens = 0  # draft tokens fed for verification
-        self.accepted_draft_tokens = 0  # of which greedy decoding agreed with
         self._cache = None  # DynamicCache of self._cached (batch 1)
         self._cached: list[int] = []
         self._eos = torch.tensor(backend.tokenizer.eos_ids, device=backend.device)
@@ -74,9 +72,14 @@ class HFSession(BaseWalk, TokenChoice, DraftedDecoding, BeamDecoding, HFGradient
         if self.deadline is not None and time.monotonic() >= self.deadline:
             raise DeadlineReached()
 
-    def _forward(self, input_ids, cache, **kw):
-        self.forward_tokens += int(input_ids.numel())
+    def _count(self, tokens: int) -> None:
+        """Count one model call over ``tokens`` fed columns (a forward, or a backward of the gradient capability):
+        every call the session makes is counted here."""
+        self.forward_tokens += int(tokens)
         self.forward_calls += 1
+
+    def _forward(self, input_ids, cache, **kw):
+        self._count(input_ids.numel())
         with torch.no_grad():
             return self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, **kw)
 
@@ -96,9 +99,13 @@ class HFSession(BaseWalk, TokenChoice, DraftedDecoding, BeamDecoding, HFGradient
             self._cached = self._cached[:keep]
         rest = list(ctx[keep:])
         if rest:
-            ids = torch.tensor([rest], device=self.backend.device)
-            self._forward(ids, self._cache, logits_to_keep=1)
-            self._cached += rest
+            self._extend(rest, logits_to_keep=1)
+
+    def _extend(self, tokens: Sequence[int], **kw):
+        """Forward ``tokens`` after the cached context, growing the cache by them; returns the model's output."""
+        res = self._forward(torch.tensor([list(tokens)], device=self.backend.device), self._cache, **kw)
+        self._cached += list(tokens)
+        return res
 
     def _fork(self, rows: int, length: int):
         """A copy of the first ``length`` cached tokens, repeated ``rows`` times (the session's cache is kept)."""

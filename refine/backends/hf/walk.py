@@ -67,8 +67,7 @@ class BaseWalk:
         self._ensure(self._base_chain(base, first))
         chain = list(self.prompt + base)
         fed = chain[len(self.prompt) + first - 1 :]
-        res = self._forward(torch.tensor([fed], device=self.backend.device), self._cache)
-        self._cached += fed  # the cache now holds prompt + base
+        res = self._extend(fed)  # the cache now holds prompt + base
         memo = torch.log_softmax(res.logits[0].float(), -1)  # row j: the token at position first + j
 
         def scores(toks: list[int], a: int, b: int) -> Scores:
