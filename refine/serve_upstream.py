@@ -103,7 +103,7 @@ class UpstreamEngine(Engine):
 
     async def generate(self, prompt: list[int], params: Any) -> Any:
         """One request upstream, awaited on the event loop: a ``RequestOutput``-shaped object."""
-        from .backends.vllm.http import _error_text, completion_body, httpx, request_output
+        from .backends.vllm.http import completion_body, error_text, httpx, request_output
 
         body = completion_body(self.model_name, prompt, params)
         try:
@@ -111,7 +111,7 @@ class UpstreamEngine(Engine):
         except httpx.HTTPError as exc:
             raise UpstreamError(f"the upstream at {self.url} failed a completion: {exc!r}") from exc
         if r.status_code == 400:  # the request's own fault: the client hears why
-            raise RequestError(f"the model server refused the request: {_error_text(400, r.text)}")
+            raise RequestError(f"the model server refused the request: {error_text(400, r.text)}")
         if r.status_code != 200:
-            raise UpstreamError(f"the upstream refused a completion: {_error_text(r.status_code, r.text)}")
+            raise UpstreamError(f"the upstream refused a completion: {error_text(r.status_code, r.text)}")
         return request_output(prompt, r.json(), params.logprobs)

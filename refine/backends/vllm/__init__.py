@@ -52,7 +52,9 @@ estimate (the processor's records stay in the server's worker process). Import i
 
 Modules: :mod:`~refine.backends.vllm.processor` (the forcing processor and its spec),
 :mod:`~refine.backends.vllm.engine` (engine construction), :mod:`~refine.backends.vllm.transport`,
-:mod:`~refine.backends.vllm.http` (the transport over HTTP), :mod:`~refine.backends.vllm.session`,
+:mod:`~refine.backends.vllm.http` (the transport over HTTP; :mod:`~refine.backends.vllm.wire`, the OpenAI
+completions format it speaks, and :mod:`~refine.backends.vllm.upstream`, the deployment's start-up checks),
+:mod:`~refine.backends.vllm.session`,
 :mod:`~refine.backends.vllm.backend`; the backend-free maths live in
 :mod:`refine.backends.logprobs` and :mod:`refine.backends.prefix`.
 

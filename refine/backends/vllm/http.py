@@ -71,208 +71,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import queue
 import threading
 import types
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 from vllm import SamplingParams
 from vllm.sampling_params import RequestOutputKind
 
 from ...errors import UpstreamError, require
-from .processor import PROCESSOR_FQCN, flat_force_spec, spec_from_extra_args
 from .transport import AsyncTransport
+from .upstream import MAX_LOGPROBS_SEARCH, TOKENIZER_PROBE, Upstream, UpstreamModelConfig
+from .upstream import connect as connect_upstream
+from .wire import (TOKEN_ID_PREFIX, Logprob, cached_tokens, completion_body, error_text, generated_logprobs,
+                   prompt_logprobs, request_output)
 
 httpx = require("httpx", "httpx")
 
 __all__ = ["HTTPTransport", "Logprob", "UpstreamError", "UpstreamModelConfig", "completion_body",
-           "generated_logprobs", "prompt_logprobs", "request_output"]
+           "generated_logprobs", "prompt_logprobs", "request_output", "error_text", "MAX_LOGPROBS_SEARCH",
+           "TOKENIZER_PROBE", "TOKEN_ID_PREFIX"]
 
-#: what ``return_tokens_as_token_ids`` puts before a token id
-TOKEN_ID_PREFIX = "token_id:"
-#: the largest ``max_logprobs`` :meth:`HTTPTransport.connect` looks for when it is not given
-MAX_LOGPROBS_SEARCH = 256
-#: the text whose tokenization is compared with the upstream's
-TOKENIZER_PROBE = "Refine checks: naïve café, 12345 + 0.5 = ?\n\tdone."
-
-
-class Logprob(NamedTuple):
-    """One top-K entry, as :func:`~refine.backends.logprobs.scores_from_logprobs` reads vLLM's ``Logprob``."""
-
-    logprob: float
-    rank: int
-
-
-@dataclass
-class UpstreamModelConfig:
-    """What a :class:`~refine.backends.vllm.VLLMBackend` reads from an engine's ``ModelConfig``, for a model served
-    upstream (``HTTPTransport.vllm_config.model_config``).
-
-    Attributes:
-        model: the model's name on the upstream (the ``model`` of every request).
-        max_model_len: its context length (``/v1/models``).
-        max_logprobs: the largest ``logprobs``/``prompt_logprobs`` the upstream accepts.
-        vocab_size: the model's output rows (``config.json``; the tokenizer's length when there is none).
-        generation_config: ``generation_config.json`` of the local folder (its ``eos_token_id`` counts as EOS).
-        logits_processors: ``[PROCESSOR_FQCN]`` when the probe found the forcing processor, else empty.
-        logprobs_mode: always ``"raw_logprobs"`` (checked by the probe).
-    """
-
-    model: str
-    max_model_len: int
-    max_logprobs: int
-    vocab_size: int
-    generation_config: dict[str, Any] = field(default_factory=dict)
-    logits_processors: list[str] = field(default_factory=list)
-    logprobs_mode: str = "raw_logprobs"
-
-    def get_vocab_size(self) -> int:
-        return self.vocab_size
-
-    def try_get_generation_config(self) -> dict[str, Any]:
-        return self.generation_config
-
-
-# ---------------------------------------------------------------------------------------------- requests
-
-def completion_body(model: str, prompt: Sequence[int], sp: SamplingParams, *, stream: bool = False) -> dict[str, Any]:
-    """The ``/v1/completions`` request body for one engine request: ``prompt`` (token ids) with the sampling
-    parameters ``sp``.
-
-    Sent: ``max_tokens``, ``n``, ``temperature``, ``top_p``, ``top_k``, ``min_p``, ``seed``, the three penalties,
-    ``min_tokens``, ``stop``, ``stop_token_ids``, ``ignore_eos``, ``skip_special_tokens``,
-    ``include_stop_str_in_output``, ``logprobs``, ``prompt_logprobs``, and a forcing spec from ``sp.extra_args``
-    in the flat encoding, without its ``key`` (entropy records cannot be read over HTTP). Other ``extra_args``
-    (refine's own request options) stay here. Token ids always come back as ids (``return_token_ids``,
-    ``return_tokens_as_token_ids``). ``stream``: a streamed request (with the usage chunk at the end).
-    """
-    body: dict[str, Any] = {
-        "model": model,
-        "prompt": [int(t) for t in prompt],
-        "max_tokens": sp.max_tokens,
-        "n": sp.n,
-        "temperature": sp.temperature,
-        "top_p": sp.top_p,
-        "top_k": sp.top_k,
-        "min_p": sp.min_p,
-        "seed": sp.seed,
-        "presence_penalty": sp.presence_penalty,
-        "frequency_penalty": sp.frequency_penalty,
-        "repetition_penalty": sp.repetition_penalty,
-        "min_tokens": sp.min_tokens,
-        "stop": list(sp.stop) if sp.stop else None,
-        "stop_token_ids": [int(t) for t in sp.stop_token_ids] if sp.stop_token_ids else None,
-        "ignore_eos": sp.ignore_eos,
-        "skip_special_tokens": sp.skip_special_tokens,
-        "include_stop_str_in_output": sp.include_stop_str_in_output,
-        "logprobs": sp.logprobs,
-        "prompt_logprobs": sp.prompt_logprobs,
-        "return_token_ids": True,
-        "return_tokens_as_token_ids": True,
-    }
-    spec = spec_from_extra_args(sp.extra_args)
-    if spec is not None:
-        if not isinstance(spec, dict):
-            raise ValueError(f"a forcing spec is a dict (see force_spec()), got {type(spec).__name__}")
-        body["vllm_xargs"] = flat_force_spec({k: v for k, v in spec.items() if k != "key"})
-    if stream:
-        body.update(stream=True, stream_options={"include_usage": True})
-    return {k: v for k, v in body.items() if v is not None}
-
-
-# ---------------------------------------------------------------------------------------------- responses
-
-def _token_id(key: str) -> int:
-    if not key.startswith(TOKEN_ID_PREFIX):
-        raise UpstreamError(f"the upstream returned the token {key!r} where a {TOKEN_ID_PREFIX}<id> was asked for "
-                            "(return_tokens_as_token_ids)")
-    return int(key[len(TOKEN_ID_PREFIX):])
-
-
-def generated_logprobs(token_ids: Sequence[int], logprobs: dict[str, Any] | None, k: int
-                       ) -> list[dict[int, Logprob] | None] | None:
-    """Per generated token, ``{token_id: Logprob}`` from a completion choice's ``logprobs`` object (``tokens``,
-    ``token_logprobs``, ``top_logprobs`` keyed ``"token_id:<id>"``), for ``k`` = the request's ``logprobs``.
-
-    vLLM lists the top ``k`` and the sampled token; ranks are not sent, so they are given in order of value, and the
-    sampled token gets rank ``k + 1`` when the list holds ``k + 1`` entries (it is then outside the top ``k``).
-    """
-    if logprobs is None:
-        return None
-    tops = logprobs.get("top_logprobs") or []
-    sampled = logprobs.get("token_logprobs") or []
-    if len(tops) != len(token_ids) or len(sampled) != len(token_ids):
-        raise UpstreamError(f"the upstream returned log-probabilities for {len(tops)} of {len(token_ids)} tokens")
-    entries: list[dict[int, Logprob] | None] = []
-    for tok, top, lp in zip(token_ids, tops, sampled):
-        if top is None:
-            entries.append(None)
-            continue
-        values = {_token_id(key): float(v) for key, v in top.items()}
-        if lp is not None:
-            values.setdefault(int(tok), float(lp))
-        outside = len(values) > k and int(tok) in values
-        ranked = sorted(((i, v) for i, v in values.items() if not (outside and i == int(tok))),
-                        key=lambda iv: (-iv[1], iv[0]))
-        entry = {i: Logprob(v, r + 1) for r, (i, v) in enumerate(ranked)}
-        if outside:
-            entry[int(tok)] = Logprob(values[int(tok)], k + 1)
-        entries.append(entry)
-    return entries
-
-
-def prompt_logprobs(entries: list[Any] | None) -> list[dict[int, Logprob] | None] | None:
-    """A choice's ``prompt_logprobs`` (``[null, {"<id>": {"logprob", "rank", ...}}, ...]``) as ``{id: Logprob}``."""
-    if entries is None:
-        return None
-    return [None if e is None else {int(i): Logprob(float(v["logprob"]), int(v["rank"])) for i, v in e.items()}
-            for e in entries]
-
-
-def _cached(usage: dict[str, Any] | None) -> int | None:
-    details = (usage or {}).get("prompt_tokens_details") or {}
-    cached = details.get("cached_tokens")
-    return None if cached is None else int(cached)
-
-
-def request_output(prompt: Sequence[int], response: dict[str, Any], k: int | None) -> Any:
-    """A ``RequestOutput``-shaped object from a (non-streamed) ``/v1/completions`` response: ``prompt_token_ids``,
-    ``num_cached_tokens``, ``prompt_logprobs``, ``finished`` and ``outputs`` (``token_ids``, ``text``,
-    ``logprobs``, ``finish_reason``, ``stop_reason``, one per choice); ``k``: the request's ``logprobs``."""
-    choices = response.get("choices") or []
-    if not choices:
-        raise UpstreamError(f"the upstream's response has no choices: {str(response)[:300]}")
-    outputs = []
-    for c in choices:
-        ids = c.get("token_ids")
-        if ids is None:
-            raise UpstreamError("the upstream's response has no `token_ids` (vLLM >= 0.10.2 sends them with "
-                                "return_token_ids)")
-        ids = [int(t) for t in ids]
-        outputs.append(types.SimpleNamespace(
-            index=int(c.get("index", len(outputs))), token_ids=ids, text=c.get("text", ""),
-            logprobs=generated_logprobs(ids, c.get("logprobs"), k or 0) if k is not None else None,
-            finish_reason=c.get("finish_reason"), stop_reason=c.get("stop_reason"), cumulative_logprob=None))
-    first = choices[0]
-    return types.SimpleNamespace(
-        prompt_token_ids=[int(t) for t in (first.get("prompt_token_ids") or prompt)],
-        num_cached_tokens=_cached(response.get("usage")),
-        prompt_logprobs=prompt_logprobs(first.get("prompt_logprobs")),
-        outputs=outputs, finished=True)
-
-
-def _error_text(status: int, text: str) -> str:
-    try:
-        err = json.loads(text).get("error")
-        message = err.get("message") if isinstance(err, dict) else err
-    except (ValueError, AttributeError):
-        message = None
-    return f"HTTP {status}: {message or text[:500]}"
-
-
-# ---------------------------------------------------------------------------------------------- the transport
 
 class HTTPTransport(AsyncTransport):
     """Engine calls on a ``vllm serve`` deployment over HTTP (see the module docstring).
@@ -307,6 +126,7 @@ class HTTPTransport(AsyncTransport):
         self.url = url
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.timeout_s = float(timeout_s)
+        self.upstream = Upstream(url, self.headers, self.timeout_s)
         self._want_model = model
         self._want_max_logprobs = None if max_logprobs is None else int(max_logprobs)
         self._tokenizer_arg = tokenizer
@@ -351,153 +171,14 @@ class HTTPTransport(AsyncTransport):
 
     # ------------------------------------------------------------------ start-up
 
-    def _sync(self, method: str, path: str, **kw: Any) -> tuple[int, Any]:
-        """One blocking request from the calling thread (start-up only): ``(200, parsed JSON)`` or
-        ``(status, error text)``. Unreachable or refusing the key: :class:`UpstreamError`."""
-        try:
-            with httpx.Client(base_url=self.url, headers=self.headers, timeout=self.timeout_s) as client:
-                r = client.request(method, path, **kw)
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"cannot reach the upstream vLLM server at {self.url}: {exc!r}") from exc
-        if r.status_code == 401:
-            raise UpstreamError(f"the upstream at {self.url} refused the API key ({_error_text(401, r.text)}): "
-                                "pass the key it was started with (--upstream-api-key / api_key=)")
-        if r.status_code != 200:
-            return r.status_code, _error_text(r.status_code, r.text)
-        try:
-            return 200, r.json()
-        except ValueError as exc:
-            raise UpstreamError(f"the upstream at {self.url} answered {method} {path} with something that is not "
-                                f"JSON: {r.text[:200]!r}") from exc
-
     def connect(self) -> None:
         """Ask the upstream what it serves, load and check the local tokenizer, find ``max_logprobs``, and probe
-        for the forcing processor (see the module docstring). Raises :class:`UpstreamError`."""
-        status, models = self._sync("GET", "/v1/models")
-        if status != 200 or not isinstance(models, dict):
-            raise UpstreamError(f"the upstream at {self.url} does not answer GET /v1/models like a vLLM server: "
-                                f"{models}")
-        cards = [c for c in (models.get("data") or []) if isinstance(c, dict) and c.get("id")]
-        if self._want_model is not None:
-            cards = [c for c in cards if c["id"] == self._want_model]
-            if not cards:
-                raise UpstreamError(f"the upstream at {self.url} does not serve the model {self._want_model!r}")
-        if len(cards) != 1:
-            raise UpstreamError(f"the upstream at {self.url} serves {[c['id'] for c in cards]}: name the model")
-        card = cards[0]
-        model = str(card["id"])
-        if not card.get("max_model_len"):
-            raise UpstreamError(f"the upstream at {self.url} does not report its model's max_model_len")
-        self.tokenizer, folder = self._load_tokenizer(card.get("root"))
-        self._check_tokenizer(model)
-        vocab, generation = _folder_config(folder, self.tokenizer)
-        self.model_config = UpstreamModelConfig(model=model, max_model_len=int(card["max_model_len"]),
-                                                max_logprobs=1, vocab_size=vocab, generation_config=generation)
-        self.model_config.max_logprobs = self._find_max_logprobs(model)
-        self.forcing, self.forcing_problem = self._probe(model)
-        self.model_config.logits_processors = [PROCESSOR_FQCN] if self.forcing else []
-
-    def _load_tokenizer(self, root: Any) -> tuple[Any, str | None]:
-        given = self._tokenizer_arg
-        if given is not None and not isinstance(given, (str, os.PathLike)):
-            return given, getattr(given, "name_or_path", None)
-        folder = str(given) if given is not None else (str(root) if root and os.path.isdir(str(root)) else None)
-        if folder is None:
-            raise UpstreamError(f"the upstream serves a model from {root!r}, which is not a folder on this machine: "
-                                "give the model's local folder for its tokenizer (--model / tokenizer=)")
-        from transformers import AutoTokenizer
-
-        try:
-            return AutoTokenizer.from_pretrained(folder), folder
-        except Exception as exc:  # noqa: BLE001 - any failure: name the folder
-            raise UpstreamError(f"cannot load a tokenizer from {folder!r}: {exc}") from exc
-
-    def _check_tokenizer(self, model: str) -> None:
-        status, got = self._sync("POST", "/tokenize", json={"model": model, "prompt": TOKENIZER_PROBE,
-                                                             "add_special_tokens": False})
-        if status == 404:
-            return  # an upstream without /tokenize: nothing to compare with
-        if status != 200:
-            raise UpstreamError(f"the upstream at {self.url} failed POST /tokenize: {got}")
-        theirs = [int(t) for t in got.get("tokens") or []]
-        ours = list(self.tokenizer.encode(TOKENIZER_PROBE, add_special_tokens=False))
-        if theirs != ours:
-            raise UpstreamError(f"the local tokenizer ({getattr(self.tokenizer, 'name_or_path', '?')}) does not "
-                                f"tokenize like the upstream's model {model!r} ({ours[:8]}... vs {theirs[:8]}...): "
-                                "give the folder of the model the upstream serves")
-
-    def _probe_prompt(self) -> list[int]:
-        ids = list(self.tokenizer.encode("The capital of France is", add_special_tokens=True))
-        return ids or [int(self.tokenizer.eos_token_id or 0)]
-
-    def _find_max_logprobs(self, model: str) -> int:
-        """The given ``max_logprobs`` (checked), else the largest accepted value up to :data:`MAX_LOGPROBS_SEARCH`
-        (bisection with one-token requests; only HTTP 400 counts as a refusal)."""
-        prompt = self._probe_prompt()
-
-        def accepted(k: int) -> bool:
-            status, got = self._sync("POST", "/v1/completions", json={
-                "model": model, "prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": k})
-            if status not in (200, 400):
-                raise UpstreamError(f"the upstream at {self.url} failed a completion: {got}")
-            return status == 200
-
-        want = self._want_max_logprobs
-        if want is not None:
-            if not accepted(want):
-                raise UpstreamError(f"the upstream at {self.url} refuses logprobs={want}: start it with "
-                                    f"--max-logprobs {want} or more, or ask for fewer")
-            return want
-        lo, hi = 0, MAX_LOGPROBS_SEARCH  # accepted(lo) (0: vacuously), the answer is in [lo, hi]
-        if accepted(hi):
-            return hi
-        hi -= 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if accepted(mid):
-                lo = mid
-            else:
-                hi = mid - 1
-        if lo < 1:
-            raise UpstreamError(f"the upstream at {self.url} returns no log-probabilities (logprobs=1 refused)")
-        return lo
-
-    def _probe(self, model: str) -> tuple[bool, str | None]:
-        """Force a token the model would not choose; (forcing works, why not). Raises when the upstream's
-        log-probabilities are not the model's raw ones."""
-        import math
-
-        prompt = self._probe_prompt()
-        k = self.model_config.max_logprobs
-        base = {"model": model, "prompt": prompt, "max_tokens": 2, "temperature": 0, "ignore_eos": True,
-                "logprobs": k, "return_token_ids": True, "return_tokens_as_token_ids": True}
-        status, plain = self._sync("POST", "/v1/completions", json=base)
-        if status != 200:
-            raise UpstreamError(f"the upstream at {self.url} failed a probe completion: {plain}")
-        free = request_output(prompt, plain, k).outputs[0]
-        top = free.logprobs[0]
-        if math.log(sum(math.exp(v.logprob) for v in top.values())) > 1e-2:  # probabilities sum to at most 1
-            raise UpstreamError(f"the upstream at {self.url} returns logits, not log-probabilities: start it with "
-                                "--logprobs-mode raw_logprobs (vLLM's default)")
-        target = max(top, key=lambda t: (top[t].rank, t))  # the least likely of the top K
-        if target == free.token_ids[0]:
-            return False, "the probe found no token to force (a top-K of one token)"
-        forcing = {**base, "vllm_xargs": flat_force_spec({"force": [target, target]})}
-        status, forced = self._sync("POST", "/v1/completions", json=forcing)
-        if status != 200:
-            raise UpstreamError(f"the upstream at {self.url} refused a forcing request: {forced}")
-        got = request_output(prompt, forced, k).outputs[0]
-        if got.token_ids != [target, target]:
-            return False, (f"the upstream at {self.url} does not force tokens (asked for {[target, target]}, got "
-                           f"{got.token_ids}): start vllm serve with --logits-processors {PROCESSOR_FQCN}, refine "
-                           "installed in its environment")
-        # the same prompt in another batch: equal up to the kernels' numerics (~1e-2 in bf16 on GPUs); after the
-        # processors the forced token, the only one left, would have log-probability 0, the model gives it < -0.69
-        if abs(got.logprobs[0][target].logprob - top[target].logprob) > 0.1:
-            raise UpstreamError(f"the upstream at {self.url} reports the forced token's log-probability after the "
-                                f"logits processors ({got.logprobs[0][target].logprob:.4f}, the model gives "
-                                f"{top[target].logprob:.4f}): start it with --logprobs-mode raw_logprobs")
-        return True, None
+        for the forcing processor (:func:`~refine.backends.vllm.upstream.connect`; see the module docstring).
+        Raises :class:`UpstreamError`."""
+        found = connect_upstream(self.upstream, model=self._want_model, max_logprobs=self._want_max_logprobs,
+                                 tokenizer=self._tokenizer_arg)
+        self.model_config, self.tokenizer = found.model_config, found.tokenizer
+        self.forcing, self.forcing_problem = found.forcing, found.forcing_problem
 
     # ------------------------------------------------------------------ requests on the loop
 
@@ -526,7 +207,7 @@ class HTTPTransport(AsyncTransport):
                 body = completion_body(self.model_config.model, prompt, sp)
                 r = await self.client.post("/v1/completions", json=body)
                 if r.status_code != 200:
-                    raise UpstreamError(f"the upstream refused a request: {_error_text(r.status_code, r.text)}")
+                    raise UpstreamError(f"the upstream refused a request: {error_text(r.status_code, r.text)}")
                 sink.put((i, request_output(prompt, r.json(), sp.logprobs)))
         except asyncio.CancelledError:
             sink.put((i, None))
@@ -544,7 +225,7 @@ class HTTPTransport(AsyncTransport):
         async with self.client.stream("POST", "/v1/completions", json=body) as r:
             if r.status_code != 200:
                 text = (await r.aread()).decode(errors="replace")
-                raise UpstreamError(f"the upstream refused a request: {_error_text(r.status_code, text)}")
+                raise UpstreamError(f"the upstream refused a request: {error_text(r.status_code, text)}")
             async for line in r.aiter_lines():
                 if not line.startswith("data:"):
                     continue
@@ -553,8 +234,8 @@ class HTTPTransport(AsyncTransport):
                     return
                 chunk = json.loads(data)
                 if "error" in chunk:
-                    raise UpstreamError(f"the upstream failed a request: {_error_text(500, data)}")
-                cached = _cached(chunk.get("usage"))
+                    raise UpstreamError(f"the upstream failed a request: {error_text(500, data)}")
+                cached = cached_tokens(chunk.get("usage"))
                 for c in chunk.get("choices") or []:
                     ids = [int(t) for t in c.get("token_ids") or []]
                     delta = types.SimpleNamespace(token_ids=ids, logprobs=generated_logprobs(
@@ -587,23 +268,3 @@ class HTTPTransport(AsyncTransport):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def _folder_config(folder: str | None, tokenizer: Any) -> tuple[int, dict[str, Any]]:
-    """(vocabulary size, generation config) of a local model folder; the tokenizer's length and ``{}`` for what
-    it lacks."""
-    vocab = len(tokenizer)
-    generation: dict[str, Any] = {}
-    if folder and os.path.isdir(folder):
-        path = os.path.join(folder, "config.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                cfg = json.load(f)
-            cfg = cfg.get("text_config", cfg) if isinstance(cfg.get("text_config"), dict) else cfg
-            if isinstance(cfg.get("vocab_size"), int):
-                vocab = int(cfg["vocab_size"])
-        path = os.path.join(folder, "generation_config.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                generation = json.load(f)
-    return vocab, generation
