@@ -1,5 +1,5 @@
 """Refining against a running ``vllm serve`` over HTTP (:mod:`refine.backends.vllm.http`) and ``refine serve
---upstream`` (:mod:`refine.serve_upstream`).
+--upstream`` (:mod:`refine.serve.upstream`).
 
 One real ``vllm serve`` (vLLM's OpenAI server, CPU, SmolLM2-135M-Instruct, refine's forcing processor registered
 with ``--logits-processors``) on loopback for the whole module, next to an in-process engine (``make_llm``) that

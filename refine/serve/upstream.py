@@ -1,6 +1,6 @@
 """``refine serve --upstream URL``: the server as a stateless front over a running ``vllm serve`` deployment.
 
-:class:`UpstreamEngine` stands in for :class:`refine.serve.Engine` in :func:`refine.serve.build_app`: the same
+:class:`UpstreamEngine` stands in for :class:`refine.serve.engine.Engine` in :func:`refine.serve.app.build_app`: the same
 endpoints, checks, caps and responses, but no local engine. What the front holds is the model's tokenizer (to
 template chats and count tokens, as the in-process server does), a thread pool for refinements and an
 :class:`~refine.backends.vllm.http.HTTPTransport` to the upstream; nothing lives across requests, so any number of
@@ -28,8 +28,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import ConfigError, UpstreamError
-from .serve import Engine, RequestError
+from ..errors import ConfigError, UpstreamError
+from .engine import Engine
+from .protocol import RequestError
 
 
 class UpstreamEngine(Engine):
@@ -60,8 +61,8 @@ class UpstreamEngine(Engine):
         Call before the server starts: failures raise :class:`~refine.errors.UpstreamError`."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from .backends.vllm import VLLMBackend
-        from .backends.vllm.http import HTTPTransport
+        from ..backends.vllm import VLLMBackend
+        from ..backends.vllm.http import HTTPTransport
 
         self.transport = HTTPTransport(self.url, tokenizer=self.tokenizer_arg, api_key=self.api_key,
                                        model=self.model, timeout_s=self.timeout_s,
@@ -78,7 +79,7 @@ class UpstreamEngine(Engine):
 
     def start(self, on_abort: Any = None) -> None:
         """On the server's event loop (its lifespan): the HTTP client for initial and plain completions."""
-        from .backends.vllm.http import httpx
+        from ..backends.vllm.http import httpx
 
         if self.transport is None:
             raise ConfigError("UpstreamEngine.connect() has to run before the server starts")
@@ -103,7 +104,7 @@ class UpstreamEngine(Engine):
 
     async def generate(self, prompt: list[int], params: Any) -> Any:
         """One request upstream, awaited on the event loop: a ``RequestOutput``-shaped object."""
-        from .backends.vllm.http import completion_body, error_text, httpx, request_output
+        from ..backends.vllm.http import completion_body, error_text, httpx, request_output
 
         body = completion_body(self.model_name, prompt, params)
         try:
