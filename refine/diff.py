@@ -1,9 +1,11 @@
-"""Token-level diffs for showing what refinement changed."""
+"""Token-level diffs: what refinement changed, as the smallest changed span (an edit's record) and as text."""
 
 from __future__ import annotations
 
 import difflib
 from typing import Callable, Sequence
+
+from .backends.prefix import common_prefix
 
 _RED, _GREEN, _RESET = "\033[31m", "\033[32m", "\033[0m"
 
@@ -26,3 +28,16 @@ def token_diff(old: Sequence[int], new: Sequence[int], token_str: Callable[[int]
         if new_txt:
             parts.append(f"{_GREEN}{{+{new_txt}+}}{_RESET}" if color else f"{{+{new_txt}+}}")
     return "".join(parts)
+
+
+def changed_span(old: Sequence[int], new: Sequence[int]) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """``(position, old_tokens, new_tokens)`` of the smallest span that turns ``old`` into ``new``.
+
+    >>> changed_span((1, 2, 3, 4), (1, 9, 3, 4))
+    (1, (2,), (9,))
+    """
+    p = common_prefix(old, new)
+    s = 0
+    while s < min(len(old), len(new)) - p and old[len(old) - 1 - s] == new[len(new) - 1 - s]:
+        s += 1
+    return p, tuple(old[p : len(old) - s]), tuple(new[p : len(new) - s])

@@ -36,11 +36,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .backends.base import DecodeRequest, Session, TokenizerView
-from .backends.prefix import common_prefix
 from .config import RefineConfig
 from .degeneration import ECHO_N, count_repeats, ngram_set
 from .errors import BudgetExhausted, ConfigError, InputError
+from .diff import changed_span
 from .forbid import forbidden_ids, mask_in, positions_first
+from .lookahead import lookahead_pruner
 from .moves import MoveContext, PhraseMove, Proposal, build_moves, rank_positions
 from .phrases import encode_phrases, unwrap, unwrapped_length
 from .objectives import CandidateView, Objective
@@ -52,19 +53,6 @@ from .types import Edit, Hypothesis, RefineResult, Scores, Stats
 def _from_nothing() -> list[str]:
     """Names of the registered strategies that may start from an empty output."""
     return [n for n in STRATEGIES.names() if STRATEGIES.get(n).from_nothing]
-
-
-def changed_span(old: Sequence[int], new: Sequence[int]) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
-    """``(position, old_tokens, new_tokens)`` of the smallest span that turns ``old`` into ``new``.
-
-    >>> changed_span((1, 2, 3, 4), (1, 9, 3, 4))
-    (1, (2,), (9,))
-    """
-    p = common_prefix(old, new)
-    s = 0
-    while s < min(len(old), len(new)) - p and old[len(old) - 1 - s] == new[len(new) - 1 - s]:
-        s += 1
-    return p, tuple(old[p : len(old) - s]), tuple(new[p : len(new) - s])
 
 
 class Search:
@@ -437,43 +425,14 @@ class Search:
         return items
 
     def _pruner(self, parent: Hypothesis):
-        """The lookahead test for re-decoded suffixes: stop one whose partial output scores worse than the
-        parent cut at the same length by more than ``prune_margin`` (the parent's full value once longer),
-        unless its lead over the parent ranks among the ``prune_keep`` best leads of this batch (each row's
-        lead as of its latest check; stopped rows drop out).
-
-        Heuristic by design: it only decides what to finish decoding; accepted candidates are always complete
-        and exactly scored. Off when ``prune_margin`` is None, when the objective reads text, and with a scorer
-        (the generator's partial scores say nothing about what the scorer will prefer: the lookahead would
-        drop exactly the continuations the scorer is there to find).
-        """
+        """The lookahead test for suffixes re-decoded from ``parent`` (:func:`refine.lookahead.lookahead_pruner`).
+        Off when ``prune_margin`` is None, when the objective reads text, and with a scorer (the generator's
+        partial scores say nothing about what the scorer will prefer: the lookahead would drop exactly the
+        continuations the scorer is there to find)."""
         margin = self.config.prune_margin
-        keep = self.config.prune_keep
         if margin is None or self.objective.needs_text or self.scorer is not None:
             return None
-        par_lp = parent.scores.logprobs
-        leads: dict[int, float] = {}  # row -> lead over the parent at its latest check (rows not stopped)
-
-        def prune(row: int, tokens: tuple, scores: Scores) -> bool:
-            start = len(tokens) - len(scores)
-            cand = CandidateView(tokens, np.concatenate([par_lp[:start], scores.logprobs]))
-            L = len(tokens)
-            if L >= len(parent.tokens):
-                (v,), _ = self.objective.evaluate([cand])
-                lead = v - parent.value
-            else:
-                ref = CandidateView(parent.tokens[:L], par_lp[:L])
-                (v, ref_v), _ = self.objective.evaluate([cand, ref])
-                lead = v - ref_v
-            leads[row] = lead
-            if lead >= -margin:
-                return False
-            if keep is not None and sum(x > lead for x in leads.values()) < keep:
-                return False
-            del leads[row]
-            return True
-
-        return prune
+        return lookahead_pruner(self.objective, parent, margin, self.config.prune_keep)
 
     # ------------------------------------------------------------------ moving
 

@@ -34,7 +34,8 @@ import numpy as np
 
 from ..errors import BudgetExhausted
 from ..moves import Proposal
-from ..search import Search, common_prefix
+from ..backends.prefix import common_prefix
+from ..search import Search
 from ..strategy import STRATEGIES, Strategy
 from ..types import Hypothesis
 from .differentiable import Adam, allowed_mask, editable, gradient_session, ranking_scale
