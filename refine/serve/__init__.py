@@ -26,7 +26,7 @@ awaited straight from it, so unrefined requests are served at vLLM's speed and b
 flight. A refined request then refines each completion in a thread pool of ``--max-concurrent-refinements``
 threads (default 16; more refinements wait for a free thread, unrefined requests never do). A refinement's
 engine calls (scoring candidates, re-decoding suffixes) go through
-:class:`~refine.backends.vllm.transport.AsyncTransport`: each call submits its requests to the engine on the
+:class:`~refine.backends.vllm.async_transport.AsyncTransport`: each call submits its requests to the engine on the
 event loop and waits for them, so the candidate batches of concurrent refinements are scheduled together by
 vLLM's one scheduler (continuous batching across requests). The event loop never blocks, so ``/health``,
 ``/v1/models`` and ``/metrics`` answer while refinements run.

@@ -12,7 +12,7 @@ from ..errors import ConfigError
 
 class Engine:
     """What the server serves with, built in its event loop (:meth:`start`): the ``AsyncLLM``, the
-    :class:`~refine.backends.vllm.transport.AsyncTransport` that refinements reach it through, the
+    :class:`~refine.backends.vllm.async_transport.AsyncTransport` that refinements reach it through, the
     :class:`~refine.backends.vllm.VLLMBackend` on that transport, and the thread pool refinements run in.
 
     Args:

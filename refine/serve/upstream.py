@@ -1,7 +1,7 @@
 """``refine serve --upstream URL``: the server as a stateless front over a running ``vllm serve`` deployment.
 
-:class:`UpstreamEngine` stands in for :class:`refine.serve.engine.Engine` in :func:`refine.serve.app.build_app`: the same
-endpoints, checks, caps and responses, but no local engine. What the front holds is the model's tokenizer (to
+:class:`UpstreamEngine` stands in for :class:`refine.serve.engine.Engine` in :func:`refine.serve.app.build_app`:
+the same endpoints, checks, caps and responses, but no local engine. What the front holds is the model's tokenizer (to
 template chats and count tokens, as the in-process server does), a thread pool for refinements and an
 :class:`~refine.backends.vllm.http.HTTPTransport` to the upstream; nothing lives across requests, so any number of
 fronts can serve the same deployment behind a load balancer.

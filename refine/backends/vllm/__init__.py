@@ -38,8 +38,8 @@ mean error ~0.2 nats for K=16 on SmolLM2).
 Engines and transports
 ----------------------
 :class:`VLLMBackend` takes a ``vllm.LLM`` (driven from the calling thread through
-:class:`~refine.backends.vllm.transport.LLMTransport`) or an engine transport:
-:class:`~refine.backends.vllm.transport.AsyncTransport` over an ``AsyncLLM`` (:func:`make_async_engine`) running
+:class:`~refine.backends.vllm.llm_transport.LLMTransport`) or an engine transport:
+:class:`~refine.backends.vllm.async_transport.AsyncTransport` over an ``AsyncLLM`` (:func:`make_async_engine`) running
 on an event loop, whose sessions may run in several threads at once, their requests batched together by vLLM's
 scheduler; a deadline and a cancel event bound per thread (``transport.limits(...)``) abort engine requests in the
 middle of a call. With an ``AsyncLLM`` the engine core runs in a process of its own, so exact entropies come
@@ -51,7 +51,8 @@ estimate (the processor's records stay in the server's worker process). Import i
 ``httpx``, which vLLM's server brings).
 
 Modules: :mod:`~refine.backends.vllm.processor` (the forcing processor and its spec),
-:mod:`~refine.backends.vllm.engine` (engine construction), :mod:`~refine.backends.vllm.transport`,
+:mod:`~refine.backends.vllm.engine` (engine construction), :mod:`~refine.backends.vllm.transport` (with
+:mod:`~refine.backends.vllm.llm_transport` and :mod:`~refine.backends.vllm.async_transport`),
 :mod:`~refine.backends.vllm.http` (the transport over HTTP; :mod:`~refine.backends.vllm.wire`, the OpenAI
 completions format it speaks, and :mod:`~refine.backends.vllm.upstream`, the deployment's start-up checks),
 :mod:`~refine.backends.vllm.session`,
@@ -107,14 +108,9 @@ from .processor import (  # noqa: E402
     take_entropies,
 )
 from .session import VLLMSession  # noqa: E402
-from .transport import (  # noqa: E402
-    AsyncTransport,
-    CallLimits,
-    EngineCancelled,
-    EngineDeadline,
-    EngineTransport,
-    LLMTransport,
-)
+from .async_transport import AsyncTransport  # noqa: E402
+from .llm_transport import LLMTransport  # noqa: E402
+from .transport import CallLimits, EngineCancelled, EngineDeadline, EngineTransport  # noqa: E402
 
 __all__ = [
     "AsyncTransport", "CallLimits", "EngineCancelled", "EngineDeadline", "EngineTransport", "LLMTransport",

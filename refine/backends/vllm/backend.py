@@ -13,7 +13,8 @@ from ..base import Backend, TokenizerView
 from .engine import _take_entropies_rpc
 from .processor import PROCESSOR_FQCN, ForcedTokensProcessor, take_entropies
 from .session import VLLMSession
-from .transport import EngineTransport, LLMTransport
+from .llm_transport import LLMTransport
+from .transport import EngineTransport
 
 #: scoring methods of :class:`VLLMBackend`
 METHODS = ("auto", "force", "prefill", "prompt_logprobs")
@@ -47,7 +48,7 @@ class VLLMBackend(Backend):
         llm: a ``vllm.LLM`` (start it with :func:`make_llm`, or pass ``logits_processors=[ForcedTokensProcessor]``
             yourself, for exact, prefix-cached scoring), or an
             :class:`~refine.backends.vllm.transport.EngineTransport`: an
-            :class:`~refine.backends.vllm.transport.AsyncTransport` over an ``AsyncLLM``
+            :class:`~refine.backends.vllm.async_transport.AsyncTransport` over an ``AsyncLLM``
             (:func:`~refine.backends.vllm.engine.make_async_engine`) lets refinements in several threads share the
             engine, their requests batched together.
         method: ``"force"`` (teacher forcing through generation; needs the processor; exact entropy),

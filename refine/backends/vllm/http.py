@@ -28,11 +28,11 @@ The requests of a call are sent at once (up to ``max_connections`` per transport
 (several refinements) run side by side, so vLLM's scheduler batches them with each other and with everything else
 the deployment serves. The HTTP client (``httpx``, which vLLM's server extra brings) runs on an event loop in a
 thread of the transport's own; callers block on their own thread, as with
-:class:`~refine.backends.vllm.transport.AsyncTransport`, whose machinery this transport shares.
+:class:`~refine.backends.vllm.async_transport.AsyncTransport`, whose machinery this transport shares.
 
 Deadlines and cancelling
 ------------------------
-:meth:`~EngineTransport.limits` works as for :class:`~refine.backends.vllm.transport.AsyncTransport`: when the
+:meth:`~EngineTransport.limits` works as for :class:`~refine.backends.vllm.async_transport.AsyncTransport`: when the
 deadline passes or the cancel event is set during a call, the call's requests still in flight are cancelled, which
 closes their HTTP connections, and vLLM's server aborts a request whose client went away (its ``with_cancellation``);
 a streamed row that the ``watch`` callback stops is closed the same way.
@@ -80,7 +80,7 @@ from vllm import SamplingParams
 from vllm.sampling_params import RequestOutputKind
 
 from ...errors import UpstreamError, require
-from .transport import AsyncTransport
+from .async_transport import AsyncTransport
 from .upstream import MAX_LOGPROBS_SEARCH, TOKENIZER_PROBE, Upstream, UpstreamModelConfig
 from .upstream import connect as connect_upstream
 from .wire import (TOKEN_ID_PREFIX, Logprob, cached_tokens, completion_body, error_text, generated_logprobs,
@@ -107,7 +107,7 @@ class HTTPTransport(AsyncTransport):
             :data:`MAX_LOGPROBS_SEARCH`.
         timeout_s: how long one request may take (the transport's deadlines stop calls sooner).
         max_connections: HTTP connections at once (more requests wait for one).
-        poll_s, on_abort: as for :class:`~refine.backends.vllm.transport.AsyncTransport`.
+        poll_s, on_abort: as for :class:`~refine.backends.vllm.async_transport.AsyncTransport`.
         connect: run :meth:`connect` now (the default); False leaves it to the caller.
 
     Close it with :meth:`close` (or use it as a context manager).

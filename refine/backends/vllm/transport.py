@@ -4,12 +4,12 @@ A session needs three engine calls: run a batch of requests to their final outpu
 run a batch step by step so that a callback can stop rows early (:meth:`~EngineTransport.generate_stepwise`), and
 call the workers (:meth:`~EngineTransport.collective_rpc`, to read the forcing processor's entropy records).
 
-- :class:`LLMTransport` drives a ``vllm.LLM`` from the calling thread (``llm.generate``; the step-wise path, and
-  any call that a deadline or a cancel event could stop, adds requests to ``llm.llm_engine`` and calls ``step()``
-  itself). A lock keeps the engine to one caller at a time.
-- :class:`AsyncTransport` submits requests to a ``vllm.v1.engine.async_llm.AsyncLLM`` that lives on an asyncio
-  event loop owned by someone else (a server's): every call, made from a worker thread, schedules one coroutine
-  per request on that loop (``asyncio.run_coroutine_threadsafe``) and waits for them. Calls from several threads
+- :class:`~refine.backends.vllm.llm_transport.LLMTransport` drives a ``vllm.LLM`` from the calling thread
+  (``llm.generate``; the step-wise path, and any call that a deadline or a cancel event could stop, adds
+  requests to ``llm.llm_engine`` and calls ``step()`` itself). A lock keeps the engine to one caller at a time.
+- :class:`~refine.backends.vllm.async_transport.AsyncTransport` submits requests to a
+  ``vllm.v1.engine.async_llm.AsyncLLM`` that lives on an asyncio event loop owned by someone else (a server's):
+  every call, made from a worker thread, schedules one coroutine per request on that loop (``asyncio.run_coroutine_threadsafe``) and waits for them. Calls from several threads
   (several refinements) are then in flight together, and vLLM's scheduler batches their requests with each other
   and with ordinary traffic.
 
@@ -39,10 +39,8 @@ vLLM reports a lower bound of its compute.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
-import queue
 import threading
 import time
 import types
@@ -240,211 +238,3 @@ class EngineTransport(ABC):
         sp = sp.clone()
         sp.output_kind = RequestOutputKind.FINAL_ONLY
         return sp
-
-
-class LLMTransport(EngineTransport):
-    """Engine calls on a ``vllm.LLM``, from the calling thread, one caller at a time."""
-
-    def __init__(self, llm: Any) -> None:
-        super().__init__()
-        self.engine = llm
-        self._lock = threading.RLock()
-
-    @property
-    def vllm_config(self) -> Any:
-        return self.engine.llm_engine.vllm_config
-
-    def get_tokenizer(self) -> Any:
-        return self.engine.get_tokenizer()
-
-    def generate(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
-                 deadline: float | None = None) -> list[Any]:
-        """``llm.generate`` when nothing can stop the call; with a deadline or a thread's limits, the engine
-        stepped here so that they can."""
-        if deadline is None and getattr(self._local, "limits", None) is None:
-            with self._lock:
-                return self.engine.generate([{"prompt_token_ids": p} for p in prompts], list(params),
-                                            use_tqdm=False)
-        return super().generate(prompts, params, deadline)
-
-    def _drive(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
-               on_output: Callable[[int, Any], bool], deadline: float | None = None) -> None:
-        """Adds the requests to ``llm.llm_engine`` and steps it (``add_request``/``step``/``abort_request``)
-        under the lock; the limits are checked after every engine step."""
-        lim = self._begin(deadline)
-        with self._lock:
-            engine = self.engine.llm_engine
-            ids: list[str] = []
-            live: set[str] = set()
-            try:
-                for p, sp in zip(prompts, params):
-                    rid = self.request_id()  # outputs and aborts use this external id
-                    engine.add_request(rid, {"prompt_token_ids": p}, sp)
-                    ids.append(rid)
-                    live.add(rid)
-                index = {rid: i for i, rid in enumerate(ids)}
-                while live and engine.has_unfinished_requests():
-                    stop = []
-                    for ro in engine.step():
-                        i = index.get(ro.request_id)
-                        if i is None or ro.request_id not in live:
-                            continue
-                        if ro.finished:
-                            live.discard(ro.request_id)
-                        if on_output(i, ro) and ro.request_id in live:
-                            stop.append(ro.request_id)
-                    if stop:
-                        engine.abort_request(stop)
-                        live.difference_update(stop)
-                    if lim is not None and live:
-                        lim.check()
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    engine.abort_request(list(ids))
-                if lim is not None:
-                    with lim._lock:
-                        lim.aborted += len(live)
-                raise
-
-    def collective_rpc(self, method: Any, args: tuple = ()) -> list[Any]:
-        with self._lock:
-            return self.engine.collective_rpc(method, args=args)
-
-
-class AsyncTransport(EngineTransport):
-    """Engine calls on an ``AsyncLLM`` running on ``loop``, made from other threads (see the module docstring).
-
-    Args:
-        engine: the ``AsyncLLM`` (created on ``loop``).
-        loop: the running event loop the engine lives on; calls must not be made from its own thread.
-        poll_s: how often a waiting call looks at its cancel event and deadline.
-        on_abort: called with the number of engine requests aborted by a deadline or a cancel (for metrics).
-    """
-
-    def __init__(self, engine: Any, loop: asyncio.AbstractEventLoop, *, poll_s: float = 0.02,
-                 on_abort: Callable[[int], None] | None = None) -> None:
-        super().__init__()
-        self.engine = engine
-        self.loop = loop
-        self.poll_s = float(poll_s)
-        self.on_abort = on_abort
-        self._outstanding = 0
-        self._count_lock = threading.Lock()
-
-    @property
-    def vllm_config(self) -> Any:
-        return self.engine.vllm_config
-
-    def get_tokenizer(self) -> Any:
-        return self.engine.get_tokenizer()
-
-    @property
-    def in_process(self) -> bool:
-        return False  # AsyncLLM runs its engine core in a process of its own
-
-    # ------------------------------------------------------------------ plumbing
-
-    def _submit(self, coro: Any) -> Any:
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self.loop:
-            coro.close()
-            raise RuntimeError("AsyncTransport calls block: make them from a worker thread, not the event loop")
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def _abort(self, ids: Sequence[str], lim: CallLimits | None, counted: bool) -> None:
-        """Abort ``ids`` on the engine and wait (briefly) until vLLM has taken note. ``counted``: an abort by the
-        caller's limits or an error (reported to ``on_abort``), not a row the ``watch`` callback stopped."""
-        if not ids:
-            return
-        fut = self._submit(self._abort_requests(list(ids)))
-        with contextlib.suppress(Exception):
-            fut.result(timeout=10)
-        if counted:
-            if lim is not None:
-                with lim._lock:
-                    lim.aborted += len(ids)
-            if self.on_abort is not None:
-                self.on_abort(len(ids))
-
-    async def _abort_requests(self, ids: list[str]) -> None:
-        """Abort the engine requests ``ids`` (on the event loop)."""
-        await self.engine.abort(ids)
-
-    @property
-    def outstanding(self) -> int:
-        """Engine requests of calls in progress (through this transport, all threads)."""
-        return self._outstanding
-
-    async def _pump(self, rid: str, prompt: list[int], sp: SamplingParams, sink: "queue.Queue[Any]", i: int) -> None:
-        """Feed request ``rid``'s outputs into ``sink`` as ``(i, output)``; ``(i, None)`` when it is over,
-        ``(i, exception)`` when it failed."""
-        try:
-            async for ro in self.engine.generate({"prompt_token_ids": prompt}, sp, rid):
-                sink.put((i, ro))
-        except asyncio.CancelledError:
-            sink.put((i, None))
-            raise
-        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
-            sink.put((i, exc))
-            return
-        sink.put((i, None))
-
-    async def _start(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams], ids: list[str],
-                     sink: "queue.Queue[Any]") -> list[asyncio.Task]:
-        return [asyncio.ensure_future(self._pump(rid, list(p), sp, sink, i))
-                for i, (rid, p, sp) in enumerate(zip(ids, prompts, params))]
-
-    def _drive(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams],
-               on_output: Callable[[int, Any], bool], deadline: float | None = None) -> None:
-        """Schedules one coroutine per request on the loop and waits for their outputs, watching the limits."""
-        lim = self._begin(deadline)
-        ids = [self.request_id() for _ in prompts]
-        sink: queue.Queue[Any] = queue.Queue()
-        with self._count_lock:
-            self._outstanding += len(ids)
-        live = set(range(len(ids)))
-        tasks: list[asyncio.Task] = []
-        try:
-            tasks = self._submit(self._start(prompts, params, ids, sink)).result()
-            while live:
-                if lim is not None:
-                    left = lim.remaining()
-                    wait = self.poll_s if left is None else max(0.0, min(self.poll_s, left))
-                else:
-                    wait = self.poll_s
-                try:
-                    i, item = sink.get(timeout=wait)
-                except queue.Empty:
-                    if lim is not None:
-                        lim.check()
-                    continue
-                if i not in live:
-                    continue
-                if item is None:
-                    live.discard(i)
-                elif isinstance(item, BaseException):
-                    live.discard(i)
-                    raise item
-                elif on_output(i, item):
-                    live.discard(i)
-                    self._abort([ids[i]], lim, counted=False)
-                if lim is not None:
-                    lim.check()
-        except BaseException:
-            left_over = [ids[i] for i in sorted(live)]
-            self._abort(left_over, lim, counted=True)
-            for t in tasks:
-                self.loop.call_soon_threadsafe(t.cancel)
-            raise
-        finally:
-            with self._count_lock:
-                self._outstanding -= len(ids)
-
-    # ------------------------------------------------------------------ engine calls
-
-    def collective_rpc(self, method: Any, args: tuple = ()) -> list[Any]:
-        fut = self._submit(self.engine.collective_rpc(method, args=args))
-        return fut.result()
