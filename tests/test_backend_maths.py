@@ -31,9 +31,11 @@ def test_score_start_keeps_at_least_the_last_token():
 
 
 def test_one_common_prefix_helper_is_shared():
-    import refine.search
+    import refine.diff
+    import refine.strategies.relaxed
 
-    assert refine.search.common_prefix is common_prefix
+    assert refine.diff.common_prefix is common_prefix
+    assert refine.strategies.relaxed.common_prefix is common_prefix
 
 
 def test_these_modules_import_neither_vllm_nor_torch():
