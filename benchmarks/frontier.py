@@ -15,6 +15,8 @@ objective ``mean`` with the library defaults and with wider neighbourhoods, one 
   stops), up to 6 expansions of 8 positions each;
 - ``beam_regen``: the defaults with the ``regenerate_beam`` move (suffixes re-decoded by a beam of 4);
 - ``beam_regen_all``: the same at every position, in one batched block;
+- ``beam_regen_few``: the ``regenerate_beam`` move with a wide beam (8) at few places: the least confident
+  position per sweep, its top-2 alternatives (the cheap end of beam re-decoding);
 - ``power``: the ``power`` strategy at the settings of Karan & Du (2025): alpha 4, the output grown in 4 blocks,
   10 MH steps per block, one chain (32 tokens in the full run), a block's extension and MH steps decoded in one
   batch; the best complete output by the objective is kept. As in the paper, no repetition guard
@@ -89,6 +91,7 @@ SETTINGS = {
     "best_first": {"strategy": "best_first", "strategy_options": {"pool": 4}, "budget": {"max_sweeps": 6}},
     "beam_regen": {"moves": ["regenerate_beam"], "regen_beam": 4},
     "beam_regen_all": {"moves": ["regenerate_beam"], "regen_beam": 4, "max_positions": None, "block_size": 32},
+    "beam_regen_few": {"moves": ["regenerate_beam"], "regen_beam": 8, "max_positions": 1, "top_k": 2},
     "power": {"strategy": "power", "strategy_options": PAPER_POWER, "repeat_guard": None},
     "power_decode": {"strategy": "power", "strategy_options": PAPER_POWER, "repeat_guard": None},
     "power_decode3": {"strategy": "power", "strategy_options": {**PAPER_POWER, "alpha": 3.0}, "repeat_guard": None},
@@ -107,6 +110,7 @@ LABELS = {"greedy": "greedy", "beam4": "beam-4", "beam8": "beam-8", "beam16": "b
           "no_prune": "refine: all positions, no pruning",
           "wide": "refine: top-8, all positions", "best_first": "refine: best-first, pool 4",
           "beam_regen": "refine: beam-4 re-decoding", "beam_regen_all": "refine: beam-4 re-decoding, all positions",
+          "beam_regen_few": "refine: beam-8 re-decoding, 1 position x top-2",
           "power": "power sampling (alpha 4, 4 blocks x 10 steps, a block in one batch, no repetition guard)",
           "power_decode": "power sampling as a decoder (from nothing: no greedy start, the paper's use)",
           "power_decode3": "power sampling as a decoder, alpha 3 (best mean log P of alphas 3, 4, 8, 16 on 6 prompts)",
