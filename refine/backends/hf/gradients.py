@@ -32,9 +32,6 @@ class HFGradients:
         out = self.model(inputs_embeds=embeds, past_key_values=cache, use_cache=True, position_ids=pos)
         return out.logits[0].float()
 
-    def _count_backward(self, n_tokens: int) -> None:
-        self._count(n_tokens)
-
     def _embedding_matrix(self):
         emb = self.model.get_input_embeddings()
         if emb is None:
@@ -57,7 +54,7 @@ class HFGradients:
             logp = torch.log_softmax(self._grad_forward(x), dim=-1)  # (T, V)
             total = logp.gather(-1, torch.tensor(toks, device=dev)[:, None]).sum()
             (g,) = torch.autograd.grad(total, x)
-        self._count_backward(len(toks))
+        self._count(len(toks))  # the backward pass
         g = g[0, 1:].float()  # d L / d embedding of the fed y_0 .. y_{T-2}
         onehot = torch.zeros((len(toks), E.shape[0]), dtype=torch.float32, device=dev)
         if len(toks) > 1:
@@ -82,5 +79,5 @@ class HFGradients:
             lp = logp.gather(-1, cand)  # (T, K)
             value = (w * torch.where(w > 0, lp, torch.zeros_like(lp))).sum()
             (g,) = torch.autograd.grad(value, theta)
-        self._count_backward(T)
+        self._count(T)  # the backward pass
         return float(value.detach()), g.double().cpu().numpy()

@@ -123,10 +123,8 @@ class HTTPTransport(AsyncTransport):
             raise UpstreamError(f"the upstream URL has to start with http:// or https://, but is {url!r}")
         if max_logprobs is not None and int(max_logprobs) < 1:
             raise UpstreamError(f"`max_logprobs` has to be at least 1, but is {max_logprobs}")
-        self.url = url
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.timeout_s = float(timeout_s)
-        self.upstream = Upstream(url, self.headers, self.timeout_s)
+        #: where the upstream answers, with the API key's header and the request timeout
+        self.upstream = Upstream(url, {"Authorization": f"Bearer {api_key}"} if api_key else {}, float(timeout_s))
         self._want_model = model
         self._want_max_logprobs = None if max_logprobs is None else int(max_logprobs)
         self._tokenizer_arg = tokenizer
@@ -150,6 +148,18 @@ class HTTPTransport(AsyncTransport):
             except BaseException:
                 self.close()
                 raise
+
+    @property
+    def url(self) -> str:
+        return self.upstream.url
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.upstream.headers
+
+    @property
+    def timeout_s(self) -> float:
+        return self.upstream.timeout_s
 
     async def _client(self, limits: Any, timeout: Any) -> Any:
         return httpx.AsyncClient(base_url=self.url, headers=self.headers, limits=limits, timeout=timeout)

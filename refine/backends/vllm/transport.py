@@ -9,7 +9,8 @@ call the workers (:meth:`~EngineTransport.collective_rpc`, to read the forcing p
   requests to ``llm.llm_engine`` and calls ``step()`` itself). A lock keeps the engine to one caller at a time.
 - :class:`~refine.backends.vllm.async_transport.AsyncTransport` submits requests to a
   ``vllm.v1.engine.async_llm.AsyncLLM`` that lives on an asyncio event loop owned by someone else (a server's):
-  every call, made from a worker thread, schedules one coroutine per request on that loop (``asyncio.run_coroutine_threadsafe``) and waits for them. Calls from several threads
+  every call, made from a worker thread, schedules one coroutine per request on that loop
+  (``asyncio.run_coroutine_threadsafe``) and waits for them. Calls from several threads
   (several refinements) are then in flight together, and vLLM's scheduler batches their requests with each other
   and with ordinary traffic.
 
