@@ -3,11 +3,31 @@ candidates from the model's own top-k at the position."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .move import MOVES, Move, MoveContext, Proposal
 
 
 def _truncation(name: str, y: tuple[int, ...], i: int, eos: int, prior: float) -> Proposal:
     return Proposal(name, i, y[:i] + (eos,), prior=prior)
+
+
+def _per_alternative(name: str, hyp, i: int, ctx: MoveContext,
+                     build: Callable[[int, float], Proposal | None]) -> list[Proposal]:
+    """One proposal per top-k alternative to ``y[i]``, in the candidates' order: an EOS alternative ends the output
+    there; any other token ``v`` gets ``build(v, prior)`` (``None``: no proposal). ``prior`` is the alternative's
+    log-probability minus that of ``y[i]``."""
+    y = hyp.tokens
+    old_lp = float(hyp.scores.logprobs[i])
+    out = []
+    for v, lp in ctx.candidates(hyp, i, exclude=(y[i],)):
+        if v in ctx.eos_set:
+            out.append(_truncation(name, y, i, v, lp - old_lp))
+            continue
+        proposal = build(v, lp - old_lp)
+        if proposal is not None:
+            out.append(proposal)
+    return out
 
 
 @MOVES.register("substitute")
@@ -18,16 +38,12 @@ class Substitute(Move):
         y = hyp.tokens
         if i >= len(y) or (ctx.ended(y) and i == len(y) - 1):
             return []  # a final EOS is never substituted (the output would stop being terminated)
-        old_lp = float(hyp.scores.logprobs[i])
-        out = []
-        for v, lp in ctx.candidates(hyp, i, exclude=(y[i],)):
-            if v in ctx.eos_set:
-                out.append(_truncation(self.name, y, i, v, lp - old_lp))
-                continue
+
+        def build(v, prior):
             cand = y[:i] + (v,) + y[i + 1 :]
-            if ctx.roundtrip_ok(cand):
-                out.append(Proposal(self.name, i, cand, prior=lp - old_lp))
-        return out
+            return Proposal(self.name, i, cand, prior=prior) if ctx.roundtrip_ok(cand) else None
+
+        return _per_alternative(self.name, hyp, i, ctx, build)
 
 
 @MOVES.register("regenerate")
@@ -60,21 +76,18 @@ class Regenerate(Move):
             force_eos = ended and ctx.length == "keep_eos"
         if max_new < 0:
             return []
-        old_lp = float(hyp.scores.logprobs[i])
-        out = []
-        for v, lp in ctx.candidates(hyp, i, exclude=(y[i],)):
-            if v in ctx.eos_set:
-                out.append(_truncation(self.name, y, i, v, lp - old_lp))
-                continue
+        beam = self.beam(ctx)
+
+        def build(v, prior):
             prefix = y[:i] + (v,)
             if not ctx.roundtrip_ok(prefix):
-                continue
+                return None
             if max_new == 0:
-                out.append(Proposal(self.name, i, prefix, prior=lp - old_lp))
-            else:
-                out.append(Proposal(self.name, i, prefix, decode=True, max_new=max_new, min_new=min_new,
-                                    force_eos=force_eos, prior=lp - old_lp, beam=self.beam(ctx)))
-        return out
+                return Proposal(self.name, i, prefix, prior=prior)
+            return Proposal(self.name, i, prefix, decode=True, max_new=max_new, min_new=min_new,
+                            force_eos=force_eos, prior=prior, beam=beam)
+
+        return _per_alternative(self.name, hyp, i, ctx, build)
 
 
 @MOVES.register("regenerate_beam")
