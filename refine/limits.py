@@ -46,6 +46,17 @@ class LimitError(ConfigError):
         self.param, self.value, self.cap = param, value, cap
 
 
+def _spec_size(value: Any) -> int:
+    """Characters of the strings and items of the lists in a spec (dicts, lists, strings, numbers)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, Mapping):
+        return sum(_spec_size(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return len(value) + sum(_spec_size(v) for v in value)
+    return 0
+
+
 def _positive(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ConfigError(f"the cap `{name}` has to be a positive number, but is {value!r}")
@@ -149,6 +160,11 @@ class RequestLimits:
     #: request before the answer is longer than a phrase)
     WRAPS = 4
     WRAP_CHARS = 1000
+    #: at most this many characters and list items in the objective's term parameters together (``coverage``
+    #: words, ``reference_ce`` references), and at most this many items in one list: scoring reads them for every
+    #: candidate
+    OBJECTIVE_SIZE = 20_000
+    OBJECTIVE_ITEMS = 32
 
     def check_refine(self, config: RefineConfig) -> RefineConfig:
         """Check a request's refine options; return them with open budget limits set to the caps.
@@ -169,6 +185,14 @@ class RequestLimits:
         longest = max((len(p) for p in config.phrases), default=0)
         if longest > self.PHRASE_CHARS:
             raise LimitError("phrases", longest, self.PHRASE_CHARS, " characters in a phrase")
+        spec = config.build_objective().to_spec()
+        size = _spec_size(spec)
+        if size > self.OBJECTIVE_SIZE:
+            raise LimitError("objective", size, self.OBJECTIVE_SIZE, " characters and items in its parameters")
+        for term, params in spec.items():
+            for name, value in params.items():
+                if isinstance(value, (list, tuple)) and len(value) > self.OBJECTIVE_ITEMS:
+                    raise LimitError(f"objective.{term}.{name}", len(value), self.OBJECTIVE_ITEMS, " items")
         if len(config.wrap) > self.WRAPS:
             raise LimitError("wrap", len(config.wrap), self.WRAPS, " pairs")
         longest = max((len(b) + len(a) for b, a in config.wrap), default=0)

@@ -107,3 +107,15 @@ def test_a_scorer_is_refused_whatever_it_names(scorer):
     with pytest.raises(ConfigError, match=r"^`scorer` cannot be set on this server"):
         LIMITS.check_refine(RefineConfig(**OK, scorer=scorer))
 
+
+
+def test_objective_parameters_are_capped_in_size():
+    many = RefineConfig(**OK, objective={"mean": 1, "reference_ce": {"references": ["ab"] * 33}})
+    with pytest.raises(LimitError, match=r"`objective.reference_ce.references` = 33 items is over this server's cap "
+                                         r"of 32"):
+        LIMITS.check_refine(many)
+    long = RefineConfig(**OK, objective={"mean": 1, "coverage": {"words": ["x" * 20_001]}})
+    with pytest.raises(LimitError, match=r"`objective` = 20002 characters and items in its parameters"):
+        LIMITS.check_refine(long)
+    fine = RefineConfig(**OK, objective={"mean": 1, "coverage": {"words": ["dog", "park"]}})
+    assert LIMITS.check_refine(fine).build_objective().to_spec()["coverage"]["words"] == ["dog", "park"]

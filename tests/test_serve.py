@@ -195,6 +195,12 @@ def test_an_oversized_body_is_refused(server):
     (json.dumps({"prompt": "Hi", "vllm_xargs": [1]}).encode(), "vllm_xargs", "object"),
     (json.dumps({"prompt": "Hi", "model": "gpt-4"}).encode(), "model", "does not exist"),
     (json.dumps({"prompt": "Hi", "stream": True}).encode(), "stream", "stream"),
+    (json.dumps({"prompt": "Hi", "max_tokens": 0}).encode(), None, "invalid sampling parameters"),
+    (json.dumps({"prompt": "Hi", "temperature": 5}).encode(), None, "invalid sampling parameters"),
+    (b"[" * 100_000, None, "nests too deeply"),
+    (json.dumps({"prompt": "Hi", "stop": ["k"], "vllm_xargs": {"refine_top_k": 2}}).encode(), "stop",
+     "cannot be combined with refinement"),
+    (json.dumps({"prompt": "Hi", "vllm_xargs": {"refine_moves": 5}}).encode(), "moves", "list of move names"),
 ])
 def test_malformed_completion_requests_get_openai_shaped_400(server, raw, param, needle):
     status, d = _send(server + "/v1/completions", raw)

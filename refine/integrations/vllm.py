@@ -84,6 +84,9 @@ def refine_options(params: Any) -> dict[str, Any] | None:
                 f"`extra_args[{REFINE_KEY!r}]` has to be a dict of refine options (or True), but is {nested!r}"
             )
     flat = {k[len(FLAT_PREFIX):]: v for k, v in extra.items() if isinstance(k, str) and k.startswith(FLAT_PREFIX)}
+    if flat and REFINE_KEY in extra and opts is None:
+        raise ConfigError(f"`extra_args[{REFINE_KEY!r}]` turns refinement off, but the request also sets "
+                          f"{sorted(FLAT_PREFIX + k for k in flat)}: drop one or the other")
     if flat:
         opts = dict(opts or {})
         for name, value in flat.items():
@@ -92,6 +95,8 @@ def refine_options(params: Any) -> dict[str, Any] | None:
                 budget = opts.get("budget")
                 if isinstance(budget, Budget):
                     budget = dataclasses.asdict(budget)
+                if budget is not None and not isinstance(budget, Mapping):
+                    raise ConfigError(f"`budget` has to be a dict of budget limits, but is {budget!r}")
                 budget = dict(budget or {})
                 budget[sub] = value
                 opts["budget"] = budget
@@ -119,6 +124,11 @@ def request_config(
     own = refine_options(params)
     if own is None and defaults is None:
         return None
+    for name in ("stop", "stop_token_ids"):
+        if getattr(params, name, None):  # refinement re-decodes the answer with no stop rule but EOS
+            raise ConfigError(f"`{name}` cannot be combined with refinement: a refined answer is re-decoded up to "
+                              f"EOS and would not end at {name.replace('_', ' ')}; send the request without "
+                              f"`{name}`, or without refine options")
     base = None if limits is None else limits.base_options()
     config = RefineConfig.from_dict(merge_options(merge_options(base, defaults), own), plugins=plugins)
     max_tokens = getattr(params, "max_tokens", None)

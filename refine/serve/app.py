@@ -15,7 +15,8 @@ from typing import Any, Mapping
 from ..errors import ConfigError, InputError, UpstreamError
 from ..limits import LimitError, RequestLimits
 from .engine import Engine
-from .protocol import RequestError, completion_response, parse_body, prompt_ids, sampling_params
+from .protocol import (DEFAULT_MAX_TOKENS, RequestError, completion_response, parse_body, prompt_ids,
+                       sampling_params)
 
 log = logging.getLogger("refine.serve")
 
@@ -88,7 +89,7 @@ def build_app(engine: Engine, model_name: str, limits: RequestLimits | None = No
         if body.get("stream"):
             raise RequestError("`stream: true` is not supported by this server; send the request without it",
                                "stream")
-        params = sampling_params(body)
+        params = sampling_params(body, default_max_tokens=min(DEFAULT_MAX_TOKENS, limits.max_tokens))
         ids = prompt_ids(engine.tokenizer, body, chat)
         longest = max(len(p) for p in ids)
         limits.check_request(max_tokens=params.max_tokens, choices=params.n * len(ids), prompt_tokens=longest)

@@ -16,6 +16,7 @@ default registry, which holds the process collectors and whatever vLLM registers
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
@@ -51,7 +52,8 @@ class ServerMetrics:
         """Count one :class:`~refine.types.RefineResult`."""
         self.refinements.inc()
         self.edits.inc(len(result.edits))
-        self.gain.inc(max(result.gain, 0.0))
+        if math.isfinite(result.gain):  # one odd objective must not turn the server's sum into NaN for good
+            self.gain.inc(max(result.gain, 0.0))
         self.forward_tokens.inc(result.stats.forward_tokens)
         self.refine_latency.observe(result.stats.seconds)
 

@@ -9,6 +9,9 @@ import time
 import uuid
 from typing import Any, Mapping, Sequence
 
+#: ``max_tokens`` of a request that sets none (lowered to the server's cap where that is smaller)
+DEFAULT_MAX_TOKENS = 64
+
 #: OpenAI request fields passed to ``SamplingParams``, with the JSON types each accepts
 SAMPLING_FIELDS: dict[str, tuple[type, ...]] = {
     "max_tokens": (int,), "temperature": (int, float), "top_p": (int, float), "top_k": (int,),
@@ -45,13 +48,26 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RequestError(f"the request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise RequestError("the request body nests too deeply to be read") from exc
     if not isinstance(body, dict):
         raise RequestError(f"the request body has to be a JSON object, but is a {type(body).__name__}")
     return body
 
 
-def sampling_params(body: Mapping[str, Any]):
-    """``SamplingParams`` from an OpenAI request body (refine options travel in ``vllm_xargs``)."""
+def _invalid_value_errors() -> tuple[type[BaseException], ...]:
+    """What ``SamplingParams`` raises for a value out of range: ``ValueError``, and vLLM's own validation error
+    (not a ``ValueError`` in every vLLM version)."""
+    try:
+        from vllm.exceptions import VLLMValidationError
+    except ImportError:
+        return (TypeError, ValueError, OverflowError)
+    return (TypeError, ValueError, OverflowError, VLLMValidationError)
+
+
+def sampling_params(body: Mapping[str, Any], default_max_tokens: int = DEFAULT_MAX_TOKENS):
+    """``SamplingParams`` from an OpenAI request body (refine options travel in ``vllm_xargs``); a request
+    without ``max_tokens`` gets ``default_max_tokens``."""
     from vllm import SamplingParams
 
     from ..integrations.vllm import FLAT_PREFIX, REFINE_KEY
@@ -59,7 +75,7 @@ def sampling_params(body: Mapping[str, Any]):
     for name, types in SAMPLING_FIELDS.items():
         _check_type(body, name, types)
     kw = {k: body[k] for k in SAMPLING_FIELDS if body.get(k) is not None}
-    kw.setdefault("max_tokens", 64)
+    kw.setdefault("max_tokens", default_max_tokens)
     kw.setdefault("temperature", 1.0)
     xargs = body.get("vllm_xargs")
     if xargs is not None and not isinstance(xargs, dict):
@@ -70,7 +86,7 @@ def sampling_params(body: Mapping[str, Any]):
                                "(`refine_<option>`) only", f"vllm_xargs.{key}")
     try:
         return SamplingParams(extra_args=xargs or None, **kw)
-    except (TypeError, ValueError) as exc:
+    except _invalid_value_errors() as exc:
         raise RequestError(f"invalid sampling parameters: {exc}") from exc
 
 

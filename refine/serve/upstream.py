@@ -104,7 +104,7 @@ class UpstreamEngine(Engine):
 
     async def generate(self, prompt: list[int], params: Any) -> Any:
         """One request upstream, awaited on the event loop: a ``RequestOutput``-shaped object."""
-        from ..backends.vllm.http import completion_body, error_text, httpx, request_output
+        from ..backends.vllm.http import completion_body, error_text, httpx, request_output, response_object
 
         body = completion_body(self.model_name, prompt, params)
         try:
@@ -115,4 +115,4 @@ class UpstreamEngine(Engine):
             raise RequestError(f"the model server refused the request: {error_text(400, r.text)}")
         if r.status_code != 200:
             raise UpstreamError(f"the upstream refused a completion: {error_text(r.status_code, r.text)}")
-        return request_output(prompt, r.json(), params.logprobs)
+        return request_output(prompt, response_object(r.text), params.logprobs)

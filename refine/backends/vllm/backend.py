@@ -132,17 +132,27 @@ class VLLMBackend(Backend):
     def next_key(self) -> str:
         return f"{self.id}-{next(self._counter)}"
 
+    def discard_entropies(self, keys: Sequence[str]) -> None:
+        """Drop what the processor recorded for ``keys`` of a call that failed or was cancelled (nothing will
+        collect them), once a channel to the records is known; never raises."""
+        keys = [k for k in keys if k]
+        if keys and self._entropy_via not in (None, "none"):
+            with contextlib.suppress(Exception):
+                self.collect_entropies(keys)
+
     def collect_entropies(self, keys: Sequence[str]) -> dict[str, dict[int, float]] | None:
         """Entropies recorded by the processor for ``keys``; None when they cannot be read."""
         if self._entropy_mode == "estimate" or not keys:
             return None
-        if self._entropy_via in (None, "local") and self.transport.in_process:
+        known = self._entropy_via  # a channel that worked once keeps working: an empty answer means only that
+        # these keys have no records (a call cut short by a deadline or a cancel), never that the channel is gone
+        if known in (None, "local") and self.transport.in_process:
             got = take_entropies(keys)
-            if got:
+            if got or known == "local":
                 self._entropy_via = "local"
-                return got
+                return got or None
         for via, method in (("rpc", "refine_take_entropies"), ("rpc-callable", _take_entropies_rpc)):
-            if self._entropy_via not in (None, via):
+            if known not in (None, via):
                 continue
             try:
                 parts = self.transport.collective_rpc(method, args=(list(keys),))
@@ -153,9 +163,9 @@ class VLLMBackend(Backend):
             for part in parts:
                 for k, pairs in (part or {}).items():
                     got[k] = {int(p): float(h) for p, h in pairs}
-            if got:
+            if got or known == via:
                 self._entropy_via = via
-                return got
+                return got or None
         self._entropy_via = "none"
         if self._entropy_mode == "exact":
             raise InputError(

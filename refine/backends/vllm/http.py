@@ -70,7 +70,6 @@ can score with prompt log-probabilities only, and cannot re-decode.
 from __future__ import annotations
 
 import asyncio
-import json
 import queue
 import threading
 import types
@@ -84,13 +83,13 @@ from .async_transport import AsyncTransport
 from .upstream import MAX_LOGPROBS_SEARCH, TOKENIZER_PROBE, Upstream, UpstreamModelConfig
 from .upstream import connect as connect_upstream
 from .wire import (TOKEN_ID_PREFIX, Logprob, cached_tokens, completion_body, error_text, generated_logprobs,
-                   prompt_logprobs, request_output)
+                   prompt_logprobs, request_output, response_object)
 
 httpx = require("httpx", "httpx")
 
 __all__ = ["HTTPTransport", "Logprob", "UpstreamError", "UpstreamModelConfig", "completion_body",
-           "generated_logprobs", "prompt_logprobs", "request_output", "error_text", "MAX_LOGPROBS_SEARCH",
-           "TOKENIZER_PROBE", "TOKEN_ID_PREFIX"]
+           "generated_logprobs", "prompt_logprobs", "request_output", "response_object", "error_text",
+           "MAX_LOGPROBS_SEARCH", "TOKENIZER_PROBE", "TOKEN_ID_PREFIX"]
 
 
 class HTTPTransport(AsyncTransport):
@@ -218,7 +217,7 @@ class HTTPTransport(AsyncTransport):
                 r = await self.client.post("/v1/completions", json=body)
                 if r.status_code != 200:
                     raise UpstreamError(f"the upstream refused a request: {error_text(r.status_code, r.text)}")
-                sink.put((i, request_output(prompt, r.json(), sp.logprobs)))
+                sink.put((i, request_output(prompt, response_object(r.text), sp.logprobs)))
         except asyncio.CancelledError:
             sink.put((i, None))
             raise
@@ -242,7 +241,7 @@ class HTTPTransport(AsyncTransport):
                 data = line[len("data:"):].strip()
                 if data == "[DONE]":
                     return
-                chunk = json.loads(data)
+                chunk = response_object(data)
                 if "error" in chunk:
                     raise UpstreamError(f"the upstream failed a request: {error_text(500, data)}")
                 cached = cached_tokens(chunk.get("usage"))

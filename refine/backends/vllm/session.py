@@ -152,7 +152,11 @@ class VLLMSession(Session):
             self._params(len(s) - st, force_spec(s[st:], key=key), ignore_eos=True)
             for s, st, key in zip(seqs, starts, keys)
         ]
-        outs = self._generate(prompts, params)
+        try:
+            outs = self._generate(prompts, params)
+        except BaseException:
+            self.backend.discard_entropies(keys)
+            raise
         ents = self.backend.collect_entropies([k for k in keys if k]) or {}
         result = []
         for s, st, key, o in zip(seqs, starts, keys, outs):
@@ -285,12 +289,16 @@ class VLLMSession(Session):
 
         checked = [0] * len(prompts)
         pruned: set[int] = set()
-        if not prompts:
-            outs = []
-        elif prune is not None or any(cut_eos):
-            outs = self._generate_stepwise(prompts, params, watch)
-        else:
-            outs = self._generate(prompts, params)
+        try:
+            if not prompts:
+                outs = []
+            elif prune is not None or any(cut_eos):
+                outs = self._generate_stepwise(prompts, params, watch)
+            else:
+                outs = self._generate(prompts, params)
+        except BaseException:
+            self.backend.discard_entropies(keys)
+            raise
         ents = self.backend.collect_entropies([k for k in keys if k]) or {}
         result: list[tuple[int, Decoded] | None] = [None] * len(requests)
         for i, (r, key, o, cut) in enumerate(zip(todo, keys, outs, cut_eos)):

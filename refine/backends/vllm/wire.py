@@ -129,10 +129,31 @@ def cached_tokens(usage: dict[str, Any] | None) -> int | None:
     return None if cached is None else int(cached)
 
 
-def request_output(prompt: Sequence[int], response: dict[str, Any], k: int | None) -> Any:
+def response_object(text: str | bytes) -> dict[str, Any]:
+    """An upstream response body as the JSON object it has to be (anything else: :class:`UpstreamError`)."""
+    try:
+        body = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise UpstreamError(f"the upstream's response is not JSON: {str(text)[:200]!r}") from exc
+    if not isinstance(body, dict):
+        raise UpstreamError(f"the upstream's response is not a JSON object: {str(text)[:200]!r}")
+    return body
+
+
+def request_output(prompt: Sequence[int], response: Any, k: int | None) -> Any:
     """A ``RequestOutput``-shaped object from a (non-streamed) ``/v1/completions`` response: ``prompt_token_ids``,
     ``num_cached_tokens``, ``prompt_logprobs``, ``finished`` and ``outputs`` (``token_ids``, ``text``,
-    ``logprobs``, ``finish_reason``, ``stop_reason``, one per choice); ``k``: the request's ``logprobs``."""
+    ``logprobs``, ``finish_reason``, ``stop_reason``, one per choice); ``k``: the request's ``logprobs``. A
+    response of another shape: :class:`UpstreamError`."""
+    try:
+        return _request_output(prompt, response, k)
+    except UpstreamError:
+        raise
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
+        raise UpstreamError(f"the upstream's response is malformed ({exc!r}): {str(response)[:200]}") from exc
+
+
+def _request_output(prompt: Sequence[int], response: dict[str, Any], k: int | None) -> Any:
     choices = response.get("choices") or []
     if not choices:
         raise UpstreamError(f"the upstream's response has no choices: {str(response)[:300]}")
