@@ -140,6 +140,9 @@ def refine_tokens(
     check_ids(prompt_ids, vocab, "prompt")
     check_ids(output_ids, vocab, "output")
     limit = max_output_tokens(backend, len(prompt_ids), config)
+    if limit < 1:
+        raise InputError(f"the prompt ({len(prompt_ids)} tokens) fills the context window of {backend.max_length} "
+                         "tokens: there is no room for an output")
     if len(output_ids) > limit:
         raise InputError(
             f"prompt ({len(prompt_ids)} tokens) + output ({len(output_ids)} tokens) exceed the room available: "
@@ -178,7 +181,8 @@ def refine(
         output: the answer to refine, as text (taken as a complete answer: EOS is appended) or token ids.
             ``None``: decode one greedily first (``max_new_tokens`` at most; one that runs into the cap is
             unfinished, see :attr:`RefineResult.initial_ended <refine.types.RefineResult>`), without the
-            tokens ``config.forbid`` rules out. ``""`` or ``[]``:
+            tokens ``config.forbid`` rules out; refinement then keeps to the same cap unless
+            ``config.max_new_tokens`` sets another. ``""`` or ``[]``:
             no start at all, for the samplers only (``strategy="power"`` or ``"power_smc"``): their draws are
             the only candidates, as power sampling is used as a decoder (no greedy decode is paid for); the
             result's ``initial_text`` is empty and its ``initial_score`` ``-inf`` (so is its output, should no
@@ -217,7 +221,7 @@ def refine(
         output_ids = _as_ids(output, "output")
         if output_ids is None:
             output_ids = backend.tokenizer.encode(output) + [backend.tokenizer.eos]
-    if not output_ids and config.max_new_tokens is None:
-        config = config.replace(max_new_tokens=max_new_tokens)  # a sampler from nothing: the same length cap
+    if (output is None or not output_ids) and config.max_new_tokens is None:
+        config = config.replace(max_new_tokens=max_new_tokens)  # the answer decoded here, or a sampler's: one cap
     return refine_tokens(backend, prompt_ids, output_ids, config, progress,
                          scorer_prompt=prompt if isinstance(prompt, str) else None, chat=chat)

@@ -8,6 +8,7 @@ the CLI and the vLLM ``extra_args`` pass them.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -27,6 +28,21 @@ from .strategy import STRATEGIES, Strategy
 
 LENGTH_MODES = ("free", "keep_eos", "fixed")
 POSITION_ORDERS = ("margin", "entropy", "left_to_right")
+
+
+def _frozen(value: Any) -> Any:
+    """A read-only copy of a spec made of dicts and lists (dicts become read-only views, lists tuples); other
+    values as they are."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def _flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"`{name}` has to be true or false, but is {value!r}")
 
 
 def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
@@ -191,7 +207,12 @@ class RefineConfig:
             normalise("budget", Budget(**self.budget))
         if isinstance(self.moves, str):
             normalise("moves", tuple(m.strip() for m in self.moves.split(",") if m.strip()))
+        if not isinstance(self.moves, (list, tuple)) or not all(isinstance(m, str) for m in self.moves):
+            raise ConfigError(f"`moves` has to be a list of move names (or one comma-separated string), "
+                              f"but is {self.moves!r}")
         normalise("moves", tuple(self.moves))
+        if isinstance(self.objective, (Mapping, list, tuple)):
+            normalise("objective", _frozen(self.objective))  # read-only: the config is validated once
         normalise("forbid", forbid_mod.normalise(self.forbid))
         normalise("phrases", phrases_mod.normalise(self.phrases))
         normalise("wrap", phrases_mod.normalise_wraps(self.wrap))
@@ -239,8 +260,10 @@ class RefineConfig:
         _positive_int("max_new_tokens", self.max_new_tokens, allow_none=True)
         if isinstance(self.min_tokens, bool) or not isinstance(self.min_tokens, int) or self.min_tokens < 0:
             raise ConfigError(f"`min_tokens` has to be an integer >= 0, but is {self.min_tokens!r}")
-        if not (isinstance(self.tolerance, (int, float)) and math.isfinite(self.tolerance)
-                and self.tolerance >= 0):
+        _flag("exclude_special", self.exclude_special)
+        _flag("require_roundtrip", self.require_roundtrip)
+        if isinstance(self.tolerance, bool) or not (isinstance(self.tolerance, (int, float))
+                                                    and math.isfinite(self.tolerance) and self.tolerance >= 0):
             raise ConfigError(f"`tolerance` has to be a finite number >= 0, but is {self.tolerance!r}")
         _positive_int("repeat_guard", self.repeat_guard, allow_none=True)
         _positive_int("echo_guard", self.echo_guard, allow_none=True)
@@ -248,8 +271,8 @@ class RefineConfig:
                                                    and math.isfinite(self.prune_margin)):
             raise ConfigError(f"`prune_margin` has to be a finite number or None, but is {self.prune_margin!r}")
         _positive_int("prune_keep", self.prune_keep, allow_none=True)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"`seed` has to be an integer, but is {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"`seed` has to be an integer >= 0, but is {self.seed!r}")
         _positive_int("max_batch_tokens", self.max_batch_tokens)
         if not (self.scorer is None or isinstance(self.scorer, Backend)
                 or (isinstance(self.scorer, str) and self.scorer.strip())):
@@ -267,12 +290,15 @@ class RefineConfig:
                               f"{self.strategy!r}: {exc}") from exc
 
     def build_objective(self) -> Objective:
-        """A new objective for one search (a search binds it to its tokenizer)."""
+        """A new objective for one search (a search binds it to its tokenizer): its terms are copies, so that
+        searches that share a config (or an :class:`Objective` given as ``objective``) bind terms of their own."""
         obj = Objective.from_spec(self.objective)
+        obj = Objective([(w, copy.copy(t)) for w, t in obj.terms])
         if self.reward is not None:
             from .objectives import Reward
 
-            if not (isinstance(self.reward_weight, (int, float)) and math.isfinite(self.reward_weight)):
+            if isinstance(self.reward_weight, bool) or not (isinstance(self.reward_weight, (int, float))
+                                                            and math.isfinite(self.reward_weight)):
                 raise ConfigError(f"`reward_weight` has to be a finite number, but is {self.reward_weight!r}")
             obj = Objective(list(obj.terms) + [(self.reward_weight, Reward(self.reward))])
         return obj

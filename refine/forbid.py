@@ -79,6 +79,7 @@ def forbidden_ids(tokenizer: TokenizerView, forbid: tuple[str, ...] | Callable[[
     match = _matcher(forbid)
     keep = set(tokenizer.eos_ids) | set(tokenizer.special_ids)
     out = set()
+    writable = 0  # tokens with text that the rule leaves (rows past the tokenizer's vocabulary have none)
     for i, text in enumerate(token_texts(tokenizer)):
         if i in keep or not text:
             continue
@@ -89,7 +90,9 @@ def forbidden_ids(tokenizer: TokenizerView, forbid: tuple[str, ...] | Callable[[
                               f"{text!r}: {exc}") from exc
         if hit:
             out.add(i)
-    if len(out) + len(keep) >= tokenizer.vocab_size:
+        else:
+            writable += 1
+    if not writable:
         raise ConfigError(f"`forbid` ({describe(forbid)}) rules out every token but EOS and special tokens")
     return frozenset(out)
 

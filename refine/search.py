@@ -30,6 +30,7 @@ and returns a :class:`~refine.types.RefineResult`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Callable, Sequence
 
@@ -119,6 +120,7 @@ class Search:
         #: the initial output's (set by :meth:`score_initial`)
         self._min_wrapped = 0
         self._pruned: set[tuple] = set()  # re-decodings abandoned early: not tried again
+        self._cut_by_budget = False  # whether an evaluation left proposals out for want of budget
         self._t0 = time.perf_counter()
         self._eos = frozenset(tokenizer.eos_ids)
         self._base_tokens = session.forward_tokens
@@ -156,6 +158,10 @@ class Search:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self._t0
+
+    def out_of_time(self) -> bool:
+        """Whether ``budget.max_seconds`` has passed (a strategy that loops within a step asks this)."""
+        return self.budget.max_seconds is not None and self.elapsed() >= self.budget.max_seconds
 
     def end_sweep(self) -> None:
         """A strategy calls this when it has finished one pass over the positions (its own notion of a sweep).
@@ -264,6 +270,10 @@ class Search:
         assert start == 0
         (hyp,) = self._hypotheses([(tokens, sc)])
         self._count()
+        if np.isnan(hyp.value):
+            nan = sorted(name for name, v in hyp.terms.items() if isinstance(v, float) and math.isnan(v))
+            raise InputError(f"the objective is NaN on the initial output (term(s) {nan or 'unknown'}): a term has "
+                             "to return a number for every output")
         self.current = self.initial = hyp
         self._memo[(tokens,)] = hyp
         if self.config.wrap:  # the answer a wrap goes around: half of it has to stay inside
@@ -341,6 +351,7 @@ class Search:
             fresh.sort(key=lambda p: -p.prior)  # stable: ties keep proposal order
             while fresh and self._cost(parent, fresh) > self.remaining_tokens():
                 fresh.pop()
+                self._cut_by_budget = True
             if not fresh:
                 raise BudgetExhausted()
             results.extend(self._run(parent, fresh, prune))
@@ -373,6 +384,7 @@ class Search:
             # :meth:`_cost` priced it at: the least promising decodes give way until the rest fit (the cap is hard)
             while decoded and room != float("inf") and self.session.decode_cost(reqs, parent.tokens) > room:
                 decoded, reqs = self._requests(decoded[:-1])
+                self._cut_by_budget = True
             if not decoded and not scored:
                 raise BudgetExhausted()
         if decoded:
@@ -519,7 +531,7 @@ class Search:
         idle = 0
         stop = "converged"
         while True:
-            if budget.max_seconds is not None and self.elapsed() >= budget.max_seconds:
+            if self.out_of_time():
                 stop = "max_seconds"
                 break
             if self.stats.sweeps >= budget.max_sweeps:
@@ -533,6 +545,12 @@ class Search:
                 more = strategy.step(self)
             except BudgetExhausted as exc:
                 stop = exc.stop_reason
+                break
+            if not more and self._cut_by_budget:  # proposals were left out for want of budget: not converged
+                stop = BudgetExhausted.stop_reason
+                break
+            if not more and self.out_of_time():  # the step ended early for want of time: not converged either
+                stop = "max_seconds"
                 break
             if self.stats.accepted > accepted:
                 idle = 0

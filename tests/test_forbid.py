@@ -254,3 +254,15 @@ def test_hf_adapters_decode_the_start_without_forbidden_tokens(llama, tok, backe
     assert torch.equal(out.initial_sequences, ref)
     for r in out.results:
         assert not set(r.initial_tokens) & banned and not set(r.tokens) & banned
+
+
+def test_forbidding_every_token_is_caught_when_the_output_layer_is_padded(tok):
+    """Rows of the output layer past the tokenizer's vocabulary have no text: they do not count as tokens left."""
+    from refine.backends.hf import HFBackend
+    from refine.testing import tiny_llama
+
+    padded = HFBackend(tiny_llama(seed=0, vocab_size=40), tok)
+    assert padded.tokenizer.vocab_size == 40 > len(tok)
+    with pytest.raises(ConfigError, match="every token"):
+        forbidden_ids(padded.tokenizer, lambda t: True)
+    assert forbidden_ids(padded.tokenizer, lambda t: t != "?") == set(range(3, 33))

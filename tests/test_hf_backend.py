@@ -444,3 +444,27 @@ def test_drafting_leaves_room_for_branches_to_come(backend):
     out = session.decode(reqs, first.tokens, limit)
     assert out[0][1].tokens == first.tokens and all(dec.forked for _, dec in out[2:])
     assert session.forward_tokens <= limit
+
+
+def test_no_forward_call_holds_more_than_max_batch_tokens(llama, backend):
+    """Prefill of a long prompt, the walk along a long base and drafted decoding all keep to the cap, and give the
+    tokens and scores of an uncapped session."""
+    calls = []
+    hook = llama.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].numel()), with_kwargs=True)
+    try:
+        prompt = list(range(3, 33)) * 2
+        capped, free = backend.open(prompt, 3, max_batch_tokens=16), backend.open(prompt, 3, max_batch_tokens=4096)
+        ((_, a),), ((_, b),) = capped.score([(5, 6)]), free.score([(5, 6)])
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)
+        ((_, d),) = backend.open([5, 6], 3, max_batch_tokens=4096).decode([DecodeRequest((), 60)])
+        base = d.tokens[:-1] if d.tokens[-1] == 1 else d.tokens
+        assert len(base) > 40
+        reqs = [DecodeRequest(base[:i], 60) for i in (3, 5, 7, 9)]
+        for kw in ({}, {"prune": lambda *a: False}):  # walked, then drafted (a prune test turns drafts on)
+            calls.clear()
+            got = backend.open([5, 6], 3, max_batch_tokens=16).decode(reqs, base, **kw)
+            assert max(calls) <= 16
+            want = backend.open([5, 6], 3, max_batch_tokens=4096).decode(reqs, base, **kw)
+            assert [g.tokens for _, g in got] == [w.tokens for _, w in want]
+    finally:
+        hook.remove()

@@ -11,6 +11,10 @@ from ..errors import ConfigError
 from .term import TERMS, CandidateView, Term
 
 
+#: the largest weight a term may have: beyond it a weighted sum only overflows
+MAX_WEIGHT = 1e6
+
+
 class Objective:
     """A weighted sum of terms: value = sum_i w_i * term_i.
 
@@ -25,14 +29,18 @@ class Objective:
     def __init__(self, terms: Sequence[tuple[float, Term]]) -> None:
         if not terms:
             raise ConfigError("`objective` has to contain at least one term")
+        for pair in terms:
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[1], Term)):
+                raise ConfigError(f"`objective` as a list holds (weight, refine.objectives.Term) pairs, but "
+                                  f"has {pair!r}; name terms in a dict instead: {{'mean': 1.0, 'repetition': 1.0}}")
         names = [t.name for _, t in terms]
         if len(set(names)) != len(names):
             raise ConfigError(f"`objective` lists a term twice: {names}")
         for w, t in terms:
-            if not isinstance(t, Term):
-                raise ConfigError(f"`objective` terms must be refine.objectives.Term instances, got {t!r}")
-            if not (isinstance(w, (int, float)) and math.isfinite(w)):
-                raise ConfigError(f"`objective.{t.name}.weight` has to be a finite number, but is {w!r}")
+            if isinstance(w, bool) or not (isinstance(w, (int, float)) and math.isfinite(w)
+                                           and abs(w) <= MAX_WEIGHT):
+                raise ConfigError(f"`objective.{t.name}.weight` has to be a number in [-{MAX_WEIGHT:g}, "
+                                  f"{MAX_WEIGHT:g}], but is {w!r}")
         self.terms = [(float(w), t) for w, t in terms]
 
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -24,10 +24,17 @@ class ReferenceCrossEntropy(Term):
     def __init__(self, references: Sequence[str] | Sequence[Sequence[int]] | str = (), eps: float = 0.1) -> None:
         if isinstance(references, str):
             references = [references]
-        if not references:
-            raise ConfigError("`reference_ce.references` has to be a non-empty list of texts or token-id lists")
-        if not (isinstance(eps, (int, float)) and eps > 0):
-            raise ConfigError(f"`reference_ce.eps` has to be a strictly positive number, but is {eps!r}")
+        def valid(ref) -> bool:
+            if isinstance(ref, str):
+                return bool(ref)
+            return isinstance(ref, (list, tuple)) and bool(ref) and all(
+                isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ref)
+
+        if isinstance(references, Mapping) or not references or not all(valid(r) for r in references):
+            raise ConfigError("`reference_ce.references` has to be a non-empty list of non-empty texts or token-id "
+                              f"lists, but is {references!r}")
+        if isinstance(eps, bool) or not (isinstance(eps, (int, float)) and 0 < eps <= 1e6):
+            raise ConfigError(f"`reference_ce.eps` has to be a number in (0, 1e6], but is {eps!r}")
         self.references = list(references)
         self.eps = float(eps)
         self._tables: list[tuple[Counter, int]] | None = None

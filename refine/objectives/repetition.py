@@ -17,7 +17,7 @@ class RepetitionPenalty(Term):
     """
 
     def __init__(self, n: int = 3) -> None:
-        if not (isinstance(n, int) and n >= 1):
+        if isinstance(n, bool) or not (isinstance(n, int) and n >= 1):
             raise ConfigError(f"`repetition.n` has to be a strictly positive integer, but is {n!r}")
         self.n = n
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backends.base import TokenGradients
+from ..errors import BudgetExhausted
 from ..moves import Proposal
 from ..search import Search
 from ..strategy import STRATEGIES, Strategy
@@ -165,13 +166,19 @@ class GradientGuided(Strategy):
         grads = self.session.token_gradients(cur.tokens)
         props = self.proposals(search, cur, self.pick(search, self.estimates(search, cur, grads)))
         results = search.evaluate(props) if props else []
+        exhausted = None
         if self.combine:
             stacked = self.stacks(search, cur, results)
             if stacked:
-                results = results + search.evaluate(stacked, parent=cur)
+                try:
+                    results = results + search.evaluate(stacked, parent=cur)
+                except BudgetExhausted as exc:  # the single edits are scored and paid for: keep the best of them
+                    exhausted = exc
         improved = False
         if results:
             prop, best = max(results, key=lambda r: r[1].value)
             improved = search.accept(prop, best)
+        if exhausted is not None:
+            raise exhausted
         search.end_sweep()
         return improved

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BudgetExhausted
+from ..errors import BudgetExhausted, DeadlineReached
 from ..moves import Proposal
 from ..backends.prefix import common_prefix
 from ..search import Search
@@ -90,6 +90,10 @@ class Relaxed(Strategy):
         adam = Adam(theta, self.lr)
         out: list[tuple[int, ...]] = []
         for _ in range(self.steps):
+            if search.out_of_time():  # projections so far are still evaluated (the search stops after this step)
+                if out:
+                    break
+                raise DeadlineReached()
             if self.session.gradient_cost(len(hyp.tokens)) > search.remaining_tokens():
                 if out:
                     break

@@ -197,7 +197,9 @@ class PowerSMC(Strategy):
     def result(self, search: Search) -> Hypothesis:
         w = self.weights()
         if self.output == "sample" and w.sum() > 0:
-            return self.state[int(search.rng.choice(len(w), p=w))].hyp
+            drawn = self.state[int(search.rng.choice(len(w), p=w))].hyp
+            if drawn is not None:  # None: stopped before the first block, nothing sampled yet
+                return drawn
         return search.best()
 
     def extras(self, search: Search) -> dict[str, Any]:

@@ -27,14 +27,16 @@ class DraftedDecoding:
 
         A row with a draft of ``d`` tokens and acceptance rate ``q`` gains ``1 + q + q^2 + ... + q^min(d, w-1)``
         tokens at width ``w`` (a draft token counts only if all before it were accepted); a call costs
-        ``call_overhead_tokens + rows * w``. Rows without drafts cost their padding columns too.
+        ``call_overhead_tokens + rows * w``. Rows without drafts cost their padding columns too. A call holds at
+        most ``max_batch_tokens`` token positions (``rows * w``), unless one column alone is more.
         """
         longest = max((len(d) for d in drafts), default=0)
         if longest == 0:
             return 1
         rows = len(drafts)
+        widest = max(self.max_batch_tokens // rows, 1)
         best_w, best = 1, rows / (self.call_overhead_tokens + rows)
-        for w in range(2, longest + 2):
+        for w in range(2, min(longest + 1, widest) + 1):
             gain = 0.0
             for d, q in zip(drafts, rates):
                 n = min(len(d), w - 1)

@@ -57,7 +57,7 @@ class HFSession(BaseWalk, TokenChoice, DraftedDecoding, BeamDecoding, HFGradient
         self.backend = backend
         self.model = backend.model
         self.prompt = tuple(int(t) for t in prompt)
-        self.topk = int(topk)
+        self.topk = min(int(topk), backend.tokenizer.vocab_size)  # a vocabulary smaller than ``topk`` has no more
         self.max_batch_tokens = int(max_batch_tokens)
         self.forward_tokens = 0
         self.forward_calls = 0
@@ -101,10 +101,23 @@ class HFSession(BaseWalk, TokenChoice, DraftedDecoding, BeamDecoding, HFGradient
         if rest:
             self._extend(rest, logits_to_keep=1)
 
-    def _extend(self, tokens: Sequence[int], **kw):
-        """Forward ``tokens`` after the cached context, growing the cache by them; returns the model's output."""
-        res = self._forward(torch.tensor([list(tokens)], device=self.backend.device), self._cache, **kw)
-        self._cached += list(tokens)
+    def _extend(self, tokens: Sequence[int], logits_to_keep: int | None = None):
+        """Forward ``tokens`` after the cached context, growing the cache by them, in calls of at most
+        ``max_batch_tokens`` tokens; returns the model's output with the logits of every token fed (of the last
+        ``logits_to_keep`` only, when given)."""
+        tokens = list(tokens)
+        step = max(self.max_batch_tokens, 1)
+        parts = []
+        for a in range(0, len(tokens), step):
+            chunk = tokens[a : a + step]
+            last = a + step >= len(tokens)
+            kw = {} if logits_to_keep is None else {"logits_to_keep": logits_to_keep if last else 1}
+            res = self._forward(torch.tensor([chunk], device=self.backend.device), self._cache, **kw)
+            self._cached += chunk
+            if logits_to_keep is None:
+                parts.append(res.logits)
+        if len(parts) > 1:
+            res.logits = torch.cat(parts, dim=1)
         return res
 
     def _fork(self, rows: int, length: int):
