@@ -12,12 +12,16 @@ Nothing is lost or written twice across a crash, ``kill -9`` included:
   a line in the file is a finished record;
 - on start, the ids already in the output file are skipped; a last line cut short by a kill
   (no final newline) is removed first and its prompt refined again;
-- ids must be unique in the input, and an output line that is not a record of this input stops
-  the run with an error rather than being overwritten.
+- ids must be unique in the input, and an output line that is not a record of this input (an
+  unknown id, or a known id with another prompt: the input changed) stops the run with an error
+  rather than being overwritten or skipped.
 
-Batching: the initial answers of ``--chunk`` prompts are decoded together in one batched call
-of the engine (HF ``generate`` on a padded batch, or one ``vllm.LLM.generate``); the searches
-then run one prompt after another, each batching its own candidates.
+Lines end at ``\n`` only: a prompt may hold any other line separator (U+2028, U+0085, ...).
+
+Batching: with ``--engine vllm`` the initial answers of ``--chunk`` prompts are decoded
+together in one ``vllm.LLM.generate`` call; with ``--engine hf`` each prompt's answer is
+decoded on its own (``--chunk`` only sets how many prompts are read ahead). The searches run
+one prompt after another, each batching its own candidates.
 """
 
 from __future__ import annotations
@@ -44,8 +48,8 @@ class BatchItem:
 def read_items(path: str | os.PathLike) -> list[BatchItem]:
     """Parse the input JSONL; raises :class:`InputError` naming the line of any malformed record."""
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        with open(path, encoding="utf-8", newline="") as f:
+            lines = f.read().split("\n")  # not splitlines(): JSON strings may hold U+2028 and its kin
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read the input {path}: {exc}") from exc
     items: list[BatchItem] = []
@@ -73,11 +77,12 @@ def read_items(path: str | os.PathLike) -> list[BatchItem]:
     return items
 
 
-def completed_ids(path: str | os.PathLike, known: set[str]) -> set[str]:
+def completed_ids(path: str | os.PathLike, known: Mapping[str, str]) -> set[str]:
     """Ids already written to the output file at ``path``, after cutting off a torn last line.
 
-    Raises :class:`InputError` for a complete line that is not a record of this input: the output file
-    belongs to another run, and appending to it would mix the two.
+    ``known``: the input's prompts by id. Raises :class:`InputError` for a complete line that is not a record of
+    this input (an id it lacks, or one whose prompt it changed): the output file belongs to another run or input,
+    and appending to it would mix the two. Blank lines are skipped.
     """
     p = Path(path)
     if not p.exists():
@@ -85,13 +90,19 @@ def completed_ids(path: str | os.PathLike, known: set[str]) -> set[str]:
     cut_torn_line(p)  # a kill cut the last record short: it is refined again
     data = p.read_bytes()
     done: set[str] = set()
-    for no, line in enumerate(data.decode("utf-8").splitlines(), 1):
+    for no, line in enumerate(data.decode("utf-8").split("\n"), 1):
+        if not line.strip():
+            continue
         try:
-            rid = json.loads(line)["id"]
+            rec = json.loads(line)
+            rid, prompt = rec["id"], rec["prompt"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise InputError(f"{path}:{no}: not a result record of refine batch; use another --output") from exc
         if rid not in known:
             raise InputError(f"{path}:{no}: id {rid!r} is not in the input; use another --output")
+        if prompt != known[rid]:
+            raise InputError(f"{path}:{no}: id {rid!r} was refined for another prompt than the input's now (the "
+                             "input changed since); use another --output")
         if rid in done:
             raise InputError(f"{path}:{no}: id {rid!r} written twice; the file was edited or shared")
         done.add(rid)
@@ -147,7 +158,7 @@ def run_batch(
         raise InputError(f"`chunk` has to be a positive integer, but is {chunk}")
     if not Path(output).resolve().parent.is_dir():
         raise InputError(f"the folder of --output {output} does not exist")
-    done = completed_ids(output, {it.id for it in items})
+    done = completed_ids(output, {it.id: it.prompt for it in items})
     todo = [it for it in items if it.id not in done]
     from tqdm.auto import tqdm
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from .batch import BatchItem
 from .config import RefineConfig, merge_options
-from .errors import InputError
+from .errors import ConfigError, InputError
 
 Refiner = Callable[[list[BatchItem]], Iterator[tuple[BatchItem, dict[str, Any]]]]
 
@@ -27,7 +27,10 @@ def item_config(base: Mapping[str, Any], item: BatchItem, max_new_tokens: int) -
     if "max_new_tokens" in item.options:
         raise InputError(f"id {item.id!r}: \"max_new_tokens\" is set for the whole batch (--max-new-tokens), "
                          "not per prompt")
-    return RefineConfig.from_dict({**merge_options(base, item.options), "max_new_tokens": max_new_tokens})
+    try:
+        return RefineConfig.from_dict({**merge_options(base, item.options), "max_new_tokens": max_new_tokens})
+    except ConfigError as exc:
+        raise ConfigError(f"id {item.id!r}: {exc}") from exc
 
 
 def hf_refiner(backend, base: Mapping[str, Any], max_new_tokens: int, chat: bool | None = None) -> Refiner:

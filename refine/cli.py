@@ -16,7 +16,7 @@ from .about import DISTRIBUTION, __version__
 from .api import DEFAULT_MAX_NEW_TOKENS
 from .degeneration import DEFAULT_N, ECHO_N
 from .strategy import STRATEGIES
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 
 
 SCORER_HELP = ("a second model (local folder or .gguf file) that judges the edits --model proposes; "
@@ -105,7 +105,8 @@ def _add_batch(sub) -> None:
     p.add_argument("--refine", type=json.loads, default={}, help="JSON refine options for every prompt")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
                    help=f"output cap for every prompt (default {DEFAULT_MAX_NEW_TOKENS})")
-    p.add_argument("--chunk", type=int, default=8, help="prompts whose initial answers are decoded together")
+    p.add_argument("--chunk", type=int, default=8,
+                   help="prompts whose initial answers are decoded together (--engine vllm; hf decodes one by one)")
     p.add_argument("--scorer", default=None, help=SCORER_HELP)
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     p.add_argument("--no-progress", action="store_true")
@@ -114,14 +115,19 @@ def _add_batch(sub) -> None:
 
 def cmd_batch(args) -> int:
     from .batch import read_items, run_batch
-    from .batch_engines import hf_refiner, vllm_refiner
+    from .batch_engines import hf_refiner, item_config, vllm_refiner
     from .config import RefineConfig
 
     if not isinstance(args.refine, dict):
         raise ConfigError("--refine must be a JSON object of refine options")
+    if "max_new_tokens" in args.refine:
+        raise ConfigError("--refine sets \"max_new_tokens\", which `refine batch` takes from --max-new-tokens "
+                          f"(now {args.max_new_tokens}): pass it there")
     base = dict(args.refine) if args.scorer is None else {**args.refine, "scorer": args.scorer}
     RefineConfig.from_dict({**base, "max_new_tokens": args.max_new_tokens})  # bad options fail first
     items = read_items(args.input)
+    for item in items:  # and every prompt's own options, before any work
+        item_config(base, item, args.max_new_tokens)
     chat = False if args.no_chat else None
     if args.engine == "vllm":
         from .backends.vllm import VLLMBackend, make_llm
@@ -167,6 +173,11 @@ def cmd_run(args) -> int:
     from .config import Budget, RefineConfig
     from .diff import token_diff
 
+    if not args.prompt.strip():
+        raise InputError("the prompt is empty; refine needs a prompt to condition on")
+    if args.output is not None and not args.output.strip():
+        raise InputError("--output is empty; give an answer to refine, or leave --output out to refine the model's "
+                         "own answer")
     config = RefineConfig(
         objective=args.objective,
         strategy=args.strategy,

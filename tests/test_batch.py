@@ -48,14 +48,60 @@ def test_ids_default_to_line_numbers(tmp_path):
 
 def test_torn_last_line_is_dropped_and_foreign_files_refused(tmp_path):
     out = tmp_path / "out.jsonl"
-    out.write_text('{"id": "a", "text": "x"}\n{"id": "b", "te')
-    assert completed_ids(out, {"a", "b"}) == {"a"}
-    assert out.read_text() == '{"id": "a", "text": "x"}\n'
+    out.write_text('{"id": "a", "prompt": "pa", "text": "x"}\n{"id": "b", "te')
+    assert completed_ids(out, {"a": "pa", "b": "pb"}) == {"a"}
+    assert out.read_text() == '{"id": "a", "prompt": "pa", "text": "x"}\n'
     with pytest.raises(InputError, match="id 'a' is not in the input"):
-        completed_ids(out, {"b"})
-    out.write_text('{"id": "a"}\n{"id": "a"}\n')
+        completed_ids(out, {"b": "pb"})
+    with pytest.raises(InputError, match="id 'a' was refined for another prompt"):
+        completed_ids(out, {"a": "changed"})
+    out.write_text('{"id": "a", "prompt": "pa"}\n{"id": "a", "prompt": "pa"}\n')
     with pytest.raises(InputError, match="written twice"):
-        completed_ids(out, {"a"})
+        completed_ids(out, {"a": "pa"})
+
+
+def test_blank_lines_in_the_output_are_skipped(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": "a", "prompt": "pa"}\n\n  \n{"id": "b", "prompt": "pb"}\n\n')
+    assert completed_ids(out, {"a": "pa", "b": "pb", "c": "pc"}) == {"a", "b"}
+
+
+def test_line_separators_inside_prompts_survive_a_resume(tmp_path):
+    """Records are written with ensure_ascii=False: U+2028, U+2029 and U+0085 inside a prompt reach the file
+    raw, and lines are split at \\n only, so the rerun reads back what the first run wrote."""
+    prompts = ["line one\u2028line two", "para\u2029graph", "next\x85line", "plain"]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"prompt": p}, ensure_ascii=i % 2 == 0) + "\n"
+                           for i, p in enumerate(prompts)), encoding="utf-8")
+    items = read_items(src)
+    assert [it.prompt for it in items] == prompts
+
+    def refine_chunk(part):
+        for it in part:
+            yield it, {"text": it.prompt}
+
+    out = tmp_path / "out.jsonl"
+    assert run_batch(items[:2], out, refine_chunk, progress=False) == (2, 0)
+    assert run_batch(items, out, refine_chunk, progress=False) == (2, 2)
+    assert run_batch(items, out, refine_chunk, progress=False) == (0, 4)
+    assert [json.loads(line)["text"] for line in out.read_bytes().decode().split("\n") if line] == prompts
+
+
+def test_a_changed_input_is_refused_not_resumed(tmp_path):
+    """Ids default to line numbers: a prompt put in front shifts them, and the rerun must not skip or repeat."""
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"prompt": "P1"}\n{"prompt": "P2"}\n')
+
+    def refine_chunk(part):
+        for it in part:
+            yield it, {"text": it.prompt}
+
+    out = tmp_path / "out.jsonl"
+    run_batch(read_items(src)[:1], out, refine_chunk, progress=False)
+    src.write_text('{"prompt": "P0"}\n{"prompt": "P1"}\n{"prompt": "P2"}\n')
+    with pytest.raises(InputError, match="id '1' was refined for another prompt"):
+        run_batch(read_items(src), out, refine_chunk, progress=False)
+    assert len(read_records(out)) == 1
 
 
 def test_run_batch_appends_and_skips_done(tmp_path):
@@ -95,6 +141,21 @@ def test_cli_batch_refines_every_prompt(model_dir, tmp_path, capsys):
     assert main(["batch", "--input", str(bad), "--output", str(tmp_path / "o2.jsonl"), "--model", str(model_dir),
                  "--no-progress"]) == 2
     assert "set for the whole batch" in capsys.readouterr().err
+
+
+def test_cli_batch_checks_every_option_before_any_work(model_dir, tmp_path, capsys):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"prompt": "a", "id": "ok"}\n{"prompt": "b", "id": "late", "refine": {"top_k": 0}}\n')
+    out = tmp_path / "out.jsonl"
+    common = ["--output", str(out), "--model", str(model_dir), "--no-progress"]
+    assert main(["batch", "--input", str(src), *common]) == 2
+    assert "id 'late': `top_k` has to be a strictly positive integer" in capsys.readouterr().err
+    assert not out.exists() or out.read_text() == ""  # refused before the first prompt was refined
+    ok = tmp_path / "ok.jsonl"
+    ok.write_text('{"prompt": "a"}\n')
+    assert main(["batch", "--input", str(ok), "--refine", '{"max_new_tokens": 16}', *common]) == 2
+    err = capsys.readouterr().err
+    assert "--refine sets \"max_new_tokens\"" in err and "pass it there" in err
 
 
 def test_batch_with_a_scorer_loads_it_once_and_matches_refine_run(model_dir, scorer_dir, tmp_path, capsys,

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 
 from refine.cli import main
 
@@ -100,3 +101,12 @@ def test_run_from_nothing_samples_without_a_start(model_dir, capsys):
     assert "output" in out and "initial" not in out and "greedy decode" not in out
     assert main(["run", "the cat", "--model", str(model_dir), "--no-chat", "--from-nothing"]) == 2
     assert "start from nothing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "   "], "the prompt is empty"),
+    (["run", "a question", "--output", "  "], "--output is empty"),
+])
+def test_empty_prompt_or_output_is_a_clean_error(model_dir, capsys, argv, message):
+    assert main([*argv, "--model", str(model_dir), "--no-chat"]) == 2
+    assert message in capsys.readouterr().err

@@ -78,3 +78,40 @@ def test_unpadded_batch_without_mask_refused(llama, tok):
     enc = tok(["the cat", "a dog sat"], return_tensors="pt", padding=True)
     with pytest.raises(InputError, match="attention_mask"):
         generate(llama, enc["input_ids"], tokenizer=tok, refine=CFG, max_new_tokens=4)
+
+
+LONGER = {"objective": {"mean": 1.0, "length": 0.5}, "budget": {"max_sweeps": 2}}  # rewards every extra token
+
+
+@pytest.mark.parametrize("how", ["keyword", "generation_config", "max_length"])
+def test_the_output_cap_is_generates_however_it_is_given(llama, tok, how):
+    from transformers import GenerationConfig
+
+    enc = tok(["the cat"], return_tensors="pt")
+    n = enc["input_ids"].shape[1]
+    kwargs = {"keyword": {"max_new_tokens": 6},
+              "generation_config": {"generation_config": GenerationConfig(max_new_tokens=6, do_sample=False)},
+              "max_length": {"max_length": n + 6}}[how]
+    out = generate(llama, **enc, tokenizer=tok, refine=LONGER, do_sample=False, **kwargs)
+    assert all(len(r.tokens) <= 6 for r in out.results)
+    free = generate(llama, **enc, tokenizer=tok, refine={**LONGER, "max_new_tokens": 20}, do_sample=False,
+                    **kwargs)
+    assert any(len(r.tokens) > 6 for r in free.results)  # the cap above is what held the length
+
+
+def test_num_return_sequences_from_a_generation_config(llama, tok):
+    from transformers import GenerationConfig
+
+    enc = tok(["the cat"], return_tensors="pt")
+    torch.manual_seed(0)
+    config = GenerationConfig(max_new_tokens=6, do_sample=True, num_return_sequences=2)
+    out = generate(llama, **enc, tokenizer=tok, refine=CFG, generation_config=config)
+    assert out.sequences.shape[0] == 2 and len(out.results) == 2
+
+
+def test_custom_generate_keeps_to_max_length(llama, tok):
+    enc = tok(["the cat"], return_tensors="pt")
+    n = enc["input_ids"].shape[1]
+    seqs = llama.generate(**enc, custom_generate=custom_generate, refine=LONGER, refine_tokenizer=tok,
+                          max_length=n + 6, do_sample=False)
+    assert seqs.shape[1] <= n + 6

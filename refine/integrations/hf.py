@@ -15,7 +15,7 @@ row's :class:`~refine.types.RefineResult` (scores, edits, stats).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import InputError, require
 
@@ -112,6 +112,25 @@ def _config_for(refine: RefineConfig | dict | None, max_new_tokens: int | None) 
     return config
 
 
+def _output_cap(max_new_tokens: int | None, max_length: int | None, prompt_len: int) -> int | None:
+    """The output cap generate decoded under: ``max_new_tokens``, else what ``max_length`` leaves after the
+    (padded) prompt; None when neither is set."""
+    if max_new_tokens:
+        return int(max_new_tokens)
+    if max_length:
+        return max(int(max_length) - prompt_len, 1)
+    return None
+
+
+def _generation_setting(name: str, model, generate_kwargs: Mapping[str, Any]) -> Any:
+    """A generation setting as ``model.generate(**generate_kwargs)`` reads it: the keyword, else the
+    ``generation_config`` passed, else the model's."""
+    if generate_kwargs.get(name) is not None:
+        return generate_kwargs[name]
+    gc = generate_kwargs.get("generation_config") or model.generation_config
+    return getattr(gc, name, None)
+
+
 def _pad_id(model, tokenizer, eos: int) -> int:
     for v in (getattr(tokenizer, "pad_token_id", None), getattr(model.generation_config, "pad_token_id", None)):
         if v is not None:
@@ -153,14 +172,17 @@ def generate(
         pad = getattr(tokenizer, "pad_token_id", None)
         if pad is not None and bool((input_ids[:, 0] == pad).any()):
             raise InputError("a left-padded batch needs its `attention_mask` (pass what the tokenizer returned)")
-    max_new = generate_kwargs.get("max_new_tokens") or getattr(model.generation_config, "max_new_tokens", None)
+    def setting(name: str) -> Any:
+        return _generation_setting(name, model, generate_kwargs)
+
+    max_new = _output_cap(setting("max_new_tokens"), setting("max_length"), int(input_ids.shape[1]))
     config = _config_for(refine, max_new)
     banned = forbidden_ids(backend.tokenizer, config.forbid)
     if banned:  # the answers refinement starts from are decoded without the forbidden tokens too
         generate_kwargs["suppress_tokens"] = sorted(banned | set(generate_kwargs.get("suppress_tokens") or ()))
     gen_out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
     sequences = gen_out if isinstance(gen_out, torch.Tensor) else gen_out.sequences
-    num_return = int(generate_kwargs.get("num_return_sequences") or 1)
+    num_return = int(setting("num_return_sequences") or 1)
     pad_id = _pad_id(model, tokenizer, backend.tokenizer.eos)
     prompt_rows = _prompt_rows(input_ids.shape[0], sequences.shape[0], num_return)
     rows = _split_rows(input_ids, attention_mask, sequences, prompt_rows, backend.tokenizer.eos_ids, pad_id)
@@ -206,7 +228,8 @@ def custom_generate(
         raise InputError(f"generation mode {mode.name} is not supported with refinement")
     attention_mask = model_kwargs.get("attention_mask")
     return_dict = bool(generation_config.return_dict_in_generate)
-    config = _config_for(refine, generation_config.max_new_tokens)
+    config = _config_for(refine, _output_cap(generation_config.max_new_tokens, generation_config.max_length,
+                                             int(input_ids.shape[1])))
     banned = forbidden_ids(backend.tokenizer, config.forbid)
     if banned:  # the answers refinement starts from are decoded without the forbidden tokens too
         from transformers.generation.logits_process import LogitsProcessorList, SuppressTokensLogitsProcessor
