@@ -185,7 +185,7 @@ class Search:
         (none without ``phrases`` or ``wrap``)."""
         if self.phrase_move is None:
             return []
-        return [p for i in range(len(hyp.tokens)) for p in self.phrase_move.propose(hyp, i, self.move_context)]
+        return [p for i in range(len(hyp.tokens) + 1) for p in self.phrase_move.propose(hyp, i, self.move_context)]
 
     # ------------------------------------------------------------------ scoring
 

@@ -86,6 +86,10 @@ def test_the_move_proposes_at_the_start_sentence_ends_and_the_end(backend, tok):
     tight = MoveContext(tokenizer=backend.tokenizer, top_k=3, length="free", regen_extra_tokens=2,
                         max_output_tokens=len(y), phrases=ctx.phrases)
     assert move.propose(h, 6, tight) == []
+    # an output without EOS: its end is a spot too (after its last token)
+    bare = hyp(y[:6])
+    assert [p.tokens for p in move.propose(bare, 6, ctx) if not p.decode] == [y[:6] + sxy]
+    assert move.propose(bare, 7, ctx) == []
 
 
 def test_a_phrase_the_top_k_never_proposes_is_written_when_the_objective_pays(backend, tok):

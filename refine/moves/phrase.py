@@ -18,7 +18,7 @@ class PhraseMove(Move):
         y = hyp.tokens
         ended = ctx.ended(y)
         content = len(y) - (1 if ended else 0)
-        if ctx.length == "fixed" or i > content or i >= len(y):
+        if ctx.length == "fixed" or i > content:  # i == len(y): the end of an output without EOS
             return []
         out = self.wrap(y, content, ctx) if i == 0 else []
         if not ctx.phrases:
