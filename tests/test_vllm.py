@@ -448,6 +448,13 @@ def test_refine_llm_chat_equals_generate_on_the_templated_prompt(llm, vb):
     assert a.refine.initial_tokens == b.refine.initial_tokens and a.refine.score == pytest.approx(b.refine.score)
     two = rllm.chat([conv, [{"role": "user", "content": QUESTIONS[1]}]], sp, use_tqdm=False)
     assert len(two) == 2 and list(two[0].outputs[0].token_ids) == list(a.token_ids)
+    # `tools` go to the chat template, as LLM.chat passes them (not on to generate, which takes none)
+    tools = [{"type": "function", "function": {"name": "add", "description": "Add two numbers",
+                                               "parameters": {"type": "object", "properties": {}}}}]
+    (with_tools,) = rllm.chat(conv, sp, tools=tools, use_tqdm=False)
+    want = llm.get_tokenizer().apply_chat_template(conv, tools=tools, add_generation_prompt=True, tokenize=True)
+    want = want["input_ids"] if hasattr(want, "keys") else want
+    assert list(with_tools.prompt_token_ids) == list(want) and with_tools.outputs[0].refine is not None
 
 
 def test_beam_and_sampled_redecoding_are_refused_by_name(vb, prompts, greedy):

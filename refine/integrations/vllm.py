@@ -253,10 +253,12 @@ def chat(
     add_generation_prompt: bool = True,
     chat_template: str | None = None,
     chat_template_kwargs: Mapping[str, Any] | None = None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
     **generate_kwargs: Any,
 ) -> list[Any]:
     """``llm.chat`` with refinement: one conversation (a list of ``{"role", "content"}`` messages) or a list of
-    them, each turned into prompt ids by the model's chat template, then :func:`generate` on those ids.
+    them, each turned into prompt ids by the model's chat template (with ``tools``, as ``LLM.chat`` passes them
+    to it), then :func:`generate` on those ids.
 
     ``generate_kwargs`` go to :func:`generate` (``refine_backend``, ``defaults``, ``plugins``, ``limits``,
     ``use_tqdm``, ...).
@@ -272,6 +274,8 @@ def chat(
     conversations = [messages] if isinstance(messages[0], Mapping) else list(messages)
     tokenizer = llm.get_tokenizer()
     template = {} if chat_template is None else {"chat_template": chat_template}
+    if tools is not None:
+        template["tools"] = list(tools)
     prompts = [{"prompt_token_ids": conversation_ids(tokenizer, conv, add_generation_prompt, **template,
                                                      **(chat_template_kwargs or {}))}
                for conv in conversations]
