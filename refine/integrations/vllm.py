@@ -26,7 +26,9 @@ and the copied ``RequestOutput`` has ``original`` (the unrefined ``RequestOutput
 :class:`~refine.errors.ConfigError` when refine options would otherwise be dropped.
 
 Unless the options set ``max_new_tokens``, a refined output is kept within the request's ``max_tokens``.
-Bad options raise :class:`~refine.errors.ConfigError` (naming the option) before anything is generated.
+Bad options raise :class:`~refine.errors.ConfigError` (naming the option) before anything is generated, and so
+does a refined request with ``stop`` or ``stop_token_ids`` (refinement re-decodes up to EOS only, so a refined
+output would not end where they say).
 
 A second model as scorer (``"scorer"``: a path, loaded once per :func:`generate` call, or a
 :class:`~refine.backends.base.Backend` such as an ``HFBackend``) judges the edits the engine proposes; it sees
