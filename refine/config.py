@@ -40,6 +40,19 @@ def _frozen(value: Any) -> Any:
     return value
 
 
+def _thawed(value: Any) -> Any:
+    """``value`` with its read-only dict views as plain dicts (what pickle can write)."""
+    if isinstance(value, Mapping):
+        return {k: _thawed(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_thawed(v) for v in value)
+    return value
+
+
+def _config_from_fields(fields: dict[str, Any]) -> "RefineConfig":
+    return RefineConfig(**fields)
+
+
 def _flag(name: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise ConfigError(f"`{name}` has to be true or false, but is {value!r}")
@@ -322,6 +335,17 @@ class RefineConfig:
         if isinstance(self.scorer, Backend):  # a loaded model appears by its backend's name
             d["scorer"] = getattr(self.scorer, "name", type(self.scorer).__name__)
         return d
+
+    def __reduce__(self):
+        """Pickled as its fields (read-only views as dicts), validated again when loaded: a config travels to
+        worker processes."""
+        return _config_from_fields, ({f.name: _thawed(getattr(self, f.name)) for f in dataclasses.fields(self)},)
+
+    def __copy__(self) -> "RefineConfig":
+        return self  # immutable
+
+    def __deepcopy__(self, memo: dict) -> "RefineConfig":
+        return self
 
     def replace(self, **changes: Any) -> "RefineConfig":
         """A validated copy with some fields changed (unknown names raise :class:`ConfigError`)."""

@@ -142,3 +142,14 @@ def test_refine_keeps_the_answer_it_decodes_within_max_new_tokens(backend):
     assert len(capped.initial_tokens) <= 6 and len(capped.tokens) <= 6
     wider = refine.refine(PROMPT, model=backend, chat=False, max_new_tokens=6, config={**longer, "max_new_tokens": 20})
     assert len(wider.tokens) > 6  # the config's own cap wins over the decode's
+
+
+def test_a_config_pickles_and_copies():
+    import copy
+    import pickle
+
+    config = RefineConfig(objective={"mean": 1.0, "coverage": {"words": ["dog", "park"]}},
+                          strategy="power", strategy_options={"alpha": 2.0}, budget={"max_sweeps": 2})
+    back = pickle.loads(pickle.dumps(config))
+    assert back == config and back.to_dict() == config.to_dict()
+    assert copy.deepcopy(config) is config and copy.copy(config) is config
