@@ -546,12 +546,6 @@ class Search:
             except BudgetExhausted as exc:
                 stop = exc.stop_reason
                 break
-            if not more and self._cut_by_budget:  # proposals were left out for want of budget: not converged
-                stop = BudgetExhausted.stop_reason
-                break
-            if not more and self.out_of_time():  # the step ended early for want of time: not converged either
-                stop = "max_seconds"
-                break
             if self.stats.accepted > accepted:
                 idle = 0
             else:
@@ -559,6 +553,10 @@ class Search:
             if progress is not None:
                 progress(self)
             if not more:
+                if self._cut_by_budget:  # proposals were left out for want of budget: not converged
+                    stop = BudgetExhausted.stop_reason
+                elif self.out_of_time():  # the last step ended early for want of time: not converged either
+                    stop = "max_seconds"
                 break
         return stop
 
