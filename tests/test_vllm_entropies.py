@@ -51,3 +51,8 @@ def test_a_failed_calls_records_are_dropped_once_the_channel_is_known():
     unknown = Transport([])
     backend(unknown).discard_entropies(["x"])  # no channel known yet: nothing is probed on a failure path
     assert unknown.calls == []
+    around = Transport([{}])
+    with pytest.raises(KeyboardInterrupt):  # what a cancel looks like to the calling thread, or any failure
+        with backend(around, via="rpc").recording(["y"]):
+            raise KeyboardInterrupt
+    assert around.calls == [("refine_take_entropies", ["y"])]

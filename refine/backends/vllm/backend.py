@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import uuid
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from ...errors import InputError
 from ..base import Backend, TokenizerView
@@ -131,6 +131,16 @@ class VLLMBackend(Backend):
 
     def next_key(self) -> str:
         return f"{self.id}-{next(self._counter)}"
+
+    @contextlib.contextmanager
+    def recording(self, keys: Sequence[str | None]) -> Iterator[None]:
+        """Around an engine call whose requests record entropies under ``keys``: if the call fails or is
+        cancelled, nothing will collect those records, so they are dropped (:meth:`discard_entropies`)."""
+        try:
+            yield
+        except BaseException:
+            self.discard_entropies(keys)
+            raise
 
     def discard_entropies(self, keys: Sequence[str]) -> None:
         """Drop what the processor recorded for ``keys`` of a call that failed or was cancelled (nothing will

@@ -152,11 +152,8 @@ class VLLMSession(Session):
             self._params(len(s) - st, force_spec(s[st:], key=key), ignore_eos=True)
             for s, st, key in zip(seqs, starts, keys)
         ]
-        try:
+        with self.backend.recording(keys):
             outs = self._generate(prompts, params)
-        except BaseException:
-            self.backend.discard_entropies(keys)
-            raise
         ents = self.backend.collect_entropies([k for k in keys if k]) or {}
         result = []
         for s, st, key, o in zip(seqs, starts, keys, outs):
@@ -289,16 +286,13 @@ class VLLMSession(Session):
 
         checked = [0] * len(prompts)
         pruned: set[int] = set()
-        try:
+        with self.backend.recording(keys):
             if not prompts:
                 outs = []
             elif prune is not None or any(cut_eos):
                 outs = self._generate_stepwise(prompts, params, watch)
             else:
                 outs = self._generate(prompts, params)
-        except BaseException:
-            self.backend.discard_entropies(keys)
-            raise
         ents = self.backend.collect_entropies([k for k in keys if k]) or {}
         result: list[tuple[int, Decoded] | None] = [None] * len(requests)
         for i, (r, key, o, cut) in enumerate(zip(todo, keys, outs, cut_eos)):
