@@ -37,6 +37,12 @@ def _as_ids(x: Any, what: str) -> list[int] | None:
     raise InputError(f"`{what}` must be text or token ids, but is {type(x).__name__}")
 
 
+def check_prompt(prompt: str | Sequence[int]) -> None:
+    """A prompt refine can condition on: not empty, and as text not only whitespace."""
+    if len(prompt) == 0 or (isinstance(prompt, str) and not prompt.strip()):
+        raise InputError("the prompt is empty; refine needs a prompt to condition on")
+
+
 def check_ids(ids: Sequence[int], vocab_size: int, what: str) -> None:
     for pos, t in enumerate(ids):
         if not 0 <= t < vocab_size:
@@ -135,8 +141,7 @@ def refine_tokens(
     config = resolve_scorer(RefineConfig.from_dict(config))
     prompt_ids, output_ids = list(prompt_ids), list(output_ids)
     vocab = backend.tokenizer.vocab_size
-    if not prompt_ids:
-        raise InputError("the prompt is empty; refine needs a prompt to condition on")
+    check_prompt(prompt_ids)
     check_ids(prompt_ids, vocab, "prompt")
     check_ids(output_ids, vocab, "output")
     limit = max_output_tokens(backend, len(prompt_ids), config)
@@ -203,8 +208,8 @@ def refine(
     config = RefineConfig.from_dict(config)
     if options:
         config = config.replace(**options)
-    if isinstance(prompt, str) and not prompt.strip():
-        raise InputError("the prompt is empty; refine needs a prompt to condition on")
+    if isinstance(prompt, str):  # ids are checked by refine_tokens
+        check_prompt(prompt)
     if isinstance(output, str) and output and not output.strip():
         raise InputError("the output is only whitespace; pass the answer to refine, None to decode one greedily, "
                          "or \"\" to let a sampler (power, power_smc) start from nothing")

@@ -169,12 +169,11 @@ def _yes(flag: bool) -> str:
 def cmd_run(args) -> int:
     import time
 
-    from .api import generate_greedy, refine_tokens, resolve_backend, resolve_scorer
+    from .api import check_prompt, generate_greedy, refine_tokens, resolve_backend, resolve_scorer
     from .config import Budget, RefineConfig
     from .diff import token_diff
 
-    if not args.prompt.strip():
-        raise InputError("the prompt is empty; refine needs a prompt to condition on")
+    check_prompt(args.prompt)
     if args.output is not None and not args.output.strip():
         raise InputError("--output is empty; give an answer to refine, or leave --output out to refine the model's "
                          "own answer")
