@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from fractions import Fraction
@@ -66,8 +67,6 @@ def run(seed: int, items: int, backend, progress: bool = True) -> dict:
 
 def _operands(prompt: str) -> tuple[int, int]:
     """The two numbers of a question in :data:`benchmarks.arith.PHRASING`."""
-    import re
-
     a, b = (int(x) for x in re.findall(r"\d+", prompt)[:2])
     return a, b
 
